@@ -1,0 +1,1 @@
+"""Calibration data: image folders read with the model's own preprocessing."""

@@ -1,0 +1,222 @@
+"""GPU check: what a CUDA machine can verify and time without TensorRT.
+
+``python -m engines.gpu_check --out gpu_check.json`` checks and reports:
+
+1. the Triton shift kernel against the PyTorch reference on CUDA (fp32/fp16, both patterns,
+   odd sizes and sizes of 1), bit for bit;
+2. the kernel's achieved bandwidth against a device-to-device copy of the same tensor
+   (goal: at least 80 % of the copy);
+3. Small/7 fp16 images/s at batch 64 and 256 in torch eager, eager replayed as a CUDA graph,
+   and ``torch.compile`` (default and max-autotune), against the fp16 tensor-core ceiling of
+   a large matmul measured in the same run.
+
+Every number is measured in this one run, so ratios are comparable. Needs torch with CUDA
+and triton; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import create_model
+from models.layers import shift_reference
+
+SMALL7_GMAC = 6.92
+
+
+def _time_cuda(fn: Callable[[], Any], warmup: int = 10, iters: int = 50) -> float:
+    """Median milliseconds of ``fn`` over ``iters`` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def check_kernel() -> dict[str, Any]:
+    from engines.shift_kernel import spatial_shift
+
+    cases = []
+    for shape in [
+        (2, 7, 9, 8),
+        (1, 1, 5, 12),
+        (3, 4, 1, 16),
+        (1, 1, 1, 4),
+        (4, 32, 32, 192),
+        (2, 16, 16, 384),
+        (1, 33, 17, 1028),
+    ]:
+        for pattern in (1, 2):
+            for dtype in (torch.float32, torch.float16):
+                x = torch.randn(shape, device="cuda", dtype=dtype)
+                equal = torch.equal(spatial_shift(x, pattern), shift_reference(x, pattern))
+                cases.append({"shape": list(shape), "pattern": pattern, "dtype": str(dtype), "equal": equal})
+    return {"cases": len(cases), "all_equal": all(c["equal"] for c in cases), "failures": [c for c in cases if not c["equal"]]}
+
+
+def kernel_bandwidth() -> list[dict[str, Any]]:
+    from engines.shift_kernel import spatial_shift
+
+    rows = []
+    for shape in [(256, 32, 32, 192), (256, 16, 16, 384), (64, 32, 32, 256)]:
+        for dtype in (torch.float16, torch.float32):
+            x = torch.randn(shape, device="cuda", dtype=dtype)
+            y = torch.empty_like(x)
+            nbytes = 2 * x.numel() * x.element_size()  # read + write
+            t_copy = _time_cuda(lambda: y.copy_(x))
+            t_kernel = _time_cuda(lambda: spatial_shift(x, 1))
+            t_torch = _time_cuda(lambda: shift_reference(x, 1))
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "dtype": str(dtype),
+                    "copy_GBps": nbytes / t_copy / 1e6,
+                    "kernel_GBps": nbytes / t_kernel / 1e6,
+                    "torch_reference_GBps": nbytes / t_torch / 1e6,
+                    "kernel_fraction_of_copy": t_copy / t_kernel,
+                }
+            )
+    return rows
+
+
+def matmul_ceiling() -> dict[str, Any]:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    ms = _time_cuda(lambda: a @ b, warmup=5, iters=20)
+    return {"shape": [n, n, n], "dtype": "float16", "TFLOPs": 2 * n**3 / ms / 1e9}
+
+
+def model_throughput(
+    batches: Sequence[int],
+    compile_modes: Sequence[str],
+    ceiling_tflops: float,
+    rows: list[dict[str, Any]],
+    on_row: Callable[[], None],
+) -> None:
+    """Append one row per (backend, batch) to ``rows``, calling ``on_row`` after each (partial results survive a time-out)."""
+    model = create_model("s2mlpv2_small7").cuda().half().eval()
+    for batch in batches:
+        x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.float16)
+
+        def record(backend: str, ms: float, extra: dict[str, Any] | None = None) -> None:
+            img_s = batch / ms * 1e3
+            tflops = img_s * SMALL7_GMAC * 2 / 1e3
+            rows.append(
+                {
+                    "backend": backend,
+                    "batch": batch,
+                    "ms": ms,
+                    "img_s": img_s,
+                    "TFLOPs": tflops,
+                    "fraction_of_ceiling": tflops / ceiling_tflops,
+                    **(extra or {}),
+                }
+            )
+            on_row()
+            print(f"  {backend:28s} batch {batch:4d}: {img_s:9.0f} img/s  {tflops:6.1f} TFLOP/s", flush=True)
+
+        with torch.inference_mode():
+            record("eager", _time_cuda(lambda: model(x), warmup=5, iters=20))
+            static_in = x.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    model(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = model(static_in)  # noqa: F841
+            record("eager + CUDA graph", _time_cuda(graph.replay, warmup=5, iters=20))
+            del graph
+        for mode in compile_modes:
+            torch._dynamo.reset()
+            compiled = torch.compile(model, mode=mode)
+            t0 = time.time()
+            try:
+                with torch.inference_mode():
+                    compiled(x)
+                    torch.cuda.synchronize()
+                    compile_s = time.time() - t0
+                    record(
+                        f"torch.compile ({mode})",
+                        _time_cuda(lambda: compiled(x), warmup=5, iters=20),
+                        {"compile_seconds": compile_s},
+                    )
+            except Exception as e:  # an Inductor failure is a finding to report, not a reason to lose the other rows
+                message = " ".join(str(e).split())[:300]
+                rows.append({"backend": f"torch.compile ({mode})", "batch": batch, "error": message})
+                print(f"  torch.compile ({mode}) batch {batch}: FAILED: {message}", flush=True)
+                on_row()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m engines.gpu_check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report")
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--compile-modes", nargs="*", default=["default", "max-autotune"], help="torch.compile modes to time")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: no CUDA device; this check needs an NVIDIA GPU with torch built for CUDA", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(),
+        "capability": list(torch.cuda.get_device_capability()),
+        "torch": torch.__version__,
+    }
+    try:
+        import triton
+
+        report["triton"] = triton.__version__
+    except ImportError:
+        report["triton"] = None
+
+    def save() -> None:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"{report['gpu']} (sm_{''.join(map(str, report['capability']))}), torch {report['torch']}", flush=True)
+    report["kernel_correctness"] = check_kernel()
+    print(
+        f"kernel == reference: {report['kernel_correctness']['all_equal']} over {report['kernel_correctness']['cases']} cases",
+        flush=True,
+    )
+    save()
+    report["kernel_bandwidth"] = kernel_bandwidth()
+    for r in report["kernel_bandwidth"]:
+        print(
+            f"  shift {r['shape']} {r['dtype']}: kernel {r['kernel_GBps']:.0f} GB/s = {r['kernel_fraction_of_copy']:.0%} of copy "
+            f"({r['copy_GBps']:.0f} GB/s); torch pad+cat {r['torch_reference_GBps']:.0f} GB/s",
+            flush=True,
+        )
+    save()
+    report["fp16_matmul_ceiling"] = matmul_ceiling()
+    print(f"fp16 matmul ceiling: {report['fp16_matmul_ceiling']['TFLOPs']:.0f} TFLOP/s", flush=True)
+    save()
+    report["small7_fp16"] = []
+    model_throughput(args.batches, args.compile_modes, report["fp16_matmul_ceiling"]["TFLOPs"], report["small7_fp16"], save)
+    return 0 if report["kernel_correctness"]["all_equal"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

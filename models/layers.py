@@ -1,0 +1,197 @@
+"""Building blocks of S2-MLPv2: spatial shifts, split attention, the mixer and the block.
+
+Tokens are channels-last ``(B, H, W, C)`` everywhere in this module. The functions here are
+the single definition of each op: the eager model, the ONNX export and the TensorRT plugin's
+reference all call them (see ``pipeline.export`` for how the shift is lowered to a custom
+node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+
+__all__ = [
+    "SHIFT_PATTERNS",
+    "spatial_shift",
+    "spatial_shift1",
+    "spatial_shift2",
+    "shift_reference",
+    "shift_lowering",
+    "SplitAttention",
+    "S2MLPv2Mixer",
+    "S2MLPv2Block",
+    "PatchEmbed",
+    "Downsample",
+]
+
+# Start offsets (along D1, D2) into the edge-padded tensor for each direction. Taking an
+# H x W window at offset (0, 1) yields y[:, i] = x[:, i-1] with row 0 kept, and so on: edge
+# padding is what gives SPEC's border rule (the row without a source keeps its own value).
+_OFFSETS = {"+d1": (0, 1), "-d1": (2, 1), "+d2": (1, 0), "-d2": (1, 2)}
+SHIFT_PATTERNS = {
+    1: ("+d1", "-d1", "+d2", "-d2"),  # SS1
+    2: ("+d2", "-d2", "+d1", "-d1"),  # SS2: the same four moves with the axes swapped
+}
+
+# How spatial_shift is computed. "onnx" is plain tensor ops (pad + slice + concat), which is
+# also the eager implementation; "plugin" routes through the ``s2mlpv2::spatial_shift``
+# custom op so that the ONNX exporter emits one node per shift.
+_lowering = "onnx"
+
+
+@contextlib.contextmanager
+def shift_lowering(mode: str) -> Iterator[None]:
+    """Temporarily choose how spatial shifts are traced: ``"onnx"`` or ``"plugin"``."""
+    global _lowering
+    if mode not in ("onnx", "plugin"):
+        raise ValueError(f"shift lowering must be 'onnx' or 'plugin', got {mode!r}")
+    if mode == "plugin":
+        from . import shift_op  # noqa: F401  (registers the custom op on first use)
+    previous, _lowering = _lowering, mode
+    try:
+        yield
+    finally:
+        _lowering = previous
+
+
+def _check_shift_input(x: torch.Tensor, pattern: int) -> None:
+    if pattern not in SHIFT_PATTERNS:
+        raise ValueError(f"shift pattern must be 1 or 2, got {pattern!r}")
+    if x.dim() != 4:
+        raise ValueError(f"spatial shift expects a (B, D1, D2, C) tensor, got shape {tuple(x.shape)}")
+    if x.shape[-1] % 4 != 0:
+        raise ValueError(f"spatial shift splits channels into 4 equal groups, so C must be divisible by 4; got C={x.shape[-1]}")
+
+
+def shift_reference(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """Out-of-place spatial shift: edge pad by one on D1 and D2, then crop each channel quarter.
+
+    This is the formulation the model runs and the ONNX export lowers (one Pad, four Slices,
+    one Concat after slice fusion). It never writes into its input.
+    """
+    _check_shift_input(x, pattern)
+    _, d1, d2, c = x.shape
+    q = c // 4
+    padded = F.pad(x, (0, 0, 1, 1, 1, 1), mode="replicate")
+    parts = []
+    for i, direction in enumerate(SHIFT_PATTERNS[pattern]):
+        o1, o2 = _OFFSETS[direction]
+        parts.append(padded[:, o1 : o1 + d1, o2 : o2 + d2, i * q : (i + 1) * q])
+    return torch.cat(parts, dim=-1)
+
+
+def spatial_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """Shift the four channel quarters of ``x`` by one token (pattern 1 = SS1, 2 = SS2)."""
+    if _lowering == "plugin":
+        _check_shift_input(x, pattern)
+        return torch.ops.s2mlpv2.spatial_shift(x, pattern)
+    return shift_reference(x, pattern)
+
+
+def spatial_shift1(x: torch.Tensor) -> torch.Tensor:
+    """SS1: quarters move +1 along D1, -1 along D1, +1 along D2, -1 along D2."""
+    return spatial_shift(x, 1)
+
+
+def spatial_shift2(x: torch.Tensor) -> torch.Tensor:
+    """SS2: quarters move +1 along D2, -1 along D2, +1 along D1, -1 along D1."""
+    return spatial_shift(x, 2)
+
+
+class SplitAttention(nn.Module):
+    """Fuses K branches with per-channel softmax weights computed from their pooled sum.
+
+    ``reweight`` is ViP's ``Mlp(c, c/4, K*c)``. Its output is read channel-major, as
+    ``(B, c, K)``, which is the layout of ViP's ``reshape(B, C, K)`` and so of existing
+    checkpoints. The softmax runs over K.
+    """
+
+    def __init__(self, dim: int, num_branches: int = 3, pool: str = "mean") -> None:
+        super().__init__()
+        if pool not in ("mean", "sum"):
+            raise ValueError(f"split attention pool must be 'mean' or 'sum', got {pool!r}")
+        self.dim = dim
+        self.num_branches = num_branches
+        self.pool = pool
+        self.reweight = Mlp(dim, dim // 4, dim * num_branches)
+
+    def branch_weights(self, branches: torch.Tensor) -> torch.Tensor:
+        """Softmax weights ``(B, K, C)`` for stacked branches ``(B, H, W, K, C)``; they sum to 1 over K."""
+        b = branches.shape[0]
+        pooled = branches.mean(dim=(1, 2)) if self.pool == "mean" else branches.sum(dim=(1, 2))
+        hat = self.reweight(pooled.sum(dim=1))  # (B, C*K), channel-major
+        return hat.reshape(b, self.dim, self.num_branches).transpose(1, 2).softmax(dim=1)
+
+    def forward(self, branches: torch.Tensor) -> torch.Tensor:
+        weights = self.branch_weights(branches)  # (B, K, C)
+        return (branches * weights[:, None, None]).sum(dim=3)
+
+
+class S2MLPv2Mixer(nn.Module):
+    """Token mixer: expand c -> 3c, shift two thirds (SS1, SS2), fuse the three, project back."""
+
+    def __init__(self, dim: int, fusion: str = "split_attention", pool: str = "mean") -> None:
+        super().__init__()
+        if fusion not in ("split_attention", "sum"):
+            raise ValueError(f"fusion must be 'split_attention' or 'sum', got {fusion!r}")
+        self.dim = dim
+        self.mlp_c = nn.Linear(dim, dim * 3)
+        self.reweight = SplitAttention(dim, 3, pool) if fusion == "split_attention" else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2, x3 = self.mlp_c(x).chunk(3, dim=-1)
+        branches = torch.stack([spatial_shift1(x1), spatial_shift2(x2), x3], dim=3)  # (B, H, W, 3, C)
+        fused = branches.mean(dim=3) if self.reweight is None else self.reweight(branches)
+        return self.proj(fused)
+
+
+class S2MLPv2Block(nn.Module):
+    """Pre-norm block with two residuals: ``y = x + Mixer(LN(x))``, ``z = y + MLP(LN(y))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 3.0,
+        drop_path: float = 0.0,
+        fusion: str = "split_attention",
+        pool: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = S2MLPv2Mixer(dim, fusion=fusion, pool=pool)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: a plain strided ``Conv2d``, NCHW in, NHWC out."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class Downsample(nn.Module):
+    """Stage transition: ``Conv2d(k=2, s=2)`` between widths, NHWC in and out (ViP's)."""
+
+    def __init__(self, in_dim: int, out_dim: int, patch_size: int = 2) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

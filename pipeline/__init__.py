@@ -1,0 +1,1 @@
+"""Deployment stages: export to ONNX, precision conversion, verification and benchmarks."""

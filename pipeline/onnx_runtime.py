@@ -1,0 +1,128 @@
+"""ONNX Runtime sessions for our graphs, on whatever provider is available.
+
+Graphs in plugin form hold ``SpatialShift`` nodes that only TensorRT (through our plugin) runs
+natively. For ONNX Runtime, :func:`make_session` re-tags a copy of such a graph into
+onnxruntime-extensions' custom-op domain and registers a Python implementation that calls
+``models.layers.shift_reference``, the same function the model uses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME
+
+__all__ = ["OnnxRuntimeRunner", "make_session", "has_plugin_nodes"]
+
+_ORTX_DOMAIN = "ai.onnx.contrib"
+_registered = False
+
+
+def has_plugin_nodes(model) -> bool:
+    return any(n.op_type == PLUGIN_NAME and n.domain == ONNX_DOMAIN for n in model.graph.node)
+
+
+def _register_python_shift() -> None:
+    global _registered
+    if _registered:
+        return
+    import torch
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    from models.layers import shift_reference
+
+    # float32 only: precision-converted graphs are made from the standard form (SPEC §3).
+    @onnx_op(
+        op_type=PLUGIN_NAME,
+        inputs=[PyCustomOpDef.dt_float],
+        outputs=[PyCustomOpDef.dt_float],
+        attrs={"pattern": PyCustomOpDef.dt_int64},
+    )
+    def _shift(x, **kwargs):
+        return shift_reference(torch.from_numpy(np.ascontiguousarray(x)), int(kwargs["pattern"])).numpy()
+
+    _registered = True
+
+
+def _retag_for_extensions(model):
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in model.graph.node:
+        if node.op_type == PLUGIN_NAME and node.domain == ONNX_DOMAIN:
+            node.domain = _ORTX_DOMAIN
+            keep = [a for a in node.attribute if a.name == "pattern"]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+    imports = [o for o in model.opset_import if o.domain != ONNX_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports + [onnx.helper.make_opsetid(_ORTX_DOMAIN, 1)])
+    return model
+
+
+def make_session(model_or_path, threads: int | None = None, optimization: str = "all", optimized_model_path: str | None = None):
+    """An ``InferenceSession`` on the best available provider (CPU when there is no GPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if threads:
+        opts.intra_op_num_threads = threads
+    if optimized_model_path:
+        opts.optimized_model_filepath = optimized_model_path
+    if has_plugin_nodes(model):
+        from onnxruntime_extensions import get_library_path
+
+        _register_python_shift()
+        opts.register_custom_ops_library(get_library_path())
+        model = _retag_for_extensions(model)
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers)
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class OnnxRuntimeRunner:
+    """Runs a graph with one input and one output: ``runner(batch) -> logits`` (numpy in, numpy out)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, optimization: str = "all") -> None:
+        self.path = Path(path)
+        self.session = make_session(self.path, threads=threads, optimization=optimization)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def providers(self) -> Sequence[str]:
+        return self.session.get_providers()
+
+    def __call__(self, batch) -> np.ndarray:
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().numpy()
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return out.astype(np.float32, copy=False)

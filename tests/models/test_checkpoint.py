@@ -1,0 +1,136 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+import models
+from models import CheckpointError, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return models.create_model("s2mlpv2_tiny_test").eval()
+
+
+def test_round_trip_gives_bit_identical_outputs(tiny, tmp_path):
+    path = save_checkpoint(tiny, tmp_path / "tiny.safetensors", {"note": "test"})
+    loaded = load_checkpoint(path)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tiny(x), loaded(x))
+    assert loaded.config == tiny.config
+    assert loaded.card.provenance == {"note": "test"}
+
+
+def test_card_is_written_beside_the_weights(tiny, tmp_path):
+    save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    card = json.loads((tmp_path / "tiny.json").read_text())
+    assert card["model"] == "s2mlpv2_tiny_test"
+    assert card["preprocessing"]["input_size"] == [3, 32, 32]
+    assert set(card["preprocessing"]) == {"input_size", "mean", "std", "crop_pct", "interpolation"}
+
+
+def test_lone_safetensors_file_still_knows_its_config(tiny, tmp_path):
+    path = save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    (tmp_path / "tiny.json").unlink()
+    assert load_checkpoint(path).config == tiny.config
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused_and_code_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _RunsCode()
+    payload.marker = marker
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"head.weight": payload}, f)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_truncated_safetensors_gives_a_clear_error(tiny, tmp_path):
+    path = save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    (tmp_path / "tiny.json").unlink()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(4096)], ids=["empty", "random-bytes"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_empty_or_random_files_give_clear_errors(tmp_path, content, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="empty|truncated or corrupt|could run code"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_checkpoint_for_another_variant_names_that_variant(tmp_path):
+    cifar = models.create_model("s2mlpv2_cifar10")
+    path = tmp_path / "cifar.pt"
+    torch.save(cifar.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"does not fit s2mlpv2_tiny_test.*s2mlpv2_cifar10") as info:
+        load_checkpoint(path, model_name="s2mlpv2_tiny_test")
+    assert "vs model" in str(info.value)  # the first mismatches are listed
+
+
+def test_plain_state_dict_with_ddp_prefix_and_wrapper_loads(tiny, tmp_path):
+    path = tmp_path / "plain.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny.state_dict().items()}, "epoch": 3}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config.name == "s2mlpv2_tiny_test"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tiny(x), loaded(x))
+
+
+def test_vip_style_keys_load_and_num_classes_follows_the_head(tmp_path):
+    model = models.create_model("s2mlpv2_tiny_test", num_classes=3)
+    state = model.state_dict()
+    assert any(k.startswith("network.0.0.attn.mlp_c") for k in state)  # ViP's names
+    path = tmp_path / "vip.pth"
+    torch.save({"model": state}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.head.out_features == 3
+
+
+def test_card_that_disagrees_with_weights_is_an_error(tiny, tmp_path):
+    path = save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    card = json.loads((tmp_path / "tiny.json").read_text())
+    card["config"]["embed_dims"] = [16, 64]
+    (tmp_path / "tiny.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="disagrees"):
+        load_checkpoint(path)
+
+
+def test_invalid_card_json_is_an_error(tiny, tmp_path):
+    path = save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    (tmp_path / "tiny.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(path)
+
+
+def test_failed_save_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def boom(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    assert list(tmp_path.iterdir()) == []

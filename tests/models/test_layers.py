@@ -1,0 +1,119 @@
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from models.layers import S2MLPv2Mixer, SplitAttention, spatial_shift1, spatial_shift2
+
+# (move along D1, move along D2) for each channel quarter, straight from SPEC §1.
+MOVES = {1: [(1, 0), (-1, 0), (0, 1), (0, -1)], 2: [(0, 1), (0, -1), (1, 0), (-1, 0)]}
+
+
+def naive_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """Index-by-index definition: y[i, j] = x[i - m1, j - m2]; without a source, keep x[i, j]."""
+    _, h, w, c = x.shape
+    q = c // 4
+    y = x.clone()
+    for g, (m1, m2) in enumerate(MOVES[pattern]):
+        for i in range(h):
+            for j in range(w):
+                si, sj = i - m1, j - m2
+                if 0 <= si < h and 0 <= sj < w:
+                    y[:, i, j, g * q : (g + 1) * q] = x[:, si, sj, g * q : (g + 1) * q]
+    return y
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 4).map(lambda k: 4 * k))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_shifts_match_index_by_index_reference(shape, seed):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(spatial_shift1(x), naive_shift(x, 1))
+    assert torch.equal(spatial_shift2(x), naive_shift(x, 2))
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 2), (2, 1), (2, 2), (1, 5), (5, 1)])
+def test_shift_handles_tiny_spatial_sizes(h, w):
+    x = torch.randn(2, h, w, 8)
+    assert torch.equal(spatial_shift1(x), naive_shift(x, 1))
+    assert torch.equal(spatial_shift2(x), naive_shift(x, 2))
+
+
+def test_border_row_keeps_its_own_value():
+    x = torch.arange(1, 4 * 4 * 4 + 1, dtype=torch.float32).reshape(1, 4, 4, 4)
+    y = spatial_shift1(x)
+    # quarter 0 moves +1 along D1: row 0 has no source and keeps its value; row 1 takes row 0.
+    assert torch.equal(y[0, 0, :, 0], x[0, 0, :, 0])
+    assert torch.equal(y[0, 1, :, 0], x[0, 0, :, 0])
+    # quarter 1 moves -1 along D1: the last row keeps its value.
+    assert torch.equal(y[0, 3, :, 1], x[0, 3, :, 1])
+    assert torch.equal(y[0, 2, :, 1], x[0, 3, :, 1])
+    # x has no zeros, so any zero in y would be a zero-filled border
+    assert not (y == 0).any()
+
+
+def test_shift_does_not_modify_its_input():
+    x = torch.randn(2, 5, 5, 8)
+    before = x.clone()
+    spatial_shift1(x)
+    spatial_shift2(x)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 6, 10])
+def test_shift_rejects_channels_not_divisible_by_4(channels):
+    with pytest.raises(ValueError, match="divisible by 4"):
+        spatial_shift1(torch.randn(1, 3, 3, channels))
+
+
+def test_shift_rejects_wrong_rank():
+    with pytest.raises(ValueError, match=r"\(B, D1, D2, C\)"):
+        spatial_shift2(torch.randn(3, 3, 8))
+
+
+def test_split_attention_weights_sum_to_one():
+    torch.manual_seed(0)
+    attn = SplitAttention(dim=8).eval()
+    branches = torch.randn(2, 3, 4, 3, 8)
+    weights = attn.branch_weights(branches)
+    assert weights.shape == (2, 3, 8)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 8))
+
+
+def test_split_attention_matches_hand_computation():
+    torch.manual_seed(0)
+    c, k = 8, 3
+    attn = SplitAttention(dim=c).eval()
+    x1, x2, x3 = (torch.randn(1, 2, 3, c) for _ in range(k))
+    out = attn(torch.stack([x1, x2, x3], dim=3))
+
+    a = (x1 + x2 + x3).mean(dim=(1, 2))  # (1, c)
+    fc1, fc2 = attn.reweight.fc1, attn.reweight.fc2
+    hidden = torch.nn.functional.gelu(a @ fc1.weight.T + fc1.bias)
+    hat = (hidden @ fc2.weight.T + fc2.bias).reshape(1, c, k)  # channel-major, as ViP
+    w = torch.softmax(hat, dim=2)
+    expected = w[:, None, None, :, 0] * x1 + w[:, None, None, :, 1] * x2 + w[:, None, None, :, 2] * x3
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_split_attention_sum_pool_is_the_mean_times_token_count():
+    torch.manual_seed(0)
+    sum_attn = SplitAttention(8, pool="sum").eval()
+    branches = torch.randn(1, 2, 2, 3, 8)
+    pooled_sum = branches.sum(dim=(1, 2)).sum(dim=1)  # eq. 2 as printed: a sum over 2x2 tokens
+    torch.testing.assert_close(pooled_sum, 4 * branches.mean(dim=(1, 2)).sum(dim=1))
+    hat = sum_attn.reweight(pooled_sum).reshape(1, 8, 3).transpose(1, 2)
+    torch.testing.assert_close(sum_attn.branch_weights(branches), hat.softmax(dim=1))
+    with pytest.raises(ValueError, match="pool"):
+        SplitAttention(8, pool="max")
+
+
+def test_sum_fusion_mixer_averages_branches():
+    torch.manual_seed(0)
+    mixer = S2MLPv2Mixer(8, fusion="sum").eval()
+    x = torch.randn(1, 3, 3, 8)
+    x1, x2, x3 = mixer.mlp_c(x).chunk(3, dim=-1)
+    expected = mixer.proj((spatial_shift1(x1) + spatial_shift2(x2) + x3) / 3)
+    torch.testing.assert_close(mixer(x), expected)

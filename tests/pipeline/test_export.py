@@ -1,0 +1,175 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import models
+from pipeline.export import ExportError, ExportSettings, export_onnx, load_images, read_onnx_card
+from pipeline.onnx_runtime import OnnxRuntimeRunner
+from tests.conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each (variant, shift form) exported once for the module, with the eager model beside it."""
+    cache = {}
+
+    def get(name, impl="onnx"):
+        if (name, impl) not in cache:
+            torch.manual_seed(0)
+            model = models.create_model(name).eval()
+            path = tmp_path_factory.mktemp("onnx") / f"{name}-{impl}.onnx"
+            result = export_onnx(model, path, ExportSettings(shift_impl=impl))
+            cache[name, impl] = (model, path, result)
+        return cache[name, impl]
+
+    return get
+
+
+def _images(model, n):
+    return load_images(DATA / "cifar10-val", model, n)
+
+
+@pytest.mark.parametrize("name", ["s2mlpv2_tiny_test", "s2mlpv2_cifar10"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_ort_matches_pytorch_on_images_and_random_inputs(exported, name, batch):
+    model, path, _ = exported(name)
+    runner = OnnxRuntimeRunner(path)
+    c, h, w = model.config.preprocessing.input_size
+    for x in (_images(model, batch), torch.randn(batch, c, h, w)):
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = runner(x)
+        assert got.shape == expected.shape == (batch, model.config.num_classes)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_standard_form_has_no_scatter_and_few_transposes(exported):
+    model, path, result = exported("s2mlpv2_cifar10")
+    ops = result.op_histogram
+    assert "ScatterND" not in ops and "ScatterElements" not in ops
+    # 8 blocks x 2 shifts, each one edge Pad + 4 Slices + 1 Concat
+    assert ops["Pad"] == 16 and ops["Slice"] == 64
+    # patch embed and transition need NCHW<->NHWC (3); split attention reads ViP's channel-major weights (1 per block)
+    assert ops.get("Transpose", 0) <= 3 + 8
+
+
+def test_graph_interface_and_metadata(exported):
+    model, path, _ = exported("s2mlpv2_tiny_test")
+    graph = onnx.load(str(path)).graph
+    (inp,), (out,) = graph.input, graph.output
+    assert inp.name == "input" and out.name == "logits"
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 32, 32]
+    card = read_onnx_card(path)
+    assert card.config == model.config
+    assert card.preprocessing.input_size == (3, 32, 32)
+
+
+def test_plugin_form_has_one_node_per_shift_with_plugin_attributes(exported):
+    from models.shift_op import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+    model, path, result = exported("s2mlpv2_tiny_test", "plugin")
+    nodes = [n for n in onnx.load(str(path)).graph.node if n.op_type == PLUGIN_NAME]
+    assert len(nodes) == 2 * 2  # 2 blocks x (SS1, SS2)
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert sorted(a["pattern"] for a in attrs) == [1, 1, 2, 2]
+    assert all(
+        a["plugin_namespace"] == PLUGIN_NAMESPACE.encode() and a["plugin_version"] == PLUGIN_VERSION.encode() for a in attrs
+    )
+    assert "Pad" not in result.op_histogram and "Slice" not in result.op_histogram
+
+
+def test_plugin_form_is_otherwise_identical_to_standard_form(exported):
+    _, std_path, std = exported("s2mlpv2_tiny_test", "onnx")
+    _, plug_path, plug = exported("s2mlpv2_tiny_test", "plugin")
+    shift_ops = {"Pad", "Slice", "SpatialShift"}
+    strip = lambda h: {k: v for k, v in h.items() if k not in shift_ops and k != "Concat"}  # noqa: E731
+    assert strip(std.op_histogram) == strip(plug.op_histogram)
+    # the standard form adds exactly one Concat per shift
+    assert std.op_histogram["Concat"] - plug.op_histogram["Concat"] == plug.op_histogram["SpatialShift"]
+
+
+def test_plugin_form_gives_outputs_identical_to_standard_form(exported):
+    model, std_path, _ = exported("s2mlpv2_tiny_test", "onnx")
+    _, plug_path, _ = exported("s2mlpv2_tiny_test", "plugin")
+    x = _images(model, 7)
+    np.testing.assert_array_equal(OnnxRuntimeRunner(std_path)(x), OnnxRuntimeRunner(plug_path)(x))
+
+
+@pytest.mark.parametrize("impl", ["onnx", "plugin"])
+def test_onnx_checker_full_check_passes(exported, impl):
+    from models.shift_op import register_onnx_schema
+
+    register_onnx_schema()
+    _, path, _ = exported("s2mlpv2_tiny_test", impl)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def test_polygraphy_inspect_model_passes(exported):
+    _, path, _ = exported("s2mlpv2_tiny_test")
+    exe = shutil.which("polygraphy") or str(__import__("pathlib").Path(sys.executable).parent / "polygraphy")
+    proc = subprocess.run([exe, "inspect", "model", str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "input" in proc.stdout and "logits" in proc.stdout
+
+
+def test_mismatch_fails_loudly_and_writes_nothing(tmp_path, monkeypatch):
+    import pipeline.export as export_mod
+
+    torch.manual_seed(0)
+    model = models.create_model("s2mlpv2_tiny_test").eval()
+    real_session = export_mod.__dict__.get("make_session")
+
+    class Wrong:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            return [o + 1.0 for o in self.session.run(names, feeds)]
+
+    import pipeline.onnx_runtime as ort_mod
+
+    original = ort_mod.make_session
+    monkeypatch.setattr(ort_mod, "make_session", lambda *a, **k: Wrong(original(*a, **k)))
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="disagrees with PyTorch.*max \\|Δlogit\\|"):
+        export_onnx(model, out, ExportSettings())
+    assert list(tmp_path.iterdir()) == []
+    assert real_session is None  # export imports make_session lazily, so the patch above is what it used
+
+
+def test_cli_prints_nodes_ops_and_seconds(tmp_path, run_cli):
+    out = tmp_path / "tiny.onnx"
+    proc = run_cli("pipeline.export", "--model", "s2mlpv2_tiny_test", "--out", out, "--json", tmp_path / "r.json", check=True)
+    assert "RANDOM weights" in proc.stderr
+    assert "nodes:" in proc.stdout and "ops:" in proc.stdout and "seconds:" in proc.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["nodes"] < report["nodes_exported"]
+    assert out.is_file()
+
+
+def test_cli_exports_from_a_checkpoint(tmp_path, run_cli):
+    torch.manual_seed(1)
+    model = models.create_model("s2mlpv2_tiny_test")
+    ckpt = models.save_checkpoint(model, tmp_path / "tiny.safetensors", {"note": "cli test"})
+    out = tmp_path / "tiny.onnx"
+    proc = run_cli("pipeline.export", "--checkpoint", ckpt, "--out", out, "--check-images", DATA / "cifar10-val", check=True)
+    assert "RANDOM" not in proc.stderr
+    assert "images from" in proc.stdout
+    assert read_onnx_card(out).provenance == {"note": "cli test"}
+
+
+def test_cli_bad_checkpoint_is_one_line_error(tmp_path, run_cli):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    proc = run_cli("pipeline.export", "--checkpoint", bad, "--out", tmp_path / "x.onnx")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
