@@ -1,0 +1,52 @@
+"""Build (or load from cache) a calibration set and print what it holds.
+
+``python -m calibration --data DIR --checkpoint P [--size 512] [--cache-dir build/calibration-cache]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from models import CheckpointError, get_variant, list_models, load_checkpoint
+
+from .dataset import CalibrationError, build_calibration_set
+from .sources import SourceError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m calibration", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder (synset in file names) or list file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="take the preprocessing from this checkpoint's card")
+    src.add_argument("--model", choices=list_models(), default="s2mlpv2_small7", help="take the preprocessing from this variant")
+    p.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--holdout", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=Path("build/calibration-cache"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        pre = load_checkpoint(args.checkpoint).config.preprocessing if args.checkpoint else get_variant(args.model).preprocessing
+        s = build_calibration_set(
+            args.data, pre, args.size, holdout=args.holdout, seed=args.seed, cache_dir=args.cache_dir, labels_file=args.labels
+        )
+    except (CalibrationError, SourceError, CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    classes = len(set(s.labels))
+    print(
+        f"{len(s.files)} images ({s.size} calibration + {len(s.holdout)} held out) from {classes} classes, "
+        f"array {tuple(s.images.shape)}, sha256 {s.content_hash[:16]}; {len(s.skipped)} skipped"
+        f"{'; loaded from cache' if s.from_cache else ''}: {s.cache_path.with_suffix('.npy') if s.cache_path else ''}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Calibration sets: class-stratified, deterministic samples, preprocessed by the model card and cached.
+
+``build_calibration_set(source, preprocessing, size=512)`` lists the images of ``source``
+(any layout of ``calibration.sources``), orders them by a seeded round-robin over classes, and
+decodes them in that order until ``size`` usable images are found (plus ``holdout`` more for a
+held-out slice). Corrupt files are skipped, counted and named in the log. The result is cached
+as ``.npy`` + ``.json``; the JSON holds the file list, each file's SHA-256, the array's SHA-256
+and the preprocessing, and a re-run with the same inputs loads the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.fileio import atomic_path, atomic_write_json, sha256_file
+from models.s2mlpv2 import Preprocessing
+
+from .images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
+from .sources import Sample, discover
+
+__all__ = [
+    "CalibrationSet",
+    "CalibrationError",
+    "OverlapError",
+    "build_calibration_set",
+    "check_disjoint",
+    "preprocess",
+    "stratified_order",
+]
+
+log = logging.getLogger("calibration")
+CACHE_VERSION = 1
+
+
+class CalibrationError(ValueError):
+    """Not enough usable images, or a cache that cannot be used; the message says what to do."""
+
+
+class OverlapError(CalibrationError):
+    """Evaluation images that are also calibration images (same content)."""
+
+
+@dataclass
+class CalibrationSet:
+    images: np.ndarray  # (N + holdout, 3, H, W) float32, preprocessed
+    files: list[str]
+    labels: list[str | None]
+    file_hashes: list[str]
+    preprocessing: Preprocessing
+    size: int
+    skipped: list[str] = field(default_factory=list)
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+    @property
+    def calibration(self) -> np.ndarray:
+        return self.images[: self.size]
+
+    @property
+    def holdout(self) -> np.ndarray:
+        return self.images[self.size :]
+
+    @property
+    def holdout_labels(self) -> list[str | None]:
+        return self.labels[self.size :]
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
+
+
+def preprocess(image, pre: Preprocessing) -> np.ndarray:
+    """One RGB PIL image -> the model's input ``(3, H, W)`` float32, exactly as the card says."""
+    from models.data import eval_transform
+
+    return eval_transform(pre)(image).numpy()
+
+
+def stratified_order(samples: list[Sample], seed: int) -> list[Sample]:
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label or ""].append(s)
+    queues = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda s: str(s.path))
+        random.Random(f"{seed}:{label}").shuffle(members)
+        queues.append(members)
+    order = []
+    for i in range(max(len(q) for q in queues)):
+        order += [q[i] for q in queues if i < len(q)]
+    return order
+
+
+def _cache_key(samples: list[Sample], pre: Preprocessing, size: int, holdout: int, seed: int, max_pixels: int) -> str:
+    listing = []
+    for s in samples:
+        try:
+            st = s.path.stat()
+            listing.append([str(s.path), s.label, st.st_size, st.st_mtime_ns])
+        except OSError:
+            listing.append([str(s.path), s.label, None, None])
+    blob = json.dumps([CACHE_VERSION, listing, pre.to_dict(), size, holdout, seed, max_pixels], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _load_cache(stem: Path, pre: Preprocessing) -> CalibrationSet | None:
+    meta_path, array_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    if not (meta_path.is_file() and array_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(array_path, allow_pickle=False)
+    except (OSError, ValueError, json.JSONDecodeError):
+        log.warning("calibration cache %s is unreadable; rebuilding it", stem)
+        return None
+    result = CalibrationSet(
+        images, meta["files"], meta["labels"], meta["file_hashes"], pre, meta["size"], meta["skipped"], stem, True
+    )
+    if result.content_hash != meta["content_hash"]:
+        log.warning("calibration cache %s does not match its recorded hash; rebuilding it", stem)
+        return None
+    return result
+
+
+def build_calibration_set(
+    source: str | os.PathLike,
+    preprocessing: Preprocessing,
+    size: int = 512,
+    *,
+    holdout: int = 0,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    labels_file: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> CalibrationSet:
+    if size < 1:
+        raise CalibrationError(f"calibration size must be at least 1, got {size}")
+    samples = discover(source, labels_file)
+    stem = None
+    if cache_dir is not None:
+        key = _cache_key(samples, preprocessing, size, holdout, seed, max_pixels)
+        stem = Path(cache_dir) / f"calib-{key[:16]}"
+        cached = _load_cache(stem, preprocessing)
+        if cached is not None:
+            log.info("calibration set loaded from cache %s", stem.with_suffix(".npy"))
+            return cached
+
+    from tqdm import tqdm
+
+    wanted = size + holdout
+    arrays, files, labels, hashes, skipped = [], [], [], [], []
+    order = stratified_order(samples, seed)
+    with tqdm(total=wanted, desc="calibration images", unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
+        for sample in order:
+            if len(arrays) == wanted:
+                break
+            try:
+                if not sample.path.is_file():
+                    raise ImageError(f"{sample.path}: not a file")
+                image = load_rgb(sample.path, max_pixels)
+            except ImageError as e:
+                skipped.append(str(e))
+                log.warning("skipped %s", e)
+                continue
+            arrays.append(preprocess(image, preprocessing))
+            files.append(str(sample.path))
+            labels.append(sample.label)
+            hashes.append(sha256_file(sample.path))
+            bar.update(1)
+    if len(arrays) < wanted:
+        what = f"{size} calibration" + (f" + {holdout} held-out" if holdout else "")
+        raise CalibrationError(
+            f"only {len(arrays)} usable images in {source} ({len(samples)} found, {len(skipped)} skipped as unreadable); "
+            f"{what} images were asked for: lower the size or add images"
+        )
+    if skipped:
+        log.warning("%d of the images tried in %s were skipped as unreadable", len(skipped), source)
+    result = CalibrationSet(np.stack(arrays).astype(np.float32), files, labels, hashes, preprocessing, size, skipped)
+    if stem is not None:
+        with atomic_path(stem.with_suffix(".npy")) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, result.images, allow_pickle=False)
+        atomic_write_json(stem.with_suffix(".json"), _meta(result, source, seed, holdout))
+        result.cache_path = stem
+    return result
+
+
+def _meta(result: CalibrationSet, source: Any, seed: int, holdout: int) -> dict[str, Any]:
+    return {
+        "version": CACHE_VERSION,
+        "source": str(source),
+        "size": result.size,
+        "holdout": holdout,
+        "seed": seed,
+        "shape": list(result.images.shape),
+        "content_hash": result.content_hash,
+        "preprocessing": result.preprocessing.to_dict(),
+        "files": result.files,
+        "labels": result.labels,
+        "file_hashes": result.file_hashes,
+        "skipped": result.skipped,
+    }
+
+
+def check_disjoint(calibration: CalibrationSet, eval_files: list[str | os.PathLike]) -> None:
+    """Raise ``OverlapError`` if any evaluation file has the same content as a calibration file."""
+    calib = {h: f for h, f in zip(calibration.file_hashes, calibration.files)}
+    clashes = []
+    for f in eval_files:
+        try:
+            h = sha256_file(f)
+        except OSError:
+            continue
+        if h in calib:
+            clashes.append((str(f), calib[h]))
+    if clashes:
+        shown = "; ".join(f"{e} = {c}" for e, c in clashes[:3])
+        raise OverlapError(
+            f"{len(clashes)} evaluation images are also calibration images ({shown}); "
+            "evaluate on images the calibration never saw (use a different folder or split)"
+        )

@@ -1,0 +1,69 @@
+"""Decoding untrusted image files into RGB, safely.
+
+Every failure is an ``ImageError`` with a one-line reason: unreadable or truncated files,
+files that are not images, and decompression bombs (a declared size over ``max_pixels``,
+checked from the header before any pixel is decoded). Grayscale, CMYK, RGBA, LA, palette
+and 16-bit images all come out as 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+__all__ = ["ImageError", "DEFAULT_MAX_PIXELS", "load_rgb"]
+
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ImageNet's largest images are far below this
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit grayscale: scale by the type's range, not by clipping to 255.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become white, as a viewer shows them, not whatever colour they hide.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open ``path`` and return an 8-bit RGB ``PIL.Image``, or raise ``ImageError``."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(name) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{name}: declares {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel limit (possible decompression bomb)"
+                    )
+                if w == 0 or h == 0:
+                    raise ImageError(f"{name}: has zero size")
+                img.load()
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: declares more pixels than Pillow's decompression-bomb pixel limit; refused") from None
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        # PIL reports truncated data, bad headers and decoder errors with these types
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ImageError(f"{name}: corrupt or truncated image ({reason})") from None

@@ -1,0 +1,269 @@
+"""Latency and throughput of the model on every backend, with the hardware ceiling measured in the same run.
+
+``python -m pipeline.benchmark --model s2mlpv2_small7 --onnx small7.onnx small7-int8.onnx --out bench.json``
+
+For each backend and batch size (default 1, 8, 32) it reports latency p50/p90/p99 and
+throughput after warm-up. Backends: torch eager, ``torch.compile`` (``--compile``), ONNX
+Runtime for every ``--onnx`` artifact, and TensorRT for every ``--plan`` (CUDA graphs on) where
+TensorRT and a GPU exist. The CPU's fp32 GEMM ceiling (ONNX Runtime MatMul, 2048³) and an
+int8 ceiling (MatMulInteger, 2048³) are measured in the same run, and each row's achieved
+GFLOP/s (2 x MACs x images/s) is given as a fraction of the ceiling of its precision. Ratios
+between rows are what to compare; absolute numbers depend on the machine and its load.
+Writes JSON, a Markdown table and a PNG plot of latency against batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import CheckpointError, create_model, list_models, load_checkpoint
+from models.fileio import atomic_path, atomic_write_json, atomic_write_text
+
+__all__ = ["time_fn", "gemm_ceilings", "model_macs", "main"]
+
+
+def time_fn(fn: Callable[[], Any], warmup: int, iters: int, min_seconds: float = 0.0) -> np.ndarray:
+    """Per-call latencies in milliseconds after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - t_start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return np.array(times)
+
+
+def _matmul_graph(n: int, integer: bool):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if integer:
+        b = numpy_helper.from_array(rng.integers(-127, 127, (n, n), dtype=np.int8), "B")
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "B")
+        node = helper.make_node("MatMul", ["A", "B"], ["Y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("A", a_type, [n, n])],
+        [helper.make_tensor_value_info("Y", y_type, [n, n])],
+        [b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def gemm_ceilings(n: int = 2048, threads: int | None = None, iters: int = 10) -> dict[str, float]:
+    """GFLOP/s (2 n³ per product) of ONNX Runtime's fp32 MatMul and int8 MatMulInteger on this CPU."""
+    from .onnx_runtime import make_session
+
+    out = {}
+    for key, integer in (("fp32", False), ("int8", True)):
+        session = make_session(_matmul_graph(n, integer), threads=threads)
+        a = (
+            np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8)
+            if integer
+            else np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+        )
+        ms = np.median(time_fn(lambda: session.run(None, {"A": a}), warmup=2, iters=iters))
+        out[key] = 2 * n**3 / (ms / 1e3) / 1e9
+    return out
+
+
+def model_macs(model) -> float:
+    """Multiply-adds per image (FlopCounterMode counts 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c, h, w = model.config.preprocessing.input_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, c, h, w))
+    return counter.get_total_flops() / 2
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for name in ("onnxruntime", "onnx", "tensorrt"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        pts = sorted((r["batch"], r["p50_ms"]) for r in rows if r["backend"] == backend)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    c = result["ceilings_gflops"]
+    lines = [
+        f"# Benchmark: {result['model']} on {result['provenance']['cpu']} ({result['provenance']['threads']} threads)",
+        "",
+        f"Ceilings measured in this run: fp32 GEMM {c['fp32']:.0f} GFLOP/s, int8 GEMM {c['int8']:.0f} GOP/s. "
+        f"Model: {result['gmacs_per_image']:.3f} GMAC per image.",
+        "",
+        "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {r['fraction_of_ceiling'] * 100:.0f} % | {r['speedup_vs_eager']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.benchmark",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="s2mlpv2_small7", choices=list_models())
+    p.add_argument("--checkpoint", type=Path, help="weights for the torch rows (speed does not depend on them)")
+    p.add_argument("--onnx", type=Path, nargs="*", default=[], help="ONNX artifacts to time with ONNX Runtime")
+    p.add_argument("--plan", type=Path, nargs="*", default=[], help="TensorRT plans to time (needs tensorrt and a GPU)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compiling Small/7 takes minutes on a CPU)")
+    p.add_argument("--no-eager", action="store_true", help="skip the torch eager rows")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing a row at least this long")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON; .md and .png are written beside it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .onnx_runtime import OnnxRuntimeRunner
+    from .verify import VerifyError, artifact_precision, load_runner
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        model = load_checkpoint(args.checkpoint) if args.checkpoint else create_model(args.model).eval()
+        for path in [*args.onnx, *args.plan]:
+            if not path.is_file():
+                raise VerifyError(f"artifact not found: {path}")
+        runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
+        if not args.no_eager:
+
+            def eager(x, _m=model):
+                with torch.inference_mode():
+                    return _m(torch.from_numpy(x))
+
+            runners.append(("torch eager fp32", "fp32", eager))
+        if args.compile:
+            compiled = torch.compile(model)
+
+            def comp(x, _m=compiled):
+                with torch.inference_mode():
+                    return _m(torch.from_numpy(x))
+
+            runners.append(("torch.compile fp32", "fp32", comp))
+        for path in args.onnx:
+            precision = artifact_precision(path)
+            runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
+        for path in args.plan:
+            runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
+    except (CheckpointError, VerifyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print(f"measuring GEMM ceilings (2048^3) with {args.threads} threads ...", flush=True)
+    ceilings = gemm_ceilings(threads=args.threads)
+    print(f"  fp32 MatMul {ceilings['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceilings['int8']:.0f} GOP/s", flush=True)
+    macs = model_macs(model)
+    c, h, w = model.config.preprocessing.input_size
+    rows = []
+    for batch in args.batches:
+        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+        for name, precision, run in runners:
+            ms = time_fn(lambda: run(x), args.warmup, args.iters, args.min_seconds)
+            p50 = float(np.percentile(ms, 50))
+            ips = batch / (p50 / 1e3)
+            gflops = 2 * macs * ips / 1e9
+            rows.append(
+                {
+                    "backend": name,
+                    "precision": precision,
+                    "batch": batch,
+                    "iters": len(ms),
+                    "p50_ms": p50,
+                    "p90_ms": float(np.percentile(ms, 90)),
+                    "p99_ms": float(np.percentile(ms, 99)),
+                    "images_per_s": ips,
+                    "gflops": gflops,
+                    "fraction_of_ceiling": gflops / ceilings["int8" if precision == "int8" else "fp32"],
+                }
+            )
+            print(f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {gflops:6.0f} GFLOP/s", flush=True)
+    for r in rows:
+        base = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == "torch eager fp32"), None)
+        r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
+    result = {
+        "model": model.config.name,
+        "gmacs_per_image": macs / 1e9,
+        "ceilings_gflops": ceilings,
+        "rows": rows,
+        "provenance": {
+            "cpu": _cpu_name(),
+            "threads": args.threads,
+            "versions": _versions(),
+            "cuda_graphs": bool(args.plan),
+            "host_device_copies_included": True,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    }
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), _markdown(result))
+    _plot(rows, args.out.with_suffix(".png"))
+    print(_markdown(result))
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

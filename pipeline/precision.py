@@ -1,0 +1,424 @@
+"""Precision stage: fp32 ONNX -> fp16 (ModelOpt AutoCast) or int8 with explicit Q/DQ (ModelOpt quantizer).
+
+``python -m pipeline.precision --onnx model.onnx --precision fp16 --out model-fp16.onnx``
+``python -m pipeline.precision --onnx model.onnx --precision int8 --calib-data DIR --out model-int8.onnx``
+
+In TensorRT 11 an engine's precision is what its ONNX graph says (SPEC §3), so this stage is
+where FP16 and INT8 are decided:
+
+* **fp16**: ModelOpt AutoCast with ``keep_io_types`` (the graph still takes and returns
+  float32). With calibration images, AutoCast runs the fp32 graph on them and keeps in fp32
+  every node whose inputs or outputs exceed ``--fp16-data-max``; this stage records those
+  nodes and the largest activation it measured for every LayerNorm, reduction and softmax.
+* **int8**: ModelOpt's ONNX quantizer, symmetric Q/DQ (zero point 0), entropy calibration by
+  default, calibrated on class-stratified images preprocessed by the model card. The report
+  lists which nodes got Q/DQ and which stayed in higher precision. If the int8 graph misses
+  its gate on a held-out slice of the calibration data, the most sensitive nodes are kept in
+  fp32, one round at a time, until it passes.
+* **plugin graphs** are converted through their standard-ops twin: the shift nodes are
+  lowered back to standard ops, the twin is converted (ModelOpt needs TensorRT to calibrate
+  through a custom op), then the shifts are swapped back to plugin nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.fileio import atomic_path, atomic_write_json
+
+from .export import ExportError, read_onnx_card
+from .plugin_swap import PluginSwapError, lower_plugin_nodes, swap_in_plugin_nodes
+
+__all__ = ["PrecisionError", "PrecisionReport", "convert_fp16", "quantize_int8", "convert_precision", "main"]
+
+log = logging.getLogger("pipeline.precision")
+WATCHED_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax")
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
+
+
+class PrecisionError(RuntimeError):
+    """The conversion failed or missed its gate; the message says what to do."""
+
+
+@dataclass
+class PrecisionReport:
+    precision: str
+    seconds: float
+    nodes: int
+    kept_fp32: list[str] = field(default_factory=list)
+    quantized: list[str] = field(default_factory=list)
+    not_quantized: list[str] = field(default_factory=list)
+    activation_max: dict[str, float] = field(default_factory=dict)
+    fallback_rounds: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def __str__(self) -> str:
+        lines = [f"{self.precision}: {self.nodes} nodes in {self.seconds:.1f} s"]
+        if self.precision == "fp16":
+            lines.append(
+                f"kept in fp32 by measured range: {len(self.kept_fp32)} nodes"
+                + (f" ({', '.join(self.kept_fp32[:6])}{' …' if len(self.kept_fp32) > 6 else ''})" if self.kept_fp32 else "")
+            )
+            if self.activation_max:
+                by_op = Counter()
+                peaks: dict[str, float] = {}
+                for name, value in self.activation_max.items():
+                    op = name.split(":", 1)[0]
+                    by_op[op] += 1
+                    peaks[op] = max(peaks.get(op, 0.0), value)
+                lines.append(
+                    "largest activations: " + ", ".join(f"{op} {peaks[op]:.3g} over {by_op[op]}" for op in sorted(peaks))
+                )
+        else:
+            lines.append(
+                f"Q/DQ on {len(self.quantized)} nodes; {len(self.not_quantized)} quantizable nodes left in higher precision"
+            )
+            for r in self.fallback_rounds:
+                lines.append(
+                    f"fallback round {r['round']}: kept {len(r['excluded'])} nodes in fp32, gate {r['gate']} = {r['value']:.4f} ({'pass' if r['passed'] else 'fail'})"
+                )
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ModelOpt logs at INFO level and prints progress; keep the stage's output to its own lines."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _float_outputs(model) -> dict[str, int]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        types[v.name] = v.type.tensor_type.elem_type
+    return types
+
+
+def measure_activations(
+    onnx_model, calibration: np.ndarray, ops: Sequence[str] = WATCHED_OPS, batch: int = 16
+) -> dict[str, float]:
+    """Largest |value| each watched node outputs on the calibration images (fp32 graph, ORT on CPU)."""
+    import onnx
+
+    from .onnx_runtime import make_session
+
+    model = onnx.ModelProto.FromString(onnx_model.SerializeToString())
+    watched = {n.output[0]: f"{n.op_type}:{n.name}" for n in model.graph.node if n.op_type in ops}
+    existing = {o.name for o in model.graph.output}
+    for name in watched:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = make_session(model)
+    names = list(watched)
+    peaks = dict.fromkeys(names, 0.0)
+    input_name = session.get_inputs()[0].name
+    for i in range(0, len(calibration), batch):
+        outs = session.run(names, {input_name: calibration[i : i + batch]})
+        for name, out in zip(names, outs):
+            peaks[name] = max(peaks[name], float(np.abs(out).max()))
+    return {watched[n]: v for n, v in peaks.items()}
+
+
+def convert_fp16(onnx_in: Path, calibration: np.ndarray | None, data_max: float = 512.0):
+    """AutoCast to fp16, keeping io types; returns (model, report fields)."""
+    import onnx
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    kwargs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if calibration is not None:
+            npz = Path(tmp) / "calibration.npz"
+            np.savez(npz, input=calibration[:64])
+            kwargs["calibration_data"] = str(npz)
+        with _quiet():
+            converted = convert_to_mixed_precision(
+                onnx_path=str(onnx_in), low_precision_type="fp16", keep_io_types=True, data_max=data_max, **kwargs
+            )
+    types = _float_outputs(converted)
+    kept = [
+        f"{n.op_type}:{n.name}"
+        for n in converted.graph.node
+        if n.op_type not in ("Cast", "Constant", "Shape")
+        and n.output
+        and types.get(n.output[0]) == onnx.TensorProto.FLOAT
+        and any(types.get(i) == onnx.TensorProto.FLOAT for i in n.input if i)
+    ]
+    return converted, kept
+
+
+def quantize_int8(
+    onnx_in: Path, onnx_out: Path, calibration: np.ndarray, method: str = "entropy", nodes_to_exclude: Sequence[str] = ()
+) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    if method not in ("entropy", "max"):
+        raise PrecisionError(f"calibration method must be 'entropy' or 'max', got {method!r}")
+    with _quiet():
+        quantize(
+            onnx_path=str(onnx_in),
+            quantize_mode="int8",
+            calibration_data=calibration,
+            calibration_method=method,
+            calibration_eps=["cpu"],
+            nodes_to_exclude=list(nodes_to_exclude) or None,
+            use_zero_point=False,  # TensorRT requires symmetric quantization
+            high_precision_dtype="fp32",
+            output_path=str(onnx_out),
+            log_level="ERROR",
+        )
+
+
+def qdq_summary(model) -> tuple[list[str], list[str]]:
+    """(quantized, not quantized) among MatMul/Gemm/Conv nodes: quantized ones read a DequantizeLinear."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantized, plain = [], []
+    for n in model.graph.node:
+        if n.op_type not in QUANTIZABLE_OPS:
+            continue
+        fed_by_dq = any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input[:1])
+        (quantized if fed_by_dq else plain).append(f"{n.op_type}:{n.name}")
+    return quantized, plain
+
+
+def _copy_metadata(src, dst, precision: str) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in src.metadata_props}
+    props["s2mlpv2.precision"] = precision
+    del dst.metadata_props[:]
+    onnx.helper.set_model_props(dst, props)
+
+
+def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    from .onnx_runtime import make_session
+
+    session = make_session(model_or_path)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
+
+
+def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[str, float, float]:
+    """(name, value, threshold) of the int8 gate on the held-out slice (SPEC: agreement if labeled, else cosine)."""
+    if labeled:
+        return "top1_agreement", float((reference.argmax(1) == deployed.argmax(1)).mean()), 0.99
+    a, b = reference.astype(np.float64), deployed.astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return "cosine_min", float(cos.min()), 0.99
+
+
+def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates: Sequence[str], top: int) -> list[str]:
+    """The ``top`` quantized nodes whose outputs deviate most (relative L2) from fp32 on ``images``."""
+    import onnx
+
+    from .onnx_runtime import make_session
+
+    def outputs_of(model, names):
+        m = onnx.ModelProto.FromString(model.SerializeToString())
+        have = {o.name for o in m.graph.output}
+        for nm in names:
+            if nm not in have:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(nm))
+        session = make_session(m)
+        return dict(zip(names, session.run(names, {session.get_inputs()[0].name: images})))
+
+    int8 = onnx.load(str(int8_path))
+    by_name = {n.name: n for n in int8.graph.node}
+    fp32_names = {n.name: n for n in fp32_model.graph.node}
+    names = [c.split(":", 1)[1] for c in candidates if c.split(":", 1)[1] in by_name and c.split(":", 1)[1] in fp32_names]
+    tensors = [fp32_names[n].output[0] for n in names]
+    ref = outputs_of(fp32_model, tensors)
+    got = outputs_of(int8, [by_name[n].output[0] for n in names])
+    scores = []
+    for n, t in zip(names, tensors):
+        r, g = ref[t].astype(np.float64), got[by_name[n].output[0]].astype(np.float64)
+        scores.append((float(np.linalg.norm(r - g) / (np.linalg.norm(r) + 1e-12)), n))
+    scores.sort(reverse=True)
+    return [n for _, n in scores[:top]]
+
+
+def convert_precision(
+    onnx_in: str | os.PathLike,
+    onnx_out: str | os.PathLike,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    *,
+    holdout: np.ndarray | None = None,
+    holdout_labeled: bool = False,
+    calib_method: str = "entropy",
+    fp16_data_max: float = 512.0,
+    max_fallback_rounds: int = 4,
+    nodes_per_round: int = 4,
+) -> PrecisionReport:
+    """Convert ``onnx_in`` to ``precision`` ('fp16' or 'int8') and write ``onnx_out`` atomically."""
+    import onnx
+
+    onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
+    if precision not in ("fp16", "int8"):
+        raise PrecisionError(f"precision must be 'fp16' or 'int8', got {precision!r}")
+    if precision == "int8" and calibration is None:
+        raise PrecisionError(
+            "int8 needs calibration images: pass --calib-data DIR (an ImageNet-style folder, a few hundred images)"
+        )
+    try:
+        source = onnx.load(str(onnx_in))
+    except Exception as e:
+        raise PrecisionError(f"{onnx_in} is not a readable ONNX file ({str(e)[:120]}); re-run the export stage") from None
+    read_onnx_card(onnx_in)  # ours, or a clear error
+    t0 = time.perf_counter()
+    report = PrecisionReport(
+        precision,
+        0.0,
+        0,
+        settings={
+            "calib_method": calib_method,
+            "fp16_data_max": fp16_data_max,
+            "calibration_images": 0 if calibration is None else int(len(calibration)),
+        },
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        standard = Path(tmp) / "standard.onnx"
+        plugin_form = any(n.domain == "s2mlpv2" for n in source.graph.node)
+        onnx.save(lower_plugin_nodes(source) if plugin_form else source, str(standard))
+        fp32 = onnx.load(str(standard))
+        if precision == "fp16":
+            if calibration is not None:
+                report.activation_max = measure_activations(fp32, calibration[:64])
+            converted, report.kept_fp32 = convert_fp16(standard, calibration, fp16_data_max)
+        else:
+            int8_path = Path(tmp) / "int8.onnx"
+            excluded: list[str] = []
+            quantize_int8(standard, int8_path, calibration, calib_method)
+            if holdout is not None and len(holdout):
+                reference = _logits(fp32, holdout)
+                for round_ in range(max_fallback_rounds + 1):
+                    name, value, threshold = _gate(reference, _logits(str(int8_path), holdout), holdout_labeled)
+                    report.fallback_rounds.append(
+                        {
+                            "round": round_,
+                            "excluded": list(excluded),
+                            "gate": name,
+                            "value": value,
+                            "threshold": threshold,
+                            "passed": value >= threshold,
+                        }
+                    )
+                    if value >= threshold or round_ == max_fallback_rounds:
+                        break
+                    quantized, _ = qdq_summary(onnx.load(str(int8_path)))
+                    excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, nodes_per_round)
+                    quantize_int8(standard, int8_path, calibration, calib_method, excluded)
+                if not report.fallback_rounds[-1]["passed"]:
+                    last = report.fallback_rounds[-1]
+                    raise PrecisionError(
+                        f"int8 graph misses its gate on the held-out slice ({last['gate']} {last['value']:.4f} < {last['threshold']}) "
+                        f"even with {len(excluded)} nodes kept in fp32; use more calibration images, try --calib-method max, or deploy fp16"
+                    )
+            converted = onnx.load(str(int8_path))
+            report.quantized, report.not_quantized = qdq_summary(converted)
+        if plugin_form:
+            converted = swap_in_plugin_nodes(converted)
+        _copy_metadata(source, converted, precision)
+        report.nodes = len(converted.graph.node)
+        with atomic_path(onnx_out) as out_tmp:
+            onnx.save(converted, str(out_tmp))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.precision",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--onnx", type=Path, required=True, help="fp32 graph written by pipeline.export")
+    p.add_argument("--precision", choices=("fp16", "int8"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="output .onnx")
+    g = p.add_argument_group("calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)")
+    g.add_argument(
+        "--calib-data", type=Path, help="ImageFolder tree, flat folder (synset in file names) or a text file of image paths"
+    )
+    g.add_argument("--calib-size", type=int, default=512, help="images used to calibrate")
+    g.add_argument("--calib-holdout", type=int, default=0, help="extra images held out to gate int8 (sensitivity fallback)")
+    g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
+    g.add_argument("--calib-seed", type=int, default=0)
+    g.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
+    g.add_argument(
+        "--cache-dir", type=Path, default=Path("build/calibration-cache"), help="where preprocessed calibration sets are cached"
+    )
+    p.add_argument("--fp16-data-max", type=float, default=512.0, help="fp16: nodes whose measured |values| exceed this stay fp32")
+    p.add_argument("--report", type=Path, help="write the report as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from calibration.dataset import CalibrationError, build_calibration_set
+    from calibration.sources import SourceError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        card = read_onnx_card(args.onnx)
+        calib = None
+        if args.calib_data is not None:
+            calib = build_calibration_set(
+                args.calib_data,
+                card.preprocessing,
+                args.calib_size,
+                holdout=args.calib_holdout,
+                seed=args.calib_seed,
+                cache_dir=args.cache_dir,
+                labels_file=args.labels,
+            )
+            print(
+                f"calibration: {calib.size} images (+{len(calib.holdout)} held out) from {args.calib_data}"
+                f"{' (cached)' if calib.from_cache else ''}",
+                flush=True,
+            )
+        report = convert_precision(
+            args.onnx,
+            args.out,
+            args.precision,
+            None if calib is None else calib.calibration,
+            holdout=None if calib is None else calib.holdout,
+            holdout_labeled=calib is not None and all(label is not None for label in calib.holdout_labels),
+            calib_method=args.calib_method,
+            fp16_data_max=args.fp16_data_max,
+        )
+    except (PrecisionError, ExportError, PluginSwapError, CalibrationError, SourceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    if args.report:
+        atomic_write_json(args.report, report.to_dict())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

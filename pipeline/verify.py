@@ -1,0 +1,403 @@
+"""Parity suite: does the deployed artifact still answer like the PyTorch fp32 model?
+
+``python -m pipeline.verify --checkpoint P --artifact model-int8.onnx --data DIR --out report.json``
+
+Both run on the same images, preprocessed once with the model card's settings. The report has
+top-1/top-5 of each (when the data is labeled), top-1 agreement and the images whose top-1
+flipped, cosine similarity of the logits (min and mean), max and mean |Δlogit| and the mean KL
+divergence of the softmaxes. Gates per precision are in ``GATES``; the command exits 1 when
+one fails. It writes ``report.json``, ``report.md`` and ``report.png`` (per-image cosine, flips
+marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import CheckpointError, create_model, list_models, load_checkpoint
+from models.fileio import atomic_path, atomic_write_json, atomic_write_text
+
+__all__ = ["GATES", "Gate", "VerifyResult", "compare_logits", "verify", "load_runner", "main"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str  # ">=" or "<="
+    threshold: float
+
+    def check(self, value: float | None) -> bool:
+        if value is None or not np.isfinite(value):
+            return False
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+
+# The one table of tolerances. int8 on unlabeled data is gated by logits cosine alone.
+GATES: dict[str, dict[str, tuple[Gate, ...]]] = {
+    "fp32": {"labeled": (Gate("top1_agreement", ">=", 1.0), Gate("cosine_min", ">=", 0.99999)),
+             "unlabeled": (Gate("top1_agreement", ">=", 1.0), Gate("cosine_min", ">=", 0.99999))},
+    "fp16": {"labeled": (Gate("top1_agreement", ">=", 0.999), Gate("cosine_min", ">=", 0.999)),
+             "unlabeled": (Gate("top1_agreement", ">=", 0.999), Gate("cosine_min", ">=", 0.999))},
+    "int8": {"labeled": (Gate("top1_drop", "<=", 0.005), Gate("top1_agreement", ">=", 0.99)),
+             "unlabeled": (Gate("cosine_min", ">=", 0.99),)},
+}  # fmt: skip
+
+
+class VerifyError(RuntimeError):
+    """Verification could not run (bad artifact, data or model); the message says what to do."""
+
+
+@dataclass
+class VerifyResult:
+    precision: str
+    backend: str
+    n_images: int
+    labeled: bool
+    metrics: dict[str, Any]
+    gates: dict[str, dict[str, Any]]
+    flips: list[dict[str, Any]] = field(default_factory=list)
+    cosines: list[float] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return all(g["passed"] for g in self.gates.values())
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "n_images": self.n_images,
+            "reference": {"top1": m.get("reference_top1"), "top5": m.get("reference_top5")},
+            "deployed": {"top1": m.get("deployed_top1"), "top5": m.get("deployed_top5")},
+            "top1_agreement": m["top1_agreement"],
+            "cosine_min": m["cosine_min"],
+            "cosine_mean": m["cosine_mean"],
+            "max_abs_diff": m["max_abs_diff"],
+            "mean_abs_diff": m["mean_abs_diff"],
+            "kl_mean": m["kl_mean"],
+            "nonfinite_outputs": m["nonfinite_outputs"],
+            "gates": self.gates,
+            "passed": self.passed,
+            "flips": self.flips,
+            "provenance": self.provenance,
+        }
+
+    def markdown(self) -> str:
+        d = self.to_dict()
+
+        def pct(v):
+            return "–" if v is None else f"{v * 100:.2f} %"
+
+        lines = [
+            f"# Parity report: {self.precision} on {self.backend}",
+            "",
+            f"{self.n_images} images, {'labeled' if self.labeled else 'unlabeled'}. Verdict: **{'PASS' if self.passed else 'FAIL'}**",
+            "",
+            "| metric | reference (PyTorch fp32) | deployed |",
+            "|---|---|---|",
+            f"| top-1 | {pct(d['reference']['top1'])} | {pct(d['deployed']['top1'])} |",
+            f"| top-5 | {pct(d['reference']['top5'])} | {pct(d['deployed']['top5'])} |",
+            "",
+            "| comparison | value |",
+            "|---|---|",
+            f"| top-1 agreement | {pct(d['top1_agreement'])} |",
+            f"| logits cosine (min / mean) | {d['cosine_min']:.6f} / {d['cosine_mean']:.6f} |",
+            f"| max / mean abs Δlogit | {d['max_abs_diff']:.4g} / {d['mean_abs_diff']:.4g} |",
+            f"| mean KL(ref ‖ deployed) | {d['kl_mean']:.3g} |",
+            "",
+            "| gate | value | threshold | result |",
+            "|---|---|---|---|",
+        ]
+        for name, g in self.gates.items():
+            value = "–" if g["value"] is None else f"{g['value']:.6g}"
+            lines.append(f"| {name} | {value} | {g['op']} {g['threshold']} | {'pass' if g['passed'] else 'FAIL'} |")
+        if self.flips:
+            lines += ["", f"## Top-1 flips ({len(self.flips)})", "", "| image | reference | deployed |", "|---|---|---|"]
+            lines += [f"| {f['path']} | {f['reference']} | {f['deployed']} |" for f in self.flips[:100]]
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        d = self.to_dict()
+        parts = [
+            f"{self.precision} on {self.backend}, {self.n_images} images: top-1 agreement {d['top1_agreement'] * 100:.2f} %, "
+            f"cosine min {d['cosine_min']:.6f}, max |Δlogit| {d['max_abs_diff']:.3g}, {len(self.flips)} flips"
+        ]
+        if self.labeled:
+            parts.append(f"top-1 reference {d['reference']['top1'] * 100:.2f} %, deployed {d['deployed']['top1'] * 100:.2f} %")
+        for name, g in self.gates.items():
+            value = "n/a" if g["value"] is None else f"{g['value']:.6g}"
+            parts.append(f"  gate {name}: {value} {g['op']} {g['threshold']} -> {'pass' if g['passed'] else 'FAIL'}")
+        parts.append("PASS" if self.passed else "FAIL")
+        return "\n".join(parts)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def compare_logits(
+    reference: np.ndarray,
+    deployed: np.ndarray,
+    labels: np.ndarray | None,
+    precision: str,
+    paths: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    backend: str = "onnxruntime",
+) -> VerifyResult:
+    """Metrics and gates for two ``(N, classes)`` logit arrays; ``labels`` is ``(N,)`` or None."""
+    if precision not in GATES:
+        raise VerifyError(f"unknown precision {precision!r}; one of {sorted(GATES)}")
+    ref = reference.astype(np.float64)
+    dep = deployed.astype(np.float64)
+    nonfinite = int((~np.isfinite(dep)).any(axis=1).sum())
+    dep_safe = np.where(np.isfinite(dep), dep, 0.0)
+    cos = (ref * dep_safe).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(dep_safe, axis=1) + 1e-30)
+    cos[(~np.isfinite(dep)).any(axis=1)] = -1.0
+    ref_top1, dep_top1 = ref.argmax(1), dep_safe.argmax(1)
+    p, q = _softmax(ref), _softmax(dep_safe)
+    kl = (p * (np.log(p + 1e-30) - np.log(q + 1e-30))).sum(1)
+    diff = np.abs(ref - dep)
+    metrics: dict[str, Any] = {
+        "top1_agreement": float((ref_top1 == dep_top1).mean()),
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "max_abs_diff": float(diff.max()) if np.isfinite(diff).all() else float("inf"),
+        "mean_abs_diff": float(diff.mean()) if np.isfinite(diff).all() else float("inf"),
+        "kl_mean": float(kl.mean()),
+        "nonfinite_outputs": nonfinite,
+    }
+    labeled = labels is not None
+    if labeled:
+        k = min(5, ref.shape[1])
+        metrics["reference_top1"] = float((ref_top1 == labels).mean())
+        metrics["deployed_top1"] = float((dep_top1 == labels).mean())
+        metrics["reference_top5"] = float((np.argsort(-ref, 1)[:, :k] == labels[:, None]).any(1).mean())
+        metrics["deployed_top5"] = float((np.argsort(-dep_safe, 1)[:, :k] == labels[:, None]).any(1).mean())
+        metrics["top1_drop"] = metrics["reference_top1"] - metrics["deployed_top1"]
+    gates = {}
+    for gate in GATES[precision]["labeled" if labeled else "unlabeled"]:
+        value = metrics.get(gate.metric)
+        gates[gate.metric] = {
+            "value": value,
+            "op": gate.op,
+            "threshold": gate.threshold,
+            "passed": gate.check(value) and nonfinite == 0,
+        }
+    if nonfinite:
+        gates["finite_outputs"] = {"value": nonfinite, "op": "<=", "threshold": 0, "passed": False}
+
+    def name(i: int) -> str:
+        return class_names[i] if class_names is not None and i < len(class_names) else str(i)
+
+    flips = [
+        {
+            "path": paths[i] if i < len(paths) else str(i),
+            "reference": name(int(ref_top1[i])),
+            "deployed": name(int(dep_top1[i])),
+            "cosine": float(cos[i]),
+        }
+        for i in np.flatnonzero(ref_top1 != dep_top1)
+    ]
+    return VerifyResult(precision, backend, len(ref), labeled, metrics, gates, flips, cos.tolist())
+
+
+def load_runner(artifact: str | os.PathLike):
+    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``."""
+    path = Path(artifact)
+    if not path.is_file():
+        raise VerifyError(f"artifact not found: {path}")
+    if path.suffix in (".plan", ".engine"):
+        try:
+            from engines.runtime import TensorRTRunner
+        except ImportError as e:
+            raise VerifyError(
+                f"{path} is a TensorRT plan, but the TensorRT runtime is not available here ({e}); "
+                "run on a machine with an NVIDIA GPU and `pip install -e .[tensorrt]`"
+            ) from None
+        return TensorRTRunner(path)
+    if path.suffix != ".onnx":
+        raise VerifyError(f"unsupported artifact {path.name}: give an .onnx graph or a TensorRT .plan")
+    from .onnx_runtime import OnnxRuntimeRunner
+
+    try:
+        return OnnxRuntimeRunner(path)
+    except Exception as e:  # ORT raises its own exception types for unreadable graphs
+        raise VerifyError(
+            f"ONNX Runtime cannot load {path} ({' '.join(str(e).split())[:200]}); re-run the export stage"
+        ) from None
+
+
+def artifact_precision(artifact: str | os.PathLike) -> str:
+    path = Path(artifact)
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return props.get("s2mlpv2.precision", "fp32")
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text()).get("precision", "fp32")
+    return "fp32"
+
+
+def load_eval_images(
+    data: str | os.PathLike, model, limit: int | None, labels_file=None
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images (preprocessed by the card), label indices when the data's labels are class names of the model, and paths."""
+    from tqdm import tqdm
+
+    from calibration.dataset import preprocess
+    from calibration.images import ImageError, load_rgb
+    from calibration.sources import discover
+
+    samples = discover(data, labels_file)
+    if limit is not None:
+        # take an even spread over classes, deterministically, when limiting
+        from calibration.dataset import stratified_order
+
+        samples = stratified_order(samples, seed=0)[:limit]
+    pre = model.config.preprocessing
+    names = model.config.class_names
+    index = {n: i for i, n in enumerate(names)} if names else {}
+    images, labels, paths, skipped = [], [], [], 0
+    for s in tqdm(samples, desc="images", unit="img", leave=False, file=sys.stderr):
+        try:
+            images.append(preprocess(load_rgb(s.path), pre))
+        except ImageError as e:
+            skipped += 1
+            print(f"warning: skipped {e}", file=sys.stderr)
+            continue
+        labels.append(index.get(s.label) if s.label is not None else None)
+        paths.append(str(s.path))
+    if not images:
+        raise VerifyError(f"no usable images in {data}")
+    have_labels = all(label is not None for label in labels)
+    return np.stack(images).astype(np.float32), (np.array(labels) if have_labels else None), paths
+
+
+def _figure(result: VerifyResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cos = np.array(result.cosines)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(cos, bins=50, color="#4c72b0", alpha=0.8, label="all images")
+    flipped = [f["cosine"] for f in result.flips]
+    if flipped:
+        ax.hist(flipped, bins=50, color="#dd3333", alpha=0.9, label=f"top-1 flipped ({len(flipped)})")
+    for name, g in result.gates.items():
+        if name.startswith("cosine"):
+            ax.axvline(g["threshold"], color="k", ls="--", lw=1, label=f"gate {g['threshold']}")
+    ax.set_xlabel("cosine(reference logits, deployed logits)")
+    ax.set_ylabel("images")
+    ax.set_title(f"{result.precision} on {result.backend}: {'PASS' if result.passed else 'FAIL'}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def verify(
+    model,
+    artifact: str | os.PathLike,
+    data: str | os.PathLike,
+    limit: int | None = None,
+    precision: str | None = None,
+    batch: int = 32,
+    out: str | os.PathLike | None = None,
+) -> VerifyResult:
+    runner = load_runner(artifact)
+    precision = precision or artifact_precision(artifact)
+    images, labels, paths = load_eval_images(data, model, limit)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        reference = np.concatenate([model(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
+    deployed = np.concatenate([runner(images[i : i + batch]) for i in range(0, len(images), batch)])
+    result = compare_logits(
+        reference, deployed, labels, precision, paths, model.config.class_names, getattr(runner, "backend", "onnxruntime")
+    )
+    result.provenance = {
+        "artifact": str(artifact),
+        "data": str(data),
+        "model": model.config.name,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "weights": (
+            getattr(model, "card", None).provenance.get("command", "checkpoint")
+            if getattr(model, "card", None)
+            else "random init"
+        ),
+    }
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out, result.to_dict())
+        atomic_write_text(out.with_suffix(".md"), result.markdown())
+        _figure(result, out.with_suffix(".png"))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.verify",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="reference weights (.safetensors with card, or a state dict)")
+    src.add_argument("--model", choices=list_models(), help="random-init reference (seed 0, as pipeline.export uses)")
+    p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder or list file of images")
+    p.add_argument("--limit", type=int, help="use at most N images (spread over classes)")
+    p.add_argument("--precision", choices=sorted(GATES), help="gates to apply; default: read from the artifact")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument(
+        "--out", type=Path, default=Path("report.json"), help="report.json; report.md and report.png are written beside it"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from calibration.sources import SourceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.checkpoint is not None:
+            model = load_checkpoint(args.checkpoint)
+        else:
+            print(
+                f"WARNING: no --checkpoint: the reference is {args.model} with RANDOM weights; accuracy numbers mean nothing",
+                file=sys.stderr,
+            )
+            torch.manual_seed(0)
+            model = create_model(args.model).eval()
+        result = verify(model, args.artifact, args.data, args.limit, args.precision, args.batch, args.out)
+    except (VerifyError, CheckpointError, SourceError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result)
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
+    return 0 if result else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import models
+from pipeline.export import ExportSettings, export_onnx, load_images
+from pipeline.onnx_runtime import OnnxRuntimeRunner
+from pipeline.plugin_swap import PluginSwapError, swap_in_plugin_nodes
+from pipeline.precision import PrecisionError, convert_precision, qdq_summary, sensitive_nodes
+from tests.conftest import DATA
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = models.create_model("s2mlpv2_tiny_test").eval()
+    folder = tmp_path_factory.mktemp("precision")
+    std, plug = folder / "std.onnx", folder / "plug.onnx"
+    export_onnx(model, std, ExportSettings())
+    export_onnx(model, plug, ExportSettings(shift_impl="plugin"))
+    images = load_images(DATA / "cifar10-val", model, 64).numpy()
+    return model, std, plug, images
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_fp16_graph_keeps_float32_io_and_tracks_fp32(tiny, tmp_path):
+    model, std, _, images = tiny
+    out = tmp_path / "fp16.onnx"
+    report = convert_precision(std, out, "fp16", images[:32])
+    graph = onnx.load(str(out)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    ref = OnnxRuntimeRunner(std)(images)
+    got = OnnxRuntimeRunner(out)(images)
+    assert _cosine(ref, got).min() > 0.999
+    assert report.activation_max  # measured LayerNorm / reduction / softmax ranges are recorded
+    assert any(k.startswith("LayerNormalization:") for k in report.activation_max)
+
+
+def test_fp16_keeps_nodes_over_data_max_in_fp32(tiny, tmp_path):
+    _, std, _, images = tiny
+    report = convert_precision(std, tmp_path / "fp16.onnx", "fp16", images[:16], fp16_data_max=1e-3)
+    assert report.kept_fp32  # with a tiny threshold, measured activations force nodes to stay fp32
+    strict = convert_precision(std, tmp_path / "fp16b.onnx", "fp16", images[:16])
+    assert len(report.kept_fp32) > len(strict.kept_fp32)
+
+
+def test_int8_graph_has_symmetric_qdq_and_reports_nodes(tiny, tmp_path):
+    _, std, _, images = tiny
+    out = tmp_path / "int8.onnx"
+    report = convert_precision(std, out, "int8", images[:32])
+    graph = onnx.load(str(out)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
+    zero_points = [t for t in graph.initializer if "zero_point" in t.name]
+    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)
+    assert report.quantized
+    assert set(report.quantized).isdisjoint(report.not_quantized)
+    ref = OnnxRuntimeRunner(std)(images)
+    got = OnnxRuntimeRunner(out)(images)
+    assert _cosine(ref, got).mean() > 0.95
+
+
+def test_plugin_graph_is_quantized_through_its_standard_twin(tiny, tmp_path):
+    _, std, plug, images = tiny
+    out = tmp_path / "plug-int8.onnx"
+    convert_precision(plug, out, "int8", images[:32])
+    graph = onnx.load(str(out)).graph
+    assert sum(n.op_type == "SpatialShift" for n in graph.node) == 4
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
+    std_out = tmp_path / "std-int8.onnx"
+    convert_precision(std, std_out, "int8", images[:32])
+    np.testing.assert_allclose(OnnxRuntimeRunner(out)(images), OnnxRuntimeRunner(std_out)(images), rtol=0, atol=1e-6)
+
+
+def test_metadata_survives_and_records_precision(tiny, tmp_path):
+    _, std, _, images = tiny
+    out = tmp_path / "fp16.onnx"
+    convert_precision(std, out, "fp16")
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["s2mlpv2.precision"] == "fp16"
+    assert json.loads(props["s2mlpv2.card"])["model"] == "s2mlpv2_tiny_test"
+
+
+def test_int8_without_calibration_is_a_clear_error(tiny, tmp_path):
+    _, std, _, _ = tiny
+    with pytest.raises(PrecisionError, match="--calib-data"):
+        convert_precision(std, tmp_path / "x.onnx", "int8")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_swap_on_graph_without_shifts_is_an_error():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    with pytest.raises(PluginSwapError, match="no spatial shifts"):
+        swap_in_plugin_nodes(onnx.helper.make_model(graph))
+
+
+def test_sensitive_nodes_ranks_quantized_nodes(tiny, tmp_path):
+    _, std, _, images = tiny
+    out = tmp_path / "int8.onnx"
+    convert_precision(std, out, "int8", images[:32])
+    quantized, _ = qdq_summary(onnx.load(str(out)))
+    top = sensitive_nodes(onnx.load(str(std)), out, images[:8], quantized, 3)
+    assert len(top) == 3 and all(any(q.endswith(":" + t) for q in quantized) for t in top)
+
+
+def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
+    _, std, _, _ = tiny
+    out = tmp_path / "int8.onnx"
+    proc = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val",
+                   "--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out,
+                   "--report", tmp_path / "report.json", check=True)  # fmt: skip
+    assert "Q/DQ on" in proc.stdout and "fallback round 0" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["quantized"] and report["fallback_rounds"][0]["gate"] == "top1_agreement"
+    assert out.is_file()
+    again = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val",
+                    "--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out, check=True)  # fmt: skip
+    assert "(cached)" in again.stdout
+
+
+def test_cli_int8_without_calib_data_fails_cleanly(tiny, tmp_path, run_cli):
+    _, std, _, _ = tiny
+    proc = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--out", tmp_path / "x.onnx")
+    assert proc.returncode == 2 and "--calib-data" in proc.stderr and "Traceback" not in proc.stderr
