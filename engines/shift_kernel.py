@@ -15,10 +15,11 @@ import os
 
 import torch
 
-__all__ = ["spatial_shift", "shift_kernel", "BLOCK_P", "BLOCK_C", "launch_grid"]
+__all__ = ["spatial_shift", "shift_kernel", "compile_ptx", "BLOCK_P", "BLOCK_C", "NUM_WARPS", "launch_grid"]
 
 BLOCK_P = 32  # pixels per program
 BLOCK_C = 64  # channels per program
+NUM_WARPS = 4
 
 try:
     import triton
@@ -31,7 +32,8 @@ except ImportError:  # pragma: no cover - triton ships with torch on Linux
 if triton is not None:
 
     @triton.jit
-    def shift_kernel(x_ptr, y_ptr, n_pix, H, W, C, PATTERN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    def shift_kernel(x_ptr, n_pix, H, W, C, y_ptr, PATTERN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        # Argument order is TensorRT's for AOT plugins: inputs, then scalar arguments, then outputs.
         pid_p = tl.program_id(0)
         pid_c = tl.program_id(1)
         p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
@@ -83,5 +85,42 @@ def spatial_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
     y = torch.empty_like(x)
     n_pix = b * h * w
     if n_pix and c:
-        shift_kernel[launch_grid(n_pix, c)](x, y, n_pix, h, w, c, PATTERN=pattern, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        shift_kernel[launch_grid(n_pix, c)](
+            x, n_pix, h, w, c, y, PATTERN=pattern, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS
+        )
     return y
+
+
+def compile_ptx(dtype: str, pattern: int, arch: int = 90) -> tuple[str, str, int, int]:
+    """Compile the kernel ahead of time: ``(kernel name, PTX, threads per block, shared bytes)``.
+
+    ``dtype`` is ``"fp32"`` or ``"fp16"``; ``arch`` the compute capability (80, 86, 89, 90, ...).
+    Needs no GPU: Triton lowers to PTX on the host. The TensorRT plugin stores this PTX in the
+    engine, so the engine runs without Python or a plugin library.
+    """
+    if triton is None:
+        raise RuntimeError("compiling the shift kernel needs the 'triton' package (pip install triton)")
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"dtype must be 'fp32' or 'fp16', got {dtype!r}")
+    if pattern not in (1, 2):
+        raise ValueError(f"shift pattern must be 1 or 2, got {pattern!r}")
+    from triton.backends.compiler import GPUTarget
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 is set: the interpreter cannot compile kernels; unset it to compile PTX")
+    pointer = f"*{dtype}"
+    signature = {
+        "x_ptr": pointer,
+        "n_pix": "i32",
+        "H": "i32",
+        "W": "i32",
+        "C": "i32",
+        "y_ptr": pointer,
+        "PATTERN": "constexpr",
+        "BLOCK_P": "constexpr",
+        "BLOCK_C": "constexpr",
+    }
+    constants = {"PATTERN": pattern, "BLOCK_P": BLOCK_P, "BLOCK_C": BLOCK_C}
+    source = triton.compiler.ASTSource(fn=shift_kernel, signature=signature, constexprs=constants)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
+    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.num_warps * 32, compiled.metadata.shared

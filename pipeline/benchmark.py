@@ -64,7 +64,7 @@ def _matmul_graph(n: int, integer: bool):
         [helper.make_tensor_value_info("Y", y_type, [n, n])],
         [b],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def gemm_ceilings(n: int = 2048, threads: int | None = None, iters: int = 10) -> dict[str, float]:
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing a row at least this long")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n x n products that measure the ceilings")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON; .md and .png are written beside it")
     return p
 
@@ -212,8 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    print(f"measuring GEMM ceilings (2048^3) with {args.threads} threads ...", flush=True)
-    ceilings = gemm_ceilings(threads=args.threads)
+    print(f"measuring GEMM ceilings ({args.gemm_size}^3) with {args.threads} threads ...", flush=True)
+    ceilings = gemm_ceilings(args.gemm_size, threads=args.threads)
     print(f"  fp32 MatMul {ceilings['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceilings['int8']:.0f} GOP/s", flush=True)
     macs = model_macs(model)
     c, h, w = model.config.preprocessing.input_size

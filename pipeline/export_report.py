@@ -2,8 +2,9 @@
 
 ``python -m pipeline.export_report --images ../shared/data/imagenet-sample --out export_report.json``
 
-Each variant (random init, seed 0) is exported in standard form, and Small/7 also in plugin
-form. Parity is checked on random inputs at batch 1 and 7 and, with ``--images``, on images
+Each variant (random init, seed 0, with every bias and LayerNorm shift randomised too, so
+that no ``x + 0`` is folded away and the node count is what trained weights give) is exported
+in standard form, and Small/7 also in plugin form. Parity is checked on random inputs at batch 1 and 7 and, with ``--images``, on images
 preprocessed with each variant's own settings at batch 1 and 7. Graphs go to a temporary
 folder unless ``--keep DIR`` is given.
 """
@@ -44,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, impl in jobs:
             torch.manual_seed(0)
             model = create_model(name).eval()
+            with torch.no_grad():
+                for pname, p in model.named_parameters():
+                    if pname.endswith("bias"):
+                        p.normal_(0.0, 0.02)
             checks = []
             if args.images is not None:
                 images = load_images(args.images, model, 7)

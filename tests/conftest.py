@@ -9,6 +9,8 @@ DATA = ROOT / "tests" / "data"
 
 # Keep CPU tests predictable on small CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Triton kernels run on the CPU through Triton's interpreter (set before triton is imported).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -1,0 +1,59 @@
+"""The spatial-shift TensorRT plugin, as a TensorRT Python plugin (``tensorrt.plugin``).
+
+Importing this module registers ``s2mlpv2::SpatialShift``, the plugin that the export stage's
+plugin-form node names (``op_type`` SpatialShift, ``plugin_namespace`` s2mlpv2; TensorRT's ONNX
+parser strips those two attributes and passes ``pattern``).
+
+* ``register``: the output is shaped and typed like the input.
+* ``autotune``: fp32 and fp16, linear (NHWC-contiguous) layout.
+* ``aot_impl``: the Triton kernel of ``engines.shift_kernel``, compiled ahead of time to PTX
+  for the building GPU's architecture. TensorRT stores the PTX in the plan, so a C++ program
+  runs the plan with no Python and no plugin library. ``pattern`` is a compile-time constant
+  of that PTX (AOT plugin attributes are not serialized); the sizes are launch arguments
+  computed from the input's symbolic shape, so one plan serves every batch of its profile.
+
+This module needs TensorRT >= 10.9 (``aot_impl``); it has not been run in this project's CI,
+where TensorRT cannot be installed. ``engines.shift_kernel.compile_ptx`` (what ``aot_impl``
+calls) is tested there, on the CPU.
+"""
+
+from __future__ import annotations
+
+from .shift_kernel import BLOCK_C, BLOCK_P, compile_ptx
+from .trt import import_tensorrt
+
+trt = import_tensorrt()
+import tensorrt.plugin as trtp  # noqa: E402  (after the version check)
+
+from models.shift_op import PLUGIN_NAME, PLUGIN_NAMESPACE  # noqa: E402
+
+PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
+
+
+@trtp.register(PLUGIN_ID)
+def spatial_shift_desc(inp0: trtp.TensorDesc, pattern: int) -> trtp.TensorDesc:
+    return inp0.like()
+
+
+@trtp.autotune(PLUGIN_ID)
+def spatial_shift_autotune(inp0: trtp.TensorDesc, outputs):
+    return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16", "LINEAR")]
+
+
+@trtp.aot_impl(PLUGIN_ID)
+def spatial_shift_aot(inp0: trtp.TensorDesc, pattern: int, outputs, tactic: int):
+    import torch
+
+    dtype = "fp32" if inp0.dtype == trt.float32 else "fp16"
+    major, minor = torch.cuda.get_device_capability()
+    name, ptx, threads, shared = compile_ptx(dtype, pattern, arch=major * 10 + minor)
+    b, h, w, c = (inp0.shape_expr[i] for i in range(4))
+    n_pix = b * h * w
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x = trtp.cdiv(n_pix, BLOCK_P)
+    launch.grid_y = trtp.cdiv(c, BLOCK_C)
+    launch.block_x = threads
+    launch.shared_mem = shared
+    # kernel arguments after the input pointer and before the output pointer
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (n_pix, h, w, c)])
+    return name.encode(), ptx.encode(), launch, extra

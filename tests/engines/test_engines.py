@@ -1,0 +1,186 @@
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from engines.build import BuildSettings, parse_batch, planned_sidecar, plugin_hash, reusable
+from engines.runtime import InputError, check_input
+from engines.shift_kernel import compile_ptx, spatial_shift
+from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
+from engines.trt import is_available
+from models.layers import shift_reference
+from pipeline.export import ExportSettings, export_onnx
+from tests.conftest import ROOT
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+needs_trt = pytest.mark.skipif(
+    not (HAS_TRT and torch.cuda.is_available()),
+    reason="needs the tensorrt package and a CUDA GPU: on an NVIDIA machine run `pip install -e .[tensorrt]`",
+)
+
+
+def test_import_engines_works_without_tensorrt_or_cuda():
+    proc = subprocess.run([sys.executable, "-c", "import engines, engines.build, engines.runtime, engines.sidecar; print('ok')"],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 8), (1, 1, 6, 12), (3, 4, 1, 16), (1, 1, 1, 4), (2, 9, 3, 72)])
+@pytest.mark.parametrize("pattern", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_kernel_equals_reference(shape, pattern, dtype):
+    x = torch.randn(shape).to(dtype)
+    assert torch.equal(spatial_shift(x, pattern), shift_reference(x, pattern))
+
+
+def test_compiling_under_the_interpreter_says_what_to_do():
+    with pytest.raises(RuntimeError, match="unset it"):
+        compile_ptx("fp32", 1, 90)
+
+
+def test_triton_kernel_rejects_bad_input():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        spatial_shift(torch.randn(1, 2, 2, 6), 1)
+    with pytest.raises(ValueError, match="pattern"):
+        spatial_shift(torch.randn(1, 2, 2, 4), 3)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
+    # a subprocess without TRITON_INTERPRET: the interpreter (used by the other kernel tests) cannot compile
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = f"import json; from engines.shift_kernel import compile_ptx; print(json.dumps(compile_ptx({dtype!r}, 2, {arch})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, ptx, threads, shared = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert f".target sm_{arch}" in ptx and f".entry {name}" in ptx
+    assert threads == 128 and shared >= 0
+    assert (".f16" in ptx or ".b16" in ptx) == (dtype == "fp16")
+
+
+def _sidecar(**overrides):
+    base = dict(tensorrt_version="11.4.0", gpu_name="NVIDIA H100", compute_capability="9.0", onnx_sha256="a" * 64,
+                plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 224, 224), precision="fp16")  # fmt: skip
+    return Sidecar(**{**base, **overrides})
+
+
+def test_sidecar_key_depends_on_what_the_plan_depends_on():
+    base = _sidecar()
+    assert base.key() == _sidecar(gpu_name="H100 PCIe").key()  # same architecture, same plan
+    for change in (dict(onnx_sha256="b" * 64), dict(batch_profile=(1, 8, 64)), dict(tensorrt_version="11.5.0"),
+                   dict(compute_capability="8.0"), dict(plugin_sha256="c" * 64), dict(precision="int8")):  # fmt: skip
+        assert _sidecar(**change).key() != base.key(), change
+
+
+def test_sidecar_round_trip_and_reuse(tmp_path):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan bytes")
+    sc = _sidecar()
+    assert not reusable(plan, sc)  # no sidecar yet
+    sc.write(plan)
+    assert read_sidecar(plan) == sc
+    assert reusable(plan, sc)
+    assert not reusable(plan, _sidecar(batch_profile=(1, 4, 8)))
+    (tmp_path / "m.json").write_text("{broken")
+    assert not reusable(plan, sc)
+
+
+def test_plan_from_another_tensorrt_version_names_both():
+    with pytest.raises(EngineMismatchError, match=r"TensorRT 11\.4\.0.*TensorRT 11\.6\.1"):
+        _sidecar().check_runtime("11.6.1", "9.0")
+    _sidecar(version_compatible=True).check_runtime("11.6.1", "9.0")  # same major, built version-compatible
+    with pytest.raises(EngineMismatchError):
+        _sidecar(version_compatible=True).check_runtime("12.0.0", "9.0")
+
+
+def test_plan_from_another_gpu_names_both():
+    with pytest.raises(EngineMismatchError, match=r"compute capability 9\.0 \(NVIDIA H100\).*8\.9"):
+        _sidecar().check_runtime("11.4.0", "8.9")
+    _sidecar(hardware_compatible=True).check_runtime("11.4.0", "8.6")
+
+
+def test_missing_or_foreign_sidecar_is_an_error(tmp_path):
+    with pytest.raises(EngineMismatchError, match="missing"):
+        read_sidecar(tmp_path / "x.plan")
+    (tmp_path / "y.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(EngineMismatchError, match="not a plan sidecar"):
+        read_sidecar(tmp_path / "y.plan")
+
+
+@pytest.mark.parametrize("batch", [0, 33, 100])
+def test_batch_outside_profile_is_rejected(batch):
+    with pytest.raises(ProfileError, match="outside the plan's profile"):
+        _sidecar().check_batch((batch, 3, 224, 224))
+
+
+@pytest.mark.parametrize(
+    "batch,match",
+    [
+        (np.zeros((2, 3, 224, 224), np.int64), "not a float"),
+        (np.zeros((3, 224, 224), np.float32), "rank 3"),
+        (np.zeros((2, 1, 224, 224), np.float32), "1 channels"),
+        (np.full((2, 3, 224, 224), np.nan, np.float32), "NaN or Inf"),
+        (torch.full((1, 3, 224, 224), float("inf")), "NaN or Inf"),
+    ],
+)
+def test_runtime_input_checks(batch, match):
+    with pytest.raises(InputError, match=match):
+        check_input(batch, _sidecar())
+
+
+def test_valid_input_passes_checks():
+    check_input(np.zeros((4, 3, 224, 224), np.float32), _sidecar())
+
+
+def test_parse_batch_and_settings():
+    assert parse_batch("1,8,32") == (1, 8, 32)
+    for bad in ("8", "a,b,c", "1,2"):
+        with pytest.raises(ValueError, match="MIN,OPT,MAX"):
+            parse_batch(bad)
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        BuildSettings(batch=(8, 1, 32))
+
+
+def test_planned_sidecar_reads_the_graph(tmp_path):
+    torch.manual_seed(0)
+    model = models.create_model("s2mlpv2_tiny_test").eval()
+    std, plug = tmp_path / "std.onnx", tmp_path / "plug.onnx"
+    export_onnx(model, std, ExportSettings())
+    export_onnx(model, plug, ExportSettings(shift_impl="plugin"))
+    a = planned_sidecar(std, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
+    b = planned_sidecar(plug, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
+    assert a.input_shape == (3, 32, 32) and a.precision == "fp32" and a.plugin_sha256 is None
+    assert b.plugin_sha256 == plugin_hash() and a.key() != b.key()
+
+
+def test_is_available_is_false_without_tensorrt_or_gpu():
+    assert is_available() == (HAS_TRT and torch.cuda.is_available())
+
+
+@needs_trt
+def test_build_and_run_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover - needs TensorRT and a GPU
+    from engines.build import build_plan
+    from engines.runtime import TensorRTRunner
+    from pipeline.onnx_runtime import OnnxRuntimeRunner
+
+    torch.manual_seed(0)
+    model = models.create_model("s2mlpv2_tiny_test").eval()
+    for impl in ("onnx", "plugin"):
+        onnx_path = tmp_path / f"{impl}.onnx"
+        export_onnx(model, onnx_path, ExportSettings(shift_impl=impl))
+        plan, reused = build_plan(
+            onnx_path, tmp_path / f"{impl}.plan", BuildSettings((1, 4, 8), timing_cache=tmp_path / "t.cache")
+        )
+        assert not reused and build_plan(onnx_path, plan, BuildSettings((1, 4, 8), timing_cache=tmp_path / "t.cache"))[1]
+        runner = TensorRTRunner(plan)
+        x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(onnx_path)(x), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(runner.cuda_graph(4)(x), runner(x), rtol=0, atol=0)

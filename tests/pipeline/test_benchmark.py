@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import torch
+
+import models
+from pipeline.benchmark import gemm_ceilings, model_macs, time_fn
+from pipeline.export import ExportSettings, export_onnx
+
+
+def test_time_fn_runs_warmup_plus_at_least_iters():
+    calls = []
+    times = time_fn(lambda: calls.append(1), warmup=2, iters=5)
+    assert len(calls) >= 7 and len(times) >= 5 and (times >= 0).all()
+
+
+def test_model_macs_match_the_paper_count_for_small7():
+    assert abs(model_macs(models.create_model("s2mlpv2_small7")) - 6.92e9) / 6.92e9 < 0.005
+
+
+def test_gemm_ceilings_are_positive_for_both_precisions():
+    c = gemm_ceilings(128, iters=2)
+    assert c["fp32"] > 0 and c["int8"] > 0
+
+
+def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
+    torch.manual_seed(0)
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(models.create_model("s2mlpv2_tiny_test").eval(), onnx_path, ExportSettings())
+    out = tmp_path / "bench.json"
+    run_cli("pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", onnx_path, "--batches", "1", "2",
+            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--out", out, check=True)  # fmt: skip
+    result = json.loads(out.read_text())
+    backends = {r["backend"] for r in result["rows"]}
+    assert backends == {"torch eager fp32", "onnxruntime fp32 (tiny.onnx)"}
+    assert {r["batch"] for r in result["rows"]} == {1, 2}
+    for r in result["rows"]:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+        assert np.isfinite(r["speedup_vs_eager"])
+    assert result["provenance"]["threads"] >= 1 and "onnxruntime" in result["provenance"]["versions"]
+    assert out.with_suffix(".md").read_text().startswith("# Benchmark")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_missing_artifact_is_one_line_error(tmp_path, run_cli):
+    proc = run_cli(
+        "pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", tmp_path / "nope.onnx", "--out", tmp_path / "b.json"
+    )
+    assert proc.returncode == 2 and "artifact not found" in proc.stderr and "Traceback" not in proc.stderr
