@@ -23,7 +23,8 @@ _registered = False
 
 
 def has_plugin_nodes(model) -> bool:
-    return any(n.op_type == PLUGIN_NAME and n.domain == ONNX_DOMAIN for n in model.graph.node)
+    """SpatialShift nodes, in our domain or already re-tagged for onnxruntime-extensions."""
+    return any(n.op_type == PLUGIN_NAME and n.domain in (ONNX_DOMAIN, _ORTX_DOMAIN) for n in model.graph.node)
 
 
 def _register_python_shift() -> None:

@@ -307,12 +307,18 @@ def convert_precision(
         fp32 = onnx.load(str(standard))
         if precision == "fp16":
             if calibration is not None:
+                t_measure = time.perf_counter()
                 report.activation_max = measure_activations(fp32, calibration[:64])
+                report.settings["seconds_measuring_activations"] = round(time.perf_counter() - t_measure, 2)
+            t_convert = time.perf_counter()
             converted, report.kept_fp32 = convert_fp16(standard, calibration, fp16_data_max)
+            report.settings["seconds_autocast"] = round(time.perf_counter() - t_convert, 2)
         else:
             int8_path = Path(tmp) / "int8.onnx"
             excluded: list[str] = []
+            t_quant = time.perf_counter()
             quantize_int8(standard, int8_path, calibration, calib_method)
+            report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
             if holdout is not None and len(holdout):
                 reference = _logits(fp32, holdout)
                 for round_ in range(max_fallback_rounds + 1):

@@ -28,7 +28,19 @@ import torch
 from models import CheckpointError, create_model, list_models, load_checkpoint
 from models.fileio import atomic_path, atomic_write_json, atomic_write_text
 
-__all__ = ["GATES", "Gate", "VerifyResult", "compare_logits", "verify", "load_runner", "main"]
+__all__ = [
+    "GATES",
+    "Gate",
+    "VerifyResult",
+    "VerifyError",
+    "compare_logits",
+    "verify",
+    "verify_arrays",
+    "write_report",
+    "load_runner",
+    "load_eval_images",
+    "main",
+]
 
 
 @dataclass(frozen=True)
@@ -301,10 +313,12 @@ def _figure(result: VerifyResult, path: Path) -> None:
 
     cos = np.array(result.cosines)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(cos, bins=50, color="#4c72b0", alpha=0.8, label="all images")
+    bins = np.linspace(min(cos.min(), 0.999 * cos.min()), 1.0 + 1e-9, 60)
+    ax.hist(cos, bins=bins, color="#4c72b0", alpha=0.8, label="all images")
     flipped = [f["cosine"] for f in result.flips]
     if flipped:
-        ax.hist(flipped, bins=50, color="#dd3333", alpha=0.9, label=f"top-1 flipped ({len(flipped)})")
+        ax.hist(flipped, bins=bins, color="#dd3333", alpha=0.9, label=f"top-1 flipped ({len(flipped)})")
+    ax.set_yscale("log")  # flips are few; a log scale keeps them visible beside the bulk
     for name, g in result.gates.items():
         if name.startswith("cosine"):
             ax.axvline(g["threshold"], color="k", ls="--", lw=1, label=f"gate {g['threshold']}")
@@ -316,6 +330,33 @@ def _figure(result: VerifyResult, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def verify_arrays(
+    model, runner, images: np.ndarray, labels: np.ndarray | None, paths: Sequence[str], precision: str, batch: int = 32
+) -> VerifyResult:
+    """Compare ``model`` (PyTorch fp32) and ``runner`` on already preprocessed ``images``."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        reference = np.concatenate([model(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
+    deployed = np.concatenate([runner(images[i : i + batch]) for i in range(0, len(images), batch)])
+    result = compare_logits(
+        reference, deployed, labels, precision, paths, model.config.class_names, getattr(runner, "backend", "onnxruntime")
+    )
+    card = getattr(model, "card", None)
+    result.provenance = {
+        "model": model.config.name,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "weights": card.provenance.get("command", "checkpoint") if card else "random init",
+    }
+    return result
+
+
+def write_report(result: VerifyResult, out: str | os.PathLike) -> None:
+    out = Path(out)
+    atomic_write_json(out, result.to_dict())
+    atomic_write_text(out.with_suffix(".md"), result.markdown())
+    _figure(result, out.with_suffix(".png"))
 
 
 def verify(
@@ -330,29 +371,10 @@ def verify(
     runner = load_runner(artifact)
     precision = precision or artifact_precision(artifact)
     images, labels, paths = load_eval_images(data, model, limit)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        reference = np.concatenate([model(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
-    deployed = np.concatenate([runner(images[i : i + batch]) for i in range(0, len(images), batch)])
-    result = compare_logits(
-        reference, deployed, labels, precision, paths, model.config.class_names, getattr(runner, "backend", "onnxruntime")
-    )
-    result.provenance = {
-        "artifact": str(artifact),
-        "data": str(data),
-        "model": model.config.name,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "weights": (
-            getattr(model, "card", None).provenance.get("command", "checkpoint")
-            if getattr(model, "card", None)
-            else "random init"
-        ),
-    }
+    result = verify_arrays(model, runner, images, labels, paths, precision, batch)
+    result.provenance.update(artifact=str(artifact), data=str(data))
     if out is not None:
-        out = Path(out)
-        atomic_write_json(out, result.to_dict())
-        atomic_write_text(out.with_suffix(".md"), result.markdown())
-        _figure(result, out.with_suffix(".png"))
+        write_report(result, out)
     return result
 
 

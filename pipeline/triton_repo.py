@@ -1,0 +1,106 @@
+"""Triton Inference Server model repository for a built artifact.
+
+``write_model_repository(repo, name, artifact, ...)`` writes ``repo/name/1/model.plan`` (or
+``model.onnx``) and ``repo/name/config.pbtxt`` with the platform, ``max_batch_size`` from the
+profile, dynamic batching, and the input and output names, types and dims.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from models.fileio import atomic_path, atomic_write_text
+
+__all__ = ["write_model_repository", "config_text", "read_config"]
+
+
+def config_text(
+    name: str, platform: str, max_batch: int, preferred: list[int], input_dims: tuple[int, ...], num_classes: int
+) -> str:
+    dims = ", ".join(str(d) for d in input_dims)
+    preferred_text = ", ".join(str(b) for b in preferred)
+    return f"""name: "{name}"
+platform: "{platform}"
+max_batch_size: {max_batch}
+input [
+  {{
+    name: "input"
+    data_type: TYPE_FP32
+    format: FORMAT_NCHW
+    dims: [ {dims} ]
+  }}
+]
+output [
+  {{
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ {num_classes} ]
+  }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {preferred_text} ]
+  max_queue_delay_microseconds: 100
+}}
+"""
+
+
+def write_model_repository(
+    repo: Path, name: str, artifact: Path, batch: tuple[int, int, int], input_dims: tuple[int, ...], num_classes: int
+) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"Triton model names take letters, digits, '_', '.' and '-'; got {name!r}")
+    is_plan = artifact.suffix in (".plan", ".engine")
+    version_dir = Path(repo) / name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    target = version_dir / ("model.plan" if is_plan else "model.onnx")
+    with atomic_path(target) as tmp:
+        shutil.copyfile(artifact, tmp)
+    preferred = sorted({b for b in batch[1:] if b > 1}) or [batch[2]]
+    text = config_text(name, "tensorrt_plan" if is_plan else "onnxruntime_onnx", batch[2], preferred, input_dims, num_classes)
+    atomic_write_text(Path(repo) / name / "config.pbtxt", text)
+    return Path(repo) / name
+
+
+def read_config(text: str) -> dict[str, Any]:
+    """Parse the protobuf text format used in ``config.pbtxt`` (the subset written here) into dicts and lists."""
+    tokens = re.findall(r'"[^"]*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+    pos = 0
+
+    def value():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "{":
+            return message("}")
+        if tok == "[":
+            items = []
+            while tokens[pos] != "]":
+                if tokens[pos] == ",":
+                    pos += 1
+                    continue
+                items.append(value())
+            pos += 1
+            return items
+        if tok.startswith('"'):
+            return tok[1:-1]
+        try:
+            return int(tok)
+        except ValueError:
+            return tok
+
+    def message(end):
+        nonlocal pos
+        out: dict[str, Any] = {}
+        while pos < len(tokens) and tokens[pos] != end:
+            key = tokens[pos]
+            pos += 1
+            if tokens[pos] == ":":
+                pos += 1
+            out[key] = value()
+        pos += 1
+        return out
+
+    return message(None)
