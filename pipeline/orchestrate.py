@@ -165,12 +165,18 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         # calibration set (cached under OUT/calibration), used by int8, fp16's range check and verify's held-out slice
         calib = None
         if opts.calib_data is not None:
+            from calibration.sources import discover
+
+            found = len(discover(opts.calib_data))
+            holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
+            if holdout < opts.calib_holdout:
+                print(
+                    f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "
+                    f"(asked for {opts.calib_holdout})",
+                    flush=True,
+                )
             calib = build_calibration_set(
-                opts.calib_data,
-                model.config.preprocessing,
-                opts.calib_size,
-                holdout=opts.calib_holdout,
-                cache_dir=out / "calibration",
+                opts.calib_data, model.config.preprocessing, opts.calib_size, holdout=holdout, cache_dir=out / "calibration"
             )
 
         # 2. precision

@@ -68,10 +68,11 @@ def test_int8_without_calibration_data_says_what_is_needed(tmp_path):
 def test_int8_with_calibration_folder_and_triton_repository(tmp_path):
     calib = make_image_folder(tmp_path / "calib", classes=3, per_class=12)
     out, repo = tmp_path / "out", tmp_path / "repo"
-    proc = _run("--precision", "int8", *TINY, "--calib-data", calib, "--calib-size", "24", "--calib-holdout", "8",
+    proc = _run("--precision", "int8", *TINY, "--calib-data", calib, "--calib-size", "24", "--calib-holdout", "20",
                 "--out", out, "--triton-repo", repo)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "held-out slice" in proc.stdout
+    assert "36 images: 24 calibrate, 12 are held out (asked for 20)" in proc.stdout
     config = read_config((repo / "s2mlpv2_tiny_test_int8" / "config.pbtxt").read_text())
     model = models.create_model("s2mlpv2_tiny_test")
     assert config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 4
