@@ -18,7 +18,8 @@ from pathlib import Path
 
 __all__ = ["Sample", "SourceError", "discover", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+from models.data import IMAGE_SUFFIXES
+
 _SYNSET = re.compile(r"n\d{8}")
 
 

@@ -18,7 +18,7 @@ from .s2mlpv2 import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "eval_transform", "train_transform", "image_folder", "holdout_split", "main"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
 def eval_transform(pre: Preprocessing):

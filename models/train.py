@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, save_checkpoint
 from .data import eval_transform, image_folder, train_transform
-from .fileio import atomic_path, atomic_write_json
+from .fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from .s2mlpv2 import S2MLPv2, get_variant, list_models
 
 __all__ = ["main", "build_parser"]
@@ -171,13 +171,8 @@ def _loaders(args, config, ddp: _Dist):
 
 
 def _plot(log_rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [r["epoch"] for r in log_rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [r["train_loss"] for r in log_rows], label="train loss (mixup targets)")
     if any("val_loss" in r for r in log_rows):
         ax1.plot(epochs, [r.get("val_loss") for r in log_rows], label="val loss")
@@ -187,9 +182,7 @@ def _plot(log_rows: list[dict[str, Any]], path: Path) -> None:
             ax2.plot(epochs, [r.get(key) for r in log_rows], label=label)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    atomic_save_figure(fig, path)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -375,8 +368,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     },
                     tmp,
                 )
-            with atomic_path(out / "log.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in log_rows))
+            atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log_rows))
             _plot(log_rows, out / "curves.png")
             msg = f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}, {row['train_img_s']:.0f} img/s"
             if "val_top1" in row:

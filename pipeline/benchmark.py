@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.fileio import atomic_path, atomic_write_json, atomic_write_text
+from models.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 
 __all__ = ["time_fn", "gemm_ceilings", "model_macs", "main"]
 
@@ -115,12 +115,7 @@ def _versions() -> dict[str, str]:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     for backend in dict.fromkeys(r["backend"] for r in rows):
         pts = sorted((r["batch"], r["p50_ms"]) for r in rows if r["backend"] == backend)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
@@ -131,9 +126,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    atomic_save_figure(fig, path)
 
 
 def _markdown(result: dict[str, Any]) -> str:

@@ -263,16 +263,14 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
 
 
 def load_images(folder: str | os.PathLike, model: S2MLPv2, limit: int) -> torch.Tensor:
-    """Up to ``limit`` images of ``folder`` (searched recursively), preprocessed by the model card."""
-    from PIL import Image
+    """Up to ``limit`` images of ``folder`` (any layout ``calibration.sources`` reads), preprocessed by the model card."""
+    from calibration.dataset import preprocess
+    from calibration.images import load_rgb
+    from calibration.sources import discover
 
-    from models.data import IMAGE_SUFFIXES, eval_transform
-
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not files:
-        raise FileNotFoundError(f"no images found under {folder}")
-    transform = eval_transform(model.config.preprocessing)
-    return torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
+    samples = discover(folder)[:limit]
+    pre = model.config.preprocessing
+    return torch.stack([torch.from_numpy(preprocess(load_rgb(s.path), pre)) for s in samples])
 
 
 def build_parser() -> argparse.ArgumentParser:

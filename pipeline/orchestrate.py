@@ -8,6 +8,8 @@ a failed or interrupted stage is never marked done.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import platform
 import sys
@@ -303,9 +305,6 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
             if bench_main(args) != 0:
                 raise PipelineError("the benchmark stage failed; see the message above")
             return ["benchmark.json", "benchmark.md", "benchmark.png"], None
-
-        import contextlib
-        import io
 
         with contextlib.redirect_stdout(io.StringIO()):
             rec, skipped = manifest.run(

@@ -119,23 +119,26 @@ def _float_outputs(model) -> dict[str, int]:
     return types
 
 
-def measure_activations(
-    onnx_model, calibration: np.ndarray, ops: Sequence[str] = WATCHED_OPS, batch: int = 16
-) -> dict[str, float]:
-    """Largest |value| each watched node outputs on the calibration images (fp32 graph, ORT on CPU)."""
+def _session_with_outputs(onnx_model, names: Sequence[str]):
+    """An ORT session on a copy of ``onnx_model`` whose graph also outputs the tensors ``names``."""
     import onnx
 
     from .onnx_runtime import make_session
 
     model = onnx.ModelProto.FromString(onnx_model.SerializeToString())
-    watched = {n.output[0]: f"{n.op_type}:{n.name}" for n in model.graph.node if n.op_type in ops}
     existing = {o.name for o in model.graph.output}
-    for name in watched:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = make_session(model)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    return make_session(model)
+
+
+def measure_activations(
+    onnx_model, calibration: np.ndarray, ops: Sequence[str] = WATCHED_OPS, batch: int = 16
+) -> dict[str, float]:
+    """Largest |value| each watched node outputs on the calibration images (fp32 graph, ORT on CPU)."""
+    watched = {n.output[0]: f"{n.op_type}:{n.name}" for n in onnx_model.graph.node if n.op_type in ops}
     names = list(watched)
     peaks = dict.fromkeys(names, 0.0)
+    session = _session_with_outputs(onnx_model, names)
     input_name = session.get_inputs()[0].name
     for i in range(0, len(calibration), batch):
         outs = session.run(names, {input_name: calibration[i : i + batch]})
@@ -235,15 +238,8 @@ def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates:
     """The ``top`` quantized nodes whose outputs deviate most (relative L2) from fp32 on ``images``."""
     import onnx
 
-    from .onnx_runtime import make_session
-
     def outputs_of(model, names):
-        m = onnx.ModelProto.FromString(model.SerializeToString())
-        have = {o.name for o in m.graph.output}
-        for nm in names:
-            if nm not in have:
-                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(nm))
-        session = make_session(m)
+        session = _session_with_outputs(model, names)
         return dict(zip(names, session.run(names, {session.get_inputs()[0].name: images})))
 
     int8 = onnx.load(str(int8_path))

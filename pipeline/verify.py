@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.fileio import atomic_path, atomic_write_json, atomic_write_text
+from models.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 
 __all__ = [
     "GATES",
@@ -306,13 +306,8 @@ def load_eval_images(
 
 
 def _figure(result: VerifyResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cos = np.array(result.cosines)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = new_figure(figsize=(7, 3.5))
     bins = np.linspace(min(cos.min(), 0.999 * cos.min()), 1.0 + 1e-9, 60)
     ax.hist(cos, bins=bins, color="#4c72b0", alpha=0.8, label="all images")
     flipped = [f["cosine"] for f in result.flips]
@@ -327,9 +322,7 @@ def _figure(result: VerifyResult, path: Path) -> None:
     ax.set_title(f"{result.precision} on {result.backend}: {'PASS' if result.passed else 'FAIL'}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    atomic_save_figure(fig, path)
 
 
 def verify_arrays(
