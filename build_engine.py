@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from models import list_models
+from pipeline.precision import QDQ_PLACEMENTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--calib-size", type=int, default=512, help="calibration images")
     g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
+    g.add_argument(
+        "--qdq-placement",
+        choices=QDQ_PLACEMENTS,
+        default="gemm-inputs",
+        help="int8: Q/DQ on MatMul/Gemm/Conv inputs only (fastest in ONNX Runtime), or ModelOpt's default placement",
+    )
     g.add_argument(
         "--calib-holdout", type=int, default=64, help="further images held out to gate int8 and, without --eval-data, to verify"
     )
@@ -71,6 +78,7 @@ def main(argv=None) -> int:
     from engines.build import EngineBuildError, parse_batch
     from engines.trt import TensorRTUnavailable
     from models import CheckpointError
+    from models.cli import report_error, report_interrupt
     from pipeline.export import ExportError
     from pipeline.manifest import LockedError
     from pipeline.orchestrate import BuildOptions, PipelineError, run_pipeline
@@ -83,17 +91,16 @@ def main(argv=None) -> int:
         opts = BuildOptions(
             precision=args.precision, model=args.model, checkpoint=args.checkpoint, shift_impl=args.shift_impl, opset=args.opset,
             calib_data=args.calib_data, calib_size=args.calib_size, calib_method=args.calib_method, calib_holdout=args.calib_holdout,
+            qdq_placement=args.qdq_placement,
             eval_data=args.eval_data, eval_limit=args.eval_limit, batch=parse_batch(args.batch), backend=args.backend,
             out=args.out, force=args.force, triton_repo=args.triton_repo,
         )  # fmt: skip
         summary = run_pipeline(opts)
     except (PipelineError, CheckpointError, CalibrationError, SourceError, ExportError, PrecisionError, PluginSwapError,
             VerifyError, EngineBuildError, TensorRTUnavailable, LockedError, ValueError, OSError) as e:  # fmt: skip
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to continue", file=sys.stderr)
-        return 130
+        return report_interrupt("finished stages are kept: run the same command again to continue")
     if summary["gates_enforced"] and not summary["verify_passed"]:
         return 1
     return 0

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from models import CheckpointError, get_variant, list_models, load_checkpoint
+from models.cli import report_error
 
 from .dataset import CalibrationError, build_calibration_set
 from .sources import SourceError
@@ -37,8 +37,7 @@ def main(argv=None) -> int:
             args.data, pre, args.size, holdout=args.holdout, seed=args.seed, cache_dir=args.cache_dir, labels_file=args.labels
         )
     except (CalibrationError, SourceError, CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     classes = len(set(s.labels))
     print(
         f"{len(s.files)} images ({s.size} calibration + {len(s.holdout)} held out) from {classes} classes, "

@@ -168,7 +168,7 @@ def build_calibration_set(
                 break
             try:
                 if not sample.path.is_file():
-                    raise ImageError(f"{sample.path}: not a file")
+                    raise ImageError(f"{sample.path}: {'not a regular file' if sample.path.exists() else 'does not exist'}")
                 image = load_rgb(sample.path, max_pixels)
             except ImageError as e:
                 skipped.append(str(e))
@@ -181,18 +181,21 @@ def build_calibration_set(
             bar.update(1)
     if len(arrays) < wanted:
         what = f"{size} calibration" + (f" + {holdout} held-out" if holdout else "")
+        first = f", first: {skipped[0]}" if skipped else ""
         raise CalibrationError(
-            f"only {len(arrays)} usable images in {source} ({len(samples)} found, {len(skipped)} skipped as unreadable); "
+            f"only {len(arrays)} usable images in {source} ({len(samples)} found, {len(skipped)} skipped as unreadable{first}); "
             f"{what} images were asked for: lower the size or add images"
         )
     if skipped:
         log.warning("%d of the images tried in %s were skipped as unreadable", len(skipped), source)
     result = CalibrationSet(np.stack(arrays).astype(np.float32), files, labels, hashes, preprocessing, size, skipped)
     if stem is not None:
+        # The array is renamed into place only after its JSON is written, so a failed write
+        # (a full disk) leaves no array without its record.
         with atomic_path(stem.with_suffix(".npy")) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, result.images, allow_pickle=False)
-        atomic_write_json(stem.with_suffix(".json"), _meta(result, source, seed, holdout))
+            atomic_write_json(stem.with_suffix(".json"), _meta(result, source, seed, holdout))
         result.cache_path = stem
     return result
 

@@ -59,8 +59,9 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
                 return _to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: declares more pixels than Pillow's decompression-bomb pixel limit; refused") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        reason = " ".join(str(e).split())[:120]
+        raise ImageError(f"{name}: over Pillow's pixel limit ({reason}); refused as a possible decompression bomb") from None
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:

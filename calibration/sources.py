@@ -103,7 +103,9 @@ def _from_list_file(path: Path) -> list[Sample]:
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
-        raise SourceError(f"{path} is a binary file, not a folder or a text file listing image paths") from None
+        raise SourceError(
+            f"{path} is a binary file, not a folder or a list file; give a folder of images or a text file listing image paths"
+        ) from None
     samples = []
     for line in lines:
         line = line.strip()
@@ -116,5 +118,5 @@ def _from_list_file(path: Path) -> list[Sample]:
             candidate = path.parent / candidate
         samples.append(Sample(candidate, label))
     if not samples:
-        raise SourceError(f"{path} lists no image paths")
+        raise SourceError(f"{path} lists no image paths; list one image path (optionally followed by a label) per line")
     return samples

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.cli import report_error
 from models.fileio import atomic_write_bytes, sha256_file
 
 from .sidecar import Sidecar, read_sidecar, sidecar_path
@@ -198,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         plan, reused = build_plan(args.onnx, args.plan, settings)
     except (TensorRTUnavailable, EngineBuildError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"{'reused' if reused else 'built'} {plan} in {time.perf_counter() - t0:.1f} s")
     return 0
 

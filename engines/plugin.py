@@ -9,8 +9,9 @@ parser strips those two attributes and passes ``pattern``).
 * ``aot_impl``: the Triton kernel of ``engines.shift_kernel``, compiled ahead of time to PTX
   for the building GPU's architecture. TensorRT stores the PTX in the plan, so a C++ program
   runs the plan with no Python and no plugin library. ``pattern`` is a compile-time constant
-  of that PTX (AOT plugin attributes are not serialized); the sizes are launch arguments
-  computed from the input's symbolic shape, so one plan serves every batch of its profile.
+  of that PTX (AOT plugin attributes are not serialized), and so is the block shape, chosen
+  from the static channel count; batch, height and width are launch arguments computed from
+  the input's symbolic shape, so one plan serves every batch of its profile.
 
 This module needs TensorRT >= 10.9 (``aot_impl``); it has not been run in this project's CI,
 where TensorRT cannot be installed. ``engines.shift_kernel.compile_ptx`` (what ``aot_impl``
@@ -19,7 +20,7 @@ calls) is tested there, on the CPU.
 
 from __future__ import annotations
 
-from .shift_kernel import BLOCK_C, BLOCK_P, compile_ptx
+from .shift_kernel import block_config, compile_ptx
 from .trt import import_tensorrt
 
 trt = import_tensorrt()
@@ -45,15 +46,18 @@ def spatial_shift_aot(inp0: trtp.TensorDesc, pattern: int, outputs, tactic: int)
     import torch
 
     dtype = "fp32" if inp0.dtype == trt.float32 else "fp16"
-    major, minor = torch.cuda.get_device_capability()
-    name, ptx, threads, shared = compile_ptx(dtype, pattern, arch=major * 10 + minor)
     b, h, w, c = (inp0.shape_expr[i] for i in range(4))
+    if not c.is_constant:
+        raise ValueError("the SpatialShift plugin needs a static channel count (only the batch may be dynamic)")
+    channels = c.constant_value
+    major, minor = torch.cuda.get_device_capability()
+    name, ptx, threads, shared = compile_ptx(dtype, pattern, channels, arch=major * 10 + minor)
+    block_p, _, _ = block_config(channels // 4)
     n_pix = b * h * w
     launch = trtp.KernelLaunchParams()
-    launch.grid_x = trtp.cdiv(n_pix, BLOCK_P)
-    launch.grid_y = trtp.cdiv(c, BLOCK_C)
+    launch.grid_x = trtp.cdiv(n_pix, block_p)  # one program per block_p pixels, all channels
     launch.block_x = threads
     launch.shared_mem = shared
-    # kernel arguments after the input pointer and before the output pointer
-    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (n_pix, h, w, c)])
+    # kernel arguments after the input pointer and before the output pointer: n_pix, H, W, C/4
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (n_pix, h, w, c // 4)])
     return name.encode(), ptx.encode(), launch, extra

@@ -14,6 +14,7 @@ neither (sidecar, profile, input validation) are tested there.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +23,39 @@ import numpy as np
 from .sidecar import ProfileError, Sidecar, read_sidecar
 from .trt import TensorRTUnavailable, cuda_device, import_tensorrt
 
-__all__ = ["TensorRTRunner", "check_input", "InputError"]
+__all__ = ["TensorRTRunner", "check_input", "check_array", "InputError"]
 
 
 class InputError(ValueError):
     """A batch the model cannot take (wrong dtype, rank, channels, or NaN/Inf values)."""
 
 
-def check_input(batch: Any, sidecar: Sidecar) -> None:
-    """Validate a batch against the plan before it reaches the GPU."""
+def check_array(batch: Any, input_shape: Sequence[int | str | None], what: str = "the plan") -> None:
+    """Validate a batch's dtype, rank, size and values against ``input_shape`` ``(C, H, W)``; a size that is not an int is not checked."""
     shape = tuple(batch.shape)
     dtype = str(getattr(batch, "dtype", ""))
     if not any(t in dtype for t in ("float32", "float16", "float64")):
         raise InputError(f"input dtype {dtype} is not a float type; pass float32 images (preprocessed as the model card says)")
     if len(shape) != 4:
-        raise InputError(f"input must be (batch, C, H, W), got rank {len(shape)} shape {shape}")
-    if shape[1] != sidecar.input_shape[0]:
-        raise InputError(f"input has {shape[1]} channels, the plan expects {sidecar.input_shape[0]}")
+        raise InputError(f"input must be (batch, C, H, W), got rank {len(shape)} shape {shape}; add the batch dimension")
+    if isinstance(input_shape[0], int) and shape[1] != input_shape[0]:
+        raise InputError(
+            f"input has {shape[1]} channels, {what} expects {input_shape[0]}; convert images to RGB as the model card's preprocessing does"
+        )
+    if any(isinstance(want, int) and got != want for got, want in zip(shape[2:], input_shape[1:])):
+        raise InputError(
+            f"input images are {shape[2]}x{shape[3]}, {what} expects {input_shape[1]}x{input_shape[2]}; "
+            "preprocess them with the card of the model it was built from"
+        )
     finite = bool(np.isfinite(np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch)).all())
     if not finite:
         raise InputError("input contains NaN or Inf; check the preprocessing (division by a zero std, corrupt images)")
-    sidecar.check_batch(shape)
+
+
+def check_input(batch: Any, sidecar: Sidecar) -> None:
+    """Validate a batch against the plan before it reaches the GPU."""
+    check_array(batch, sidecar.input_shape)
+    sidecar.check_batch(tuple(batch.shape))
 
 
 class TensorRTRunner:

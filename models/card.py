@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
+from .cli import report_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,8 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         provenance[args.key] = json.loads(args.value.read_text())
         save_checkpoint(model, args.checkpoint, provenance)
     except (CheckpointError, OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(f"stored {args.value} as provenance[{args.key!r}] in {args.checkpoint}")
     return 0
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,7 @@ def load_checkpoint(
         config = config.replace(**overrides)
 
     model = S2MLPv2(config)
-    _check_fit(path, model, state, config.name)
+    _check_fit(path, model, state, config.name, has_card=card is not None)
     model.load_state_dict(state, strict=True)
     if card is not None:
         model.card = card  # type: ignore[attr-defined]
@@ -163,9 +165,9 @@ def load_checkpoint(
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; check the path (a .safetensors file or a PyTorch state dict)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a regular file")
+        raise CheckpointError(f"checkpoint {path} is not a regular file; give the weights file itself")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); re-copy or re-save it")
 
@@ -205,16 +207,21 @@ def _read_state_dict(path: Path, map_location: str) -> dict[str, torch.Tensor]:
             f"({', '.join(_PICKLE_SUFFIXES)})"
         )
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on a foreign pickle's protocol; the refusal below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:
         msg = str(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
+        refusal = re.search(r"Unsupported (?:global|operand)[^\n]*", msg)  # the weights-only unpickler's reason
+        if "Unsupported global" in msg or (refusal and _imports_callables(path)):
             raise CheckpointError(
                 f"{path} holds Python objects other than tensors, which could run code when unpickled; refused. "
                 "Re-save it as a plain state_dict (torch.save(model.state_dict(), p)) or as .safetensors"
             ) from None
+        reason = refusal.group(0).strip() if refusal else _short(e)
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({_short(e)}); it may be truncated or corrupt: re-copy or re-save it"
+            f"{path} is not a readable PyTorch checkpoint ({reason}); it may be truncated or corrupt: re-copy or re-save it"
         ) from None
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -223,6 +230,22 @@ def _read_state_dict(path: Path, map_location: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors; save model.state_dict()")
     return obj
+
+
+def _imports_callables(path: Path) -> bool:
+    """True when ``path`` is a well-formed pickle that imports or calls objects, as code-running pickles do.
+
+    ``pickletools`` only parses the opcodes; nothing is imported or run. Random or truncated
+    bytes do not parse, so they are reported as corrupt rather than as dangerous.
+    """
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            ops = [op.name for op, _, _ in pickletools.genops(f)]
+    except Exception:  # pickletools raises ValueError and others on bytes that are not a pickle
+        return False
+    return any(op in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX") for op in ops)
 
 
 def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -260,13 +283,21 @@ def _guess_variant(state: dict[str, torch.Tensor]) -> S2MLPv2Config | None:
     return None
 
 
-def _check_fit(path: Path, model: S2MLPv2, state: dict[str, torch.Tensor], name: str) -> None:
+def _check_fit(path: Path, model: S2MLPv2, state: dict[str, torch.Tensor], name: str, has_card: bool = False) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = _mismatches(state, expected)
     if not problems:
         return
     guess = _guess_variant(state)
-    hint = f"it looks like a {guess.name} checkpoint: use that model name" if guess else "it matches no registered variant"
+    if guess is None:
+        hint = "it matches no registered variant"
+    elif has_card:
+        hint = (
+            f"it looks like a {guess.name} checkpoint whose model card names {name}: "
+            "delete the stale card or re-save the weights with models.save_checkpoint"
+        )
+    else:
+        hint = f"it looks like a {guess.name} checkpoint: use that model name"
     shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     raise CheckpointError(f"{path} does not fit {name} ({len(problems)} mismatches: {shown}); {hint}")
 

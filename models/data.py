@@ -10,13 +10,13 @@ import argparse
 import os
 import random
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli import report_error
 from .s2mlpv2 import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "eval_transform", "train_transform", "image_folder", "holdout_split", "main"]
+__all__ = ["IMAGE_SUFFIXES", "eval_transform", "train_transform", "load_image", "image_folder", "holdout_split", "main"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
@@ -86,22 +86,32 @@ def train_transform(
     )
 
 
+def load_image(path: str | os.PathLike):
+    """The project's one safe image decoder (``calibration.images.load_rgb``): raises ``ImageError`` for a bad file."""
+    from calibration.images import load_rgb
+
+    return load_rgb(path)
+
+
 def image_folder(root: str | os.PathLike, transform=None, class_names: Sequence[str] | None = None):
     """An ImageFolder over ``root``. With ``class_names`` (from the card), labels follow the card's order."""
     from torchvision.datasets import ImageFolder
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise FileNotFoundError(f"data folder not found: {root}; check the path")
     try:
-        ds = ImageFolder(str(root), transform=transform)
+        ds = ImageFolder(str(root), transform=transform, loader=load_image)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{root} is not an ImageFolder tree (one sub-folder of images per class): {e}") from None
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
         unknown = [c for c in ds.classes if c not in index]
         if unknown:
-            raise ValueError(f"folders {unknown[:5]} in {root} are not classes of this model (it knows {len(index)} classes)")
+            raise ValueError(
+                f"folders {unknown[:5]} in {root} are not classes of this model (it knows {len(index)} classes); "
+                "give a folder whose sub-folders are the class names in the model card"
+            )
         ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
         ds.targets = [t for _, t in ds.samples]
         ds.classes = list(class_names)
@@ -119,7 +129,10 @@ def holdout_split(root: str | os.PathLike, per_class: int, seed: int = 0) -> tup
     for cls_dir in classes:
         files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) <= per_class:
-            raise ValueError(f"class {cls_dir.name} has {len(files)} images, not more than the {per_class} to hold out")
+            raise ValueError(
+                f"class {cls_dir.name} has {len(files)} images, not more than the {per_class} to hold out; "
+                "hold out fewer per class (--per-class)"
+            )
         rng = random.Random(f"{seed}:{cls_dir.name}")
         held = set(rng.sample(range(len(files)), per_class))
         for i, f in enumerate(files):
@@ -152,21 +165,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     split.add_argument("--per-class", type=int, default=500, help="validation images per class")
     split.add_argument("--seed", type=int, default=0, help="selects which images are held out")
     args = parser.parse_args(argv)
+    tmp = args.out.with_name(args.out.name + ".partial")
     try:
         if (args.out / "train").exists() or (args.out / "val").exists():
             raise ValueError(f"{args.out} already holds a split; remove it first")
         train, val = holdout_split(args.src, args.per_class, args.seed)
-        tmp = args.out.with_name(args.out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         _materialise(train, args.src, tmp / "train")
         _materialise(val, args.src, tmp / "val")
         args.out.mkdir(parents=True, exist_ok=True)
         for part in ("train", "val"):
             os.replace(tmp / part, args.out / part)
-        shutil.rmtree(tmp, ignore_errors=True)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed split leaves no half-copied tree
     print(f"wrote {len(train)} training and {len(val)} validation images under {args.out}")
     return 0
 

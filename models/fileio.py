@@ -9,10 +9,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "atomic_path",
+    "atomic_paths",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -31,19 +32,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        _raise_about(e, path)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         yield tmp_path
+        # mkstemp makes 0600 (and some writers, like safetensors, replace the file with their own
+        # 0600 one): give the result the permissions open() would
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.filename in (None, str(tmp_path)):
+            _raise_about(e, path)
         raise
+
+
+def _raise_about(e: OSError, path: Path) -> NoReturn:
+    """Re-raise ``e`` naming ``path``: a failed write (a full disk) names no file, or only the temporary one."""
+    if e.errno is None:
+        raise e
+    raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (a report and its figure): all of them or none appear."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -51,6 +51,15 @@ class Preprocessing:
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
 
+    def __post_init__(self) -> None:
+        # A zero std or crop divides by zero: every input would be Inf or NaN.
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"preprocessing std must be positive, got {tuple(self.std)}")
+        if not self.crop_pct > 0:
+            raise ValueError(f"preprocessing crop_pct must be positive, got {self.crop_pct}")
+        if len(self.input_size) != 3 or not all(int(d) > 0 for d in self.input_size):
+            raise ValueError(f"preprocessing input_size must be (C, H, W) with positive sizes, got {tuple(self.input_size)}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

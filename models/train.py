@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, save_checkpoint
+from .cli import report_error, report_interrupt
 from .data import eval_transform, image_folder, train_transform
 from .fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from .s2mlpv2 import S2MLPv2, get_variant, list_models
@@ -387,12 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (FileNotFoundError, FileExistsError, ValueError, CheckpointError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, CheckpointError, FloatingPointError) as e:
+        return report_error(e)
     except KeyboardInterrupt:
-        print(f"interrupted; the last completed epoch is saved in {args.output}; continue with --resume", file=sys.stderr)
-        return 130
+        return report_interrupt(f"the last completed epoch is saved in {args.output}; continue with --resume")
     return 0
 
 

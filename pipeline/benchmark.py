@@ -10,6 +10,11 @@ int8 ceiling (MatMulInteger, 2048³) are measured in the same run, and each row'
 GFLOP/s (2 x MACs x images/s) is given as a fraction of the ceiling of its precision. Ratios
 between rows are what to compare; absolute numbers depend on the machine and its load.
 Writes JSON, a Markdown table and a PNG plot of latency against batch.
+
+``--profile`` adds ONNX Runtime's per-op profile of every artifact at every batch: the time per
+op type, and the GEMM-class kernels' own GFLOP/s (the model's MACs over their time) against the
+ceiling. That fraction bounds the whole graph's; the other ops' share is what stands between
+the two.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,9 +31,18 @@ import numpy as np
 import torch
 
 from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from models.cli import report_error, report_interrupt
+from models.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 
-__all__ = ["time_fn", "gemm_ceilings", "model_macs", "main"]
+__all__ = ["time_fn", "gemm_ceilings", "model_macs", "profile_onnx", "main"]
+
+# ONNX Runtime kernels that do the model's multiply-adds (fp32 and integer, before and after fusion).
+GEMM_OPS = frozenset(
+    {
+        "MatMul", "Gemm", "Conv", "FusedMatMul", "FusedGemm", "FusedConv", "NhwcFusedConv", "MatMulInteger",
+        "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "ConvInteger", "QGemm",
+    }
+)  # fmt: skip
 
 
 def time_fn(fn: Callable[[], Any], warmup: int, iters: int, min_seconds: float = 0.0) -> np.ndarray:
@@ -82,6 +95,46 @@ def gemm_ceilings(n: int = 2048, threads: int | None = None, iters: int = 10) ->
         ms = np.median(time_fn(lambda: session.run(None, {"A": a}), warmup=2, iters=iters))
         out[key] = 2 * n**3 / (ms / 1e3) / 1e9
     return out
+
+
+def profile_onnx(path: Path, x: np.ndarray, threads: int | None, runs: int = 3) -> dict[str, Any]:
+    """Per-op-type kernel time of one ONNX Runtime session on ``x``, from ONNX Runtime's profiler.
+
+    Returns the ops sorted by time (ms per run, share of the kernel total, nodes per run, whether
+    the op is a GEMM-class kernel) and the totals. The profiler's own overhead is why these
+    runs are not the timed ones.
+    """
+    import json
+    import tempfile
+
+    from .onnx_runtime import make_session
+
+    with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
+        session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "profile"))
+        feed = {session.get_inputs()[0].name: x.astype(np.float16 if "float16" in session.get_inputs()[0].type else np.float32)}
+        session.run(None, feed)  # warm-up, dropped below
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feed)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / runs
+        events = json.loads(Path(session.end_profiling()).read_text())
+    # each "model_run" event spans one session.run; drop the first (the warm-up)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    timed = [[e for e in kernels if start <= e["ts"] <= end] for start, end in windows[1:]]
+    ms: dict[str, float] = {}
+    nodes: dict[str, int] = {}
+    for run in timed:
+        for e in run:
+            op = e["args"]["op_name"]
+            ms[op] = ms.get(op, 0.0) + e["dur"] / 1e3 / len(timed)
+            nodes[op] = nodes.get(op, 0) + 1
+    total = sum(ms.values())
+    ops = [
+        {"op": op, "ms": t, "share": t / total, "nodes": nodes[op] // len(timed), "gemm": op in GEMM_OPS}
+        for op, t in sorted(ms.items(), key=lambda kv: -kv[1])
+    ]
+    return {"wall_ms": wall_ms, "kernel_ms": total, "gemm_ms": sum(o["ms"] for o in ops if o["gemm"]), "ops": ops}
 
 
 def model_macs(model) -> float:
@@ -145,6 +198,23 @@ def _markdown(result: dict[str, Any]) -> str:
             f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {r['fraction_of_ceiling'] * 100:.0f} % | {r['speedup_vs_eager']:.2f}x |"
         )
+    for prof in result.get("profiles", []):
+        lines += [
+            "",
+            f"## Profile: {prof['artifact']} ({prof['precision']}), batch {prof['batch']}",
+            "",
+            f"Kernels {prof['kernel_ms']:.1f} ms per run, of which GEMM-class {prof['gemm_ms']:.1f} ms "
+            f"({prof['gemm_ms'] / prof['kernel_ms'] * 100:.0f} %). The GEMM kernels alone run at {prof['gemm_gflops']:.0f} "
+            f"GFLOP/s = {prof['gemm_fraction_of_ceiling'] * 100:.0f} % of the ceiling: the whole graph cannot do better "
+            "than that, and every other op adds to the time on top.",
+            "",
+            "| op | ms per run | share | nodes |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['op']}{' (GEMM)' if o['gemm'] else ''} | {o['ms']:.2f} | {o['share'] * 100:.1f} % | {o['nodes']} |"
+            for o in prof["ops"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -161,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiling Small/7 takes minutes on a CPU)")
     p.add_argument("--no-eager", action="store_true", help="skip the torch eager rows")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run ONNX Runtime's profiler on every --onnx artifact at every batch: time per op type, and the "
+        "GEMM kernels' own GFLOP/s against the ceiling (what the rest of the graph costs on top)",
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing a row at least this long")
@@ -197,14 +273,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return _m(torch.from_numpy(x))
 
             runners.append(("torch.compile fp32", "fp32", comp))
+        onnx_rows = []
         for path in args.onnx:
             precision = artifact_precision(path)
+            onnx_rows.append((path, precision))
             runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
         for path in args.plan:
             runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
     except (CheckpointError, VerifyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
+    try:
+        result = _measure(args, model, runners, onnx_rows)
+        out = args.out
+        with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
+            atomic_write_json(json_path, result)
+            atomic_write_text(md_path, _markdown(result))
+            _plot(result["rows"], png_path)
+    except OSError as e:
+        return report_error(e)
+    except KeyboardInterrupt:
+        return report_interrupt()
+    print(_markdown(result))
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, Any]:
+    """Ceilings, timed rows and (with ``--profile``) per-op profiles, as the JSON result."""
 
     print(f"measuring GEMM ceilings ({args.gemm_size}^3) with {args.threads} threads ...", flush=True)
     ceilings = gemm_ceilings(args.gemm_size, threads=args.threads)
@@ -237,11 +332,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         base = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == "torch eager fp32"), None)
         r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
+    profiles = []
+    if args.profile:
+        print("profiling ONNX Runtime per op ...", flush=True)
+        for path, precision in onnx_rows:
+            for batch in args.batches:
+                x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+                prof = profile_onnx(path, x, args.threads)
+                gemm_gflops = 2 * macs * batch / (prof["gemm_ms"] / 1e3) / 1e9
+                ceiling = ceilings["int8" if precision == "int8" else "fp32"]
+                prof.update(artifact=path.name, precision=precision, batch=batch, gemm_gflops=gemm_gflops,
+                            gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
+                profiles.append(prof)
+                print(
+                    f"  {path.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
+                    f"({prof['gemm_ms'] / prof['kernel_ms']:.0%}), at {gemm_gflops:.0f} GFLOP/s = {gemm_gflops / ceiling:.0%} of the ceiling",
+                    flush=True,
+                )
     result = {
         "model": model.config.name,
         "gmacs_per_image": macs / 1e9,
         "ceilings_gflops": ceilings,
         "rows": rows,
+        "profiles": profiles,
         "provenance": {
             "cpu": _cpu_name(),
             "threads": args.threads,
@@ -251,12 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
-    atomic_write_json(args.out, result)
-    atomic_write_text(args.out.with_suffix(".md"), _markdown(result))
-    _plot(rows, args.out.with_suffix(".png"))
-    print(_markdown(result))
-    print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

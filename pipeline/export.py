@@ -39,7 +39,8 @@ import torch
 
 from models import CheckpointError, create_model, list_models, load_checkpoint
 from models.checkpoint import ModelCard
-from models.fileio import atomic_path
+from models.cli import report_error, report_interrupt
+from models.fileio import atomic_path, atomic_write_json
 from models.layers import shift_lowering
 from models.s2mlpv2 import S2MLPv2
 
@@ -320,14 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             checks.append((f"images from {args.check_images}", load_images(args.check_images, model, args.check_limit)))
         print(f"exporting {model.config.name} ({args.shift_impl} shift, opset {args.opset}) to {args.out}", flush=True)
         result = export_onnx(model, args.out, settings, checks)
+        print(result)
+        if args.json:
+            atomic_write_json(args.json, result.to_dict())
     except (CheckpointError, ExportError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(result)
-    if args.json:
-        from models.fileio import atomic_write_json
-
-        atomic_write_json(args.json, result.to_dict())
+        return report_error(e)
+    except KeyboardInterrupt:
+        return report_interrupt()
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

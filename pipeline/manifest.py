@@ -100,6 +100,9 @@ class Manifest:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             **(extra or {}),
         }
+        self._save()
+
+    def _save(self) -> None:
         atomic_write_json(self.path, {"format": "s2mlpv2-manifest/1", "stages": self.stages})
 
     def run(
@@ -114,7 +117,8 @@ class Manifest:
         """Run ``work`` unless the stage is current; returns (record, skipped)."""
         if not force and self.is_current(stage, inputs, settings):
             return self.stages[stage], True
-        self.stages.pop(stage, None)  # not done until it finishes again
+        if self.stages.pop(stage, None) is not None:
+            self._save()  # not done until it finishes again, on disk too
         t0 = time.perf_counter()
         outputs, extra = work()
         self.record(stage, inputs, settings, outputs, time.perf_counter() - t0, versions, extra)

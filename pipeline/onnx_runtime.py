@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.runtime import check_array
 from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME
 
 __all__ = ["OnnxRuntimeRunner", "make_session", "has_plugin_nodes"]
@@ -65,8 +66,18 @@ def _retag_for_extensions(model):
     return model
 
 
-def make_session(model_or_path, threads: int | None = None, optimization: str = "all", optimized_model_path: str | None = None):
-    """An ``InferenceSession`` on the best available provider (CPU when there is no GPU)."""
+def make_session(
+    model_or_path,
+    threads: int | None = None,
+    optimization: str = "all",
+    optimized_model_path: str | None = None,
+    profile_prefix: str | None = None,
+):
+    """An ``InferenceSession`` on the best available provider (CPU when there is no GPU).
+
+    ``profile_prefix`` turns on ONNX Runtime's profiler; ``session.end_profiling()`` then
+    returns the path of its JSON trace (per-node kernel times).
+    """
     import onnx
     import onnxruntime as ort
 
@@ -83,6 +94,9 @@ def make_session(model_or_path, threads: int | None = None, optimization: str = 
         opts.intra_op_num_threads = threads
     if optimized_model_path:
         opts.optimized_model_filepath = optimized_model_path
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if has_plugin_nodes(model):
         from onnxruntime_extensions import get_library_path
 
@@ -114,6 +128,7 @@ class OnnxRuntimeRunner:
         self.session = make_session(self.path, threads=threads, optimization=optimization)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        self.input_shape = tuple(inp.shape[1:])  # (C, H, W); a dynamic size is a name, not an int
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.output_name = self.session.get_outputs()[0].name
 
@@ -124,6 +139,7 @@ class OnnxRuntimeRunner:
     def __call__(self, batch) -> np.ndarray:
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().numpy()
+        check_array(batch, self.input_shape, "the graph")
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return out.astype(np.float32, copy=False)

@@ -48,6 +48,7 @@ class BuildOptions:
     calib_data: Path | None = None
     calib_size: int = 512
     calib_method: str = "entropy"
+    qdq_placement: str = "gemm-inputs"
     calib_holdout: int = 64
     eval_data: Path | None = None
     eval_limit: int | None = 500
@@ -146,6 +147,28 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     with OutputLock(out):
         manifest = Manifest(out)
 
+        # calibration set (cached under OUT/calibration), used by int8, fp16's range check and verify's held-out slice
+        calib = None
+        if opts.calib_data is not None:
+            from calibration.sources import discover
+
+            found = len(discover(opts.calib_data))
+            holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
+            if holdout < opts.calib_holdout:
+                print(
+                    f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "
+                    f"(asked for {opts.calib_holdout})",
+                    flush=True,
+                )
+            calib = build_calibration_set(
+                opts.calib_data, model.config.preprocessing, opts.calib_size, holdout=holdout, cache_dir=out / "calibration"
+            )
+            if opts.eval_data is not None:
+                from .verify import eval_samples
+
+                # before any stage runs, not after an int8 build
+                check_disjoint(calib, [s.path for s in eval_samples(opts.eval_data, opts.eval_limit)])
+
         # 1. export
         def do_export():
             from .export import ExportSettings, export_onnx
@@ -164,23 +187,6 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         printer.stage("export", skipped, rec["seconds"], f"model.onnx, {rec.get('nodes')} nodes")
         graph = out / "model.onnx"
 
-        # calibration set (cached under OUT/calibration), used by int8, fp16's range check and verify's held-out slice
-        calib = None
-        if opts.calib_data is not None:
-            from calibration.sources import discover
-
-            found = len(discover(opts.calib_data))
-            holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
-            if holdout < opts.calib_holdout:
-                print(
-                    f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "
-                    f"(asked for {opts.calib_holdout})",
-                    flush=True,
-                )
-            calib = build_calibration_set(
-                opts.calib_data, model.config.preprocessing, opts.calib_size, holdout=holdout, cache_dir=out / "calibration"
-            )
-
         # 2. precision
         if opts.precision != "fp32":
             name = f"model-{opts.precision}.onnx"
@@ -196,6 +202,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
                     holdout=None if calib is None else calib.holdout,
                     holdout_labeled=calib is not None and all(x is not None for x in calib.holdout_labels),
                     calib_method=opts.calib_method,
+                    qdq_placement=opts.qdq_placement,
                 )
                 atomic_write_json(out / f"precision-{opts.precision}.json", report.to_dict())
                 return [name, f"precision-{opts.precision}.json"], {"summary": str(report).splitlines()[0]}
@@ -204,7 +211,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
             rec, skipped = manifest.run(
                 "precision",
                 inputs,
-                {"precision": opts.precision, "calib_method": opts.calib_method},
+                {"precision": opts.precision, "calib_method": opts.calib_method, "qdq_placement": opts.qdq_placement},
                 versions,
                 do_precision,
                 opts.force,
@@ -243,8 +250,6 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
 
             if opts.eval_data is not None:
                 images, labels, paths = load_eval_images(opts.eval_data, model, opts.eval_limit)
-                if calib is not None:
-                    check_disjoint(calib, paths)
                 source = str(opts.eval_data)
             elif calib is not None and len(calib.holdout):
                 images = calib.holdout

@@ -107,7 +107,10 @@ def swap_in_plugin_nodes(model):
     model = onnx.ModelProto.FromString(model.SerializeToString())
     shifts = find_shifts(model)
     if not shifts:
-        raise PluginSwapError("no spatial shifts (edge Pad -> 4 Slice -> Concat) found in this graph: is it an S2-MLPv2 export?")
+        raise PluginSwapError(
+            "no spatial shifts (edge Pad -> 4 Slice -> Concat) found in this graph, so it is not an S2-MLPv2 export; "
+            "export one with python -m pipeline.export (--shift-impl plugin writes the plugin form directly)"
+        )
     remove = {id(n) for s in shifts for n in (s["pad"], *s["slices"])}
     replace = {id(s["concat"]): s for s in shifts}
     nodes = []

@@ -11,7 +11,9 @@ where FP16 and INT8 are decided:
   every node whose inputs or outputs exceed ``--fp16-data-max``; this stage records those
   nodes and the largest activation it measured for every LayerNorm, reduction and softmax.
 * **int8**: ModelOpt's ONNX quantizer, symmetric Q/DQ (zero point 0), entropy calibration by
-  default, calibrated on class-stratified images preprocessed by the model card. The report
+  default, calibrated on class-stratified images preprocessed by the model card. Q/DQ go on
+  the inputs of MatMul, Gemm and Conv only (``--qdq-placement gemm-inputs``): ONNX Runtime
+  then runs each as one integer kernel, and no other tensor is rounded to int8. The report
   lists which nodes got Q/DQ and which stayed in higher precision. If the int8 graph misses
   its gate on a held-out slice of the calibration data, the most sensitive nodes are kept in
   fp32, one round at a time, until it passes.
@@ -27,7 +29,6 @@ import contextlib
 import io
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from models.cli import report_error, report_interrupt
 from models.fileio import atomic_path, atomic_write_json
 
 from .export import ExportError, read_onnx_card
@@ -48,6 +50,12 @@ __all__ = ["PrecisionError", "PrecisionReport", "convert_fp16", "quantize_int8",
 log = logging.getLogger("pipeline.precision")
 WATCHED_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax")
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
+# Where Q/DQ pairs go. "gemm-inputs": only on the inputs of MatMul/Gemm/Conv, so that ONNX
+# Runtime turns each into one integer kernel with a float output and nothing else pays a
+# quantize/dequantize pass. "modelopt": ModelOpt's default, which also quantizes residual
+# Adds and other inputs (TensorRT fuses those into int8 layers; ONNX Runtime runs each Q/DQ
+# as a separate pass and loses accuracy at every one).
+QDQ_PLACEMENTS = ("gemm-inputs", "modelopt")
 
 
 class PrecisionError(RuntimeError):
@@ -175,12 +183,19 @@ def convert_fp16(onnx_in: Path, calibration: np.ndarray | None, data_max: float 
 
 
 def quantize_int8(
-    onnx_in: Path, onnx_out: Path, calibration: np.ndarray, method: str = "entropy", nodes_to_exclude: Sequence[str] = ()
+    onnx_in: Path,
+    onnx_out: Path,
+    calibration: np.ndarray,
+    method: str = "entropy",
+    nodes_to_exclude: Sequence[str] = (),
+    placement: str = "gemm-inputs",
 ) -> None:
     from modelopt.onnx.quantization import quantize
 
     if method not in ("entropy", "max"):
         raise PrecisionError(f"calibration method must be 'entropy' or 'max', got {method!r}")
+    if placement not in QDQ_PLACEMENTS:
+        raise PrecisionError(f"Q/DQ placement must be one of {', '.join(QDQ_PLACEMENTS)}; got {placement!r}")
     with _quiet():
         quantize(
             onnx_path=str(onnx_in),
@@ -189,6 +204,7 @@ def quantize_int8(
             calibration_method=method,
             calibration_eps=["cpu"],
             nodes_to_exclude=list(nodes_to_exclude) or None,
+            op_types_to_quantize=list(QUANTIZABLE_OPS) if placement == "gemm-inputs" else None,
             use_zero_point=False,  # TensorRT requires symmetric quantization
             high_precision_dtype="fp32",
             output_path=str(onnx_out),
@@ -266,6 +282,7 @@ def convert_precision(
     holdout: np.ndarray | None = None,
     holdout_labeled: bool = False,
     calib_method: str = "entropy",
+    qdq_placement: str = "gemm-inputs",
     fp16_data_max: float = 512.0,
     max_fallback_rounds: int = 4,
     nodes_per_round: int = 4,
@@ -292,6 +309,7 @@ def convert_precision(
         0,
         settings={
             "calib_method": calib_method,
+            "qdq_placement": qdq_placement,
             "fp16_data_max": fp16_data_max,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
         },
@@ -313,7 +331,7 @@ def convert_precision(
             int8_path = Path(tmp) / "int8.onnx"
             excluded: list[str] = []
             t_quant = time.perf_counter()
-            quantize_int8(standard, int8_path, calibration, calib_method)
+            quantize_int8(standard, int8_path, calibration, calib_method, placement=qdq_placement)
             report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
             if holdout is not None and len(holdout):
                 reference = _logits(fp32, holdout)
@@ -333,7 +351,7 @@ def convert_precision(
                         break
                     quantized, _ = qdq_summary(onnx.load(str(int8_path)))
                     excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, nodes_per_round)
-                    quantize_int8(standard, int8_path, calibration, calib_method, excluded)
+                    quantize_int8(standard, int8_path, calibration, calib_method, excluded, qdq_placement)
                 if not report.fallback_rounds[-1]["passed"]:
                     last = report.fallback_rounds[-1]
                     raise PrecisionError(
@@ -368,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-size", type=int, default=512, help="images used to calibrate")
     g.add_argument("--calib-holdout", type=int, default=0, help="extra images held out to gate int8 (sensitivity fallback)")
     g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
+    g.add_argument(
+        "--qdq-placement",
+        choices=QDQ_PLACEMENTS,
+        default="gemm-inputs",
+        help="int8: Q/DQ only on MatMul/Gemm/Conv inputs (fastest in ONNX Runtime), or ModelOpt's default placement",
+    )
     g.add_argument("--calib-seed", type=int, default=0)
     g.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
     g.add_argument(
@@ -410,14 +434,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             holdout=None if calib is None else calib.holdout,
             holdout_labeled=calib is not None and all(label is not None for label in calib.holdout_labels),
             calib_method=args.calib_method,
+            qdq_placement=args.qdq_placement,
             fp16_data_max=args.fp16_data_max,
         )
+        print(report)
+        if args.report:
+            atomic_write_json(args.report, report.to_dict())
     except (PrecisionError, ExportError, PluginSwapError, CalibrationError, SourceError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report)
-    if args.report:
-        atomic_write_json(args.report, report.to_dict())
+        return report_error(e)
+    except KeyboardInterrupt:
+        return report_interrupt()
     print(f"wrote {args.out}")
     return 0
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.fileio import atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from models.cli import report_error
+from models.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 
 __all__ = [
     "GATES",
@@ -38,6 +39,7 @@ __all__ = [
     "verify_arrays",
     "write_report",
     "load_runner",
+    "eval_samples",
     "load_eval_images",
     "main",
 ]
@@ -177,6 +179,11 @@ def compare_logits(
     """Metrics and gates for two ``(N, classes)`` logit arrays; ``labels`` is ``(N,)`` or None."""
     if precision not in GATES:
         raise VerifyError(f"unknown precision {precision!r}; one of {sorted(GATES)}")
+    if reference.shape != deployed.shape:
+        raise VerifyError(
+            f"the artifact returns logits of shape {deployed.shape}, the reference model {reference.shape}: "
+            "they are different models; verify the artifact against the checkpoint it was exported from"
+        )
     ref = reference.astype(np.float64)
     dep = deployed.astype(np.float64)
     nonfinite = int((~np.isfinite(dep)).any(axis=1).sum())
@@ -237,14 +244,14 @@ def load_runner(artifact: str | os.PathLike):
     if not path.is_file():
         raise VerifyError(f"artifact not found: {path}")
     if path.suffix in (".plan", ".engine"):
+        from engines.runtime import TensorRTRunner
+        from engines.sidecar import EngineMismatchError
+        from engines.trt import TensorRTUnavailable
+
         try:
-            from engines.runtime import TensorRTRunner
-        except ImportError as e:
-            raise VerifyError(
-                f"{path} is a TensorRT plan, but the TensorRT runtime is not available here ({e}); "
-                "run on a machine with an NVIDIA GPU and `pip install -e .[tensorrt]`"
-            ) from None
-        return TensorRTRunner(path)
+            return TensorRTRunner(path)
+        except (EngineMismatchError, TensorRTUnavailable) as e:
+            raise VerifyError(f"cannot run {path}: {e}") from None
     if path.suffix != ".onnx":
         raise VerifyError(f"unsupported artifact {path.name}: give an .onnx graph or a TensorRT .plan")
     from .onnx_runtime import OnnxRuntimeRunner
@@ -262,12 +269,27 @@ def artifact_precision(artifact: str | os.PathLike) -> str:
     if path.suffix == ".onnx":
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        try:
+            graph = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf's DecodeError and friends, for a truncated or foreign file
+            raise VerifyError(
+                f"{path} is not a readable ONNX file ({' '.join(str(e).split())[:160]}); re-run the export stage"
+            ) from None
+        props = {p.key: p.value for p in graph.metadata_props}
         return props.get("s2mlpv2.precision", "fp32")
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         return json.loads(sidecar.read_text()).get("precision", "fp32")
     return "fp32"
+
+
+def eval_samples(data: str | os.PathLike, limit: int | None, labels_file=None) -> list:
+    """The images of ``data`` that evaluation uses: all of them, or ``limit`` spread evenly over classes."""
+    from calibration.dataset import stratified_order
+    from calibration.sources import discover
+
+    samples = discover(data, labels_file)
+    return samples if limit is None else stratified_order(samples, seed=0)[:limit]
 
 
 def load_eval_images(
@@ -278,14 +300,8 @@ def load_eval_images(
 
     from calibration.dataset import preprocess
     from calibration.images import ImageError, load_rgb
-    from calibration.sources import discover
 
-    samples = discover(data, labels_file)
-    if limit is not None:
-        # take an even spread over classes, deterministically, when limiting
-        from calibration.dataset import stratified_order
-
-        samples = stratified_order(samples, seed=0)[:limit]
+    samples = eval_samples(data, limit, labels_file)
     pre = model.config.preprocessing
     names = model.config.class_names
     index = {n: i for i, n in enumerate(names)} if names else {}
@@ -300,7 +316,10 @@ def load_eval_images(
         labels.append(index.get(s.label) if s.label is not None else None)
         paths.append(str(s.path))
     if not images:
-        raise VerifyError(f"no usable images in {data}")
+        raise VerifyError(
+            f"no usable images in {data} ({len(samples)} found, {skipped} unreadable: see the warnings above); "
+            "give a folder of readable images"
+        )
     have_labels = all(label is not None for label in labels)
     return np.stack(images).astype(np.float32), (np.array(labels) if have_labels else None), paths
 
@@ -347,9 +366,10 @@ def verify_arrays(
 
 def write_report(result: VerifyResult, out: str | os.PathLike) -> None:
     out = Path(out)
-    atomic_write_json(out, result.to_dict())
-    atomic_write_text(out.with_suffix(".md"), result.markdown())
-    _figure(result, out.with_suffix(".png"))
+    with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
+        atomic_write_json(json_path, result.to_dict())
+        atomic_write_text(md_path, result.markdown())
+        _figure(result, png_path)
 
 
 def verify(
@@ -407,8 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = create_model(args.model).eval()
         result = verify(model, args.artifact, args.data, args.limit, args.precision, args.batch, args.out)
     except (VerifyError, CheckpointError, SourceError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(result)
     print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")
     return 0 if result else 1

@@ -10,7 +10,7 @@ import torch
 import models
 from engines.build import BuildSettings, parse_batch, planned_sidecar, plugin_hash, reusable
 from engines.runtime import InputError, check_input
-from engines.shift_kernel import compile_ptx, spatial_shift
+from engines.shift_kernel import block_config, compile_ptx, launch_grid, spatial_shift
 from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
 from engines.trt import is_available
 from models.layers import shift_reference
@@ -30,7 +30,7 @@ def test_import_engines_works_without_tensorrt_or_cuda():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 7, 8), (1, 1, 6, 12), (3, 4, 1, 16), (1, 1, 1, 4), (2, 9, 3, 72)])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 8), (1, 1, 6, 12), (3, 4, 1, 16), (1, 1, 1, 4), (2, 9, 3, 72), (1, 3, 5, 192)])
 @pytest.mark.parametrize("pattern", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_kernel_equals_reference(shape, pattern, dtype):
@@ -40,7 +40,7 @@ def test_triton_kernel_equals_reference(shape, pattern, dtype):
 
 def test_compiling_under_the_interpreter_says_what_to_do():
     with pytest.raises(RuntimeError, match="unset it"):
-        compile_ptx("fp32", 1, 90)
+        compile_ptx("fp32", 1, 192, 90)
 
 
 def test_triton_kernel_rejects_bad_input():
@@ -50,6 +50,13 @@ def test_triton_kernel_rejects_bad_input():
         spatial_shift(torch.randn(1, 2, 2, 4), 3)
 
 
+def test_block_shape_covers_the_quarter():
+    assert block_config(48)[:2] == (16, 64)  # Small/7 stage 1: 192 channels, one masked step per quarter
+    assert block_config(96)[:2] == (16, 64)  # stage 2: two steps
+    assert block_config(3)[:2] == (256, 4)
+    assert launch_grid(1000, 32) == (32,)
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
@@ -57,13 +64,17 @@ def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import json; from engines.shift_kernel import compile_ptx; print(json.dumps(compile_ptx({dtype!r}, 2, {arch})))"
+    code = ("import json; from engines.shift_kernel import compile_ptx; "
+            f"print(json.dumps([compile_ptx({dtype!r}, 2, c, {arch}) for c in (192, 12)]))")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    name, ptx, threads, shared = json.loads(proc.stdout.strip().splitlines()[-1])
+    (name, ptx, threads, shared), (_, ptx_odd, _, _) = json.loads(proc.stdout.strip().splitlines()[-1])
     assert f".target sm_{arch}" in ptx and f".entry {name}" in ptx
-    assert threads == 128 and shared >= 0
-    assert (".f16" in ptx or ".b16" in ptx) == (dtype == "fp16")
+    assert threads == 256 and shared >= 0
+    # 48-channel quarters move as 16-byte vectors (8 halves or 4 floats); 3-channel quarters cannot
+    assert "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx
+    assert "ld.global.v" not in ptx_odd
+    assert ("ld.global.b16" in ptx_odd) == (dtype == "fp16")
 
 
 def _sidecar(**overrides):
@@ -184,3 +195,11 @@ def test_build_and_run_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover 
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(onnx_path)(x), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(runner.cuda_graph(4)(x), runner(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pattern", [1, 2])
+def test_gpu_check_fallback_shift_is_the_same_shift(pattern):
+    from engines.gpu_check import _shift_by_quarters
+
+    x = torch.randn(2, 5, 3, 16)
+    assert torch.equal(_shift_by_quarters(x, pattern), shift_reference(x, pattern))

@@ -33,6 +33,16 @@ def test_card_is_written_beside_the_weights(tiny, tmp_path):
     assert set(card["preprocessing"]) == {"input_size", "mean", "std", "crop_pct", "interpolation"}
 
 
+def test_saved_files_get_the_permissions_open_would_give(tiny, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    finally:
+        os.umask(umask)
+    for name in ("tiny.safetensors", "tiny.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not mkstemp's (or safetensors') 0600
+
+
 def test_lone_safetensors_file_still_knows_its_config(tiny, tmp_path):
     path = save_checkpoint(tiny, tmp_path / "tiny.safetensors")
     (tmp_path / "tiny.json").unlink()

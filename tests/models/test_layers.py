@@ -76,7 +76,7 @@ def test_shift_rejects_wrong_rank():
 def test_split_attention_weights_sum_to_one():
     torch.manual_seed(0)
     attn = SplitAttention(dim=8).eval()
-    branches = torch.randn(2, 3, 4, 3, 8)
+    branches = list(torch.randn(3, 2, 3, 4, 8))
     weights = attn.branch_weights(branches)
     assert weights.shape == (2, 3, 8)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 8))
@@ -87,7 +87,7 @@ def test_split_attention_matches_hand_computation():
     c, k = 8, 3
     attn = SplitAttention(dim=c).eval()
     x1, x2, x3 = (torch.randn(1, 2, 3, c) for _ in range(k))
-    out = attn(torch.stack([x1, x2, x3], dim=3))
+    out = attn([x1, x2, x3])
 
     a = (x1 + x2 + x3).mean(dim=(1, 2))  # (1, c)
     fc1, fc2 = attn.reweight.fc1, attn.reweight.fc2
@@ -101,13 +101,15 @@ def test_split_attention_matches_hand_computation():
 def test_split_attention_sum_pool_is_the_mean_times_token_count():
     torch.manual_seed(0)
     sum_attn = SplitAttention(8, pool="sum").eval()
-    branches = torch.randn(1, 2, 2, 3, 8)
-    pooled_sum = branches.sum(dim=(1, 2)).sum(dim=1)  # eq. 2 as printed: a sum over 2x2 tokens
-    torch.testing.assert_close(pooled_sum, 4 * branches.mean(dim=(1, 2)).sum(dim=1))
+    stacked = torch.randn(1, 2, 2, 3, 8)
+    pooled_sum = stacked.sum(dim=(1, 2)).sum(dim=1)  # eq. 2 as printed: a sum over 2x2 tokens
+    torch.testing.assert_close(pooled_sum, 4 * stacked.mean(dim=(1, 2)).sum(dim=1))
     hat = sum_attn.reweight(pooled_sum).reshape(1, 8, 3).transpose(1, 2)
-    torch.testing.assert_close(sum_attn.branch_weights(branches), hat.softmax(dim=1))
+    torch.testing.assert_close(sum_attn.branch_weights(list(stacked.unbind(dim=3))), hat.softmax(dim=1))
     with pytest.raises(ValueError, match="pool"):
         SplitAttention(8, pool="max")
+    with pytest.raises(ValueError, match="3 branches, got 2"):
+        sum_attn.branch_weights(list(stacked.unbind(dim=3))[:2])
 
 
 def test_sum_fusion_mixer_averages_branches():

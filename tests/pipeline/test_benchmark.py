@@ -29,7 +29,7 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     export_onnx(models.create_model("s2mlpv2_tiny_test").eval(), onnx_path, ExportSettings())
     out = tmp_path / "bench.json"
     run_cli("pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", onnx_path, "--batches", "1", "2",
-            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--out", out, check=True)  # fmt: skip
+            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--profile", "--out", out, check=True)  # fmt: skip
     result = json.loads(out.read_text())
     backends = {r["backend"] for r in result["rows"]}
     assert backends == {"torch eager fp32", "onnxruntime fp32 (tiny.onnx)"}
@@ -38,7 +38,15 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
         assert np.isfinite(r["speedup_vs_eager"])
     assert result["provenance"]["threads"] >= 1 and "onnxruntime" in result["provenance"]["versions"]
+    # one profile per artifact and batch: op times add up, GEMM-class kernels are found and bounded
+    assert [(p["artifact"], p["batch"]) for p in result["profiles"]] == [("tiny.onnx", 1), ("tiny.onnx", 2)]
+    for prof in result["profiles"]:
+        assert abs(sum(o["ms"] for o in prof["ops"]) - prof["kernel_ms"]) < 1e-6
+        assert {"MatMul", "LayerNormalization"} <= {o["op"] for o in prof["ops"]}
+        assert 0 < prof["gemm_ms"] < prof["kernel_ms"] and prof["gemm_gflops"] > 0
+        assert sum(o["nodes"] for o in prof["ops"] if o["op"] == "Pad") == 2 * sum(models.get_variant("s2mlpv2_tiny_test").layers)
     assert out.with_suffix(".md").read_text().startswith("# Benchmark")
+    assert "## Profile: tiny.onnx (fp32), batch 2" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
