@@ -22,6 +22,7 @@ __all__ = [
     "spatial_shift1",
     "spatial_shift2",
     "shift_reference",
+    "shift_per_quarter",
     "shift_lowering",
     "SplitAttention",
     "S2MLPv2Mixer",
@@ -86,11 +87,37 @@ def shift_reference(x: torch.Tensor, pattern: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def shift_per_quarter(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """The same shift as :func:`shift_reference`, each channel quarter edge-padded on its own.
+
+    The values are identical (both only copy). This is the form ``torch.compile`` traces:
+    Inductor in torch 2.11 fails on channel slices of the one padded tensor ("The argument
+    '((-144)) + 144' is not comparable"), and compiles this one.
+    """
+    _check_shift_input(x, pattern)
+    _, d1, d2, _ = x.shape
+    parts = []
+    for part, direction in zip(x.chunk(4, dim=-1), SHIFT_PATTERNS[pattern]):
+        o1, o2 = _OFFSETS[direction]
+        parts.append(F.pad(part, (0, 0, 1, 1, 1, 1), mode="replicate")[:, o1 : o1 + d1, o2 : o2 + d2])
+    return torch.cat(parts, dim=-1)
+
+
+def _compiling() -> bool:
+    """Traced by torch.compile, not by an exporter (which must see :func:`shift_reference`)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None or not compiler.is_compiling():
+        return False
+    return not getattr(compiler, "is_exporting", lambda: False)()
+
+
 def spatial_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
     """Shift the four channel quarters of ``x`` by one token (pattern 1 = SS1, 2 = SS2)."""
     if _lowering == "plugin":
         _check_shift_input(x, pattern)
         return torch.ops.s2mlpv2.spatial_shift(x, pattern)
+    if _compiling():
+        return shift_per_quarter(x, pattern)
     return shift_reference(x, pattern)
 
 

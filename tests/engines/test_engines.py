@@ -195,11 +195,3 @@ def test_build_and_run_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover 
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(onnx_path)(x), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(runner.cuda_graph(4)(x), runner(x), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("pattern", [1, 2])
-def test_gpu_check_fallback_shift_is_the_same_shift(pattern):
-    from engines.gpu_check import _shift_by_quarters
-
-    x = torch.randn(2, 5, 3, 16)
-    assert torch.equal(_shift_by_quarters(x, pattern), shift_reference(x, pattern))

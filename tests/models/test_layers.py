@@ -3,7 +3,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from models.layers import S2MLPv2Mixer, SplitAttention, spatial_shift1, spatial_shift2
+import models
+from models.layers import S2MLPv2Mixer, SplitAttention, shift_per_quarter, spatial_shift1, spatial_shift2
 
 # (move along D1, move along D2) for each channel quarter, straight from SPEC §1.
 MOVES = {1: [(1, 0), (-1, 0), (0, 1), (0, -1)], 2: [(0, 1), (0, -1), (1, 0), (-1, 0)]}
@@ -32,6 +33,23 @@ def test_shifts_match_index_by_index_reference(shape, seed):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(spatial_shift1(x), naive_shift(x, 1))
     assert torch.equal(spatial_shift2(x), naive_shift(x, 2))
+    assert torch.equal(shift_per_quarter(x, 1), naive_shift(x, 1))
+    assert torch.equal(shift_per_quarter(x, 2), naive_shift(x, 2))
+
+
+def test_torch_compile_traces_the_per_quarter_shift_and_matches_eager():
+    model = models.create_model("s2mlpv2_tiny_test").eval()
+    pads_per_graph = []
+
+    def count_pads(gm, example_inputs):  # a dynamo backend that only inspects the traced graph
+        pads_per_graph.append(sum(n.op == "call_function" and "pad" in str(n.target) for n in gm.graph.nodes))
+        return gm.forward
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(torch.compile(model, backend=count_pads)(x), model(x))
+    shifts = 2 * sum(model.config.layers)
+    assert sum(pads_per_graph) == 4 * shifts  # one pad per quarter, not one per shift
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (1, 2), (2, 1), (2, 2), (1, 5), (5, 1)])
