@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models import list_models
-from pipeline.precision import QDQ_PLACEMENTS
+from pipeline.precision import add_qdq_placement_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,12 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--calib-size", type=int, default=512, help="calibration images")
     g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
-    g.add_argument(
-        "--qdq-placement",
-        choices=QDQ_PLACEMENTS,
-        default="gemm-inputs",
-        help="int8: Q/DQ on MatMul/Gemm/Conv inputs only (fastest in ONNX Runtime), or ModelOpt's default placement",
-    )
+    add_qdq_placement_argument(g)
     g.add_argument(
         "--calib-holdout", type=int, default=64, help="further images held out to gate int8 and, without --eval-data, to verify"
     )

@@ -76,6 +76,11 @@ class CalibrationSet:
         return self.labels[self.size :]
 
     @property
+    def holdout_labeled(self) -> bool:
+        """Every held-out image has a label, so the int8 gate can compare top-1 rather than logits."""
+        return all(label is not None for label in self.holdout_labels)
+
+    @property
     def content_hash(self) -> str:
         return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
 

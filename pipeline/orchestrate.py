@@ -200,7 +200,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
                     opts.precision,
                     None if calib is None else calib.calibration,
                     holdout=None if calib is None else calib.holdout,
-                    holdout_labeled=calib is not None and all(x is not None for x in calib.holdout_labels),
+                    holdout_labeled=calib is not None and calib.holdout_labeled,
                     calib_method=opts.calib_method,
                     qdq_placement=opts.qdq_placement,
                 )

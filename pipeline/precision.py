@@ -45,7 +45,16 @@ from models.fileio import atomic_path, atomic_write_json
 from .export import ExportError, read_onnx_card
 from .plugin_swap import PluginSwapError, lower_plugin_nodes, swap_in_plugin_nodes
 
-__all__ = ["PrecisionError", "PrecisionReport", "convert_fp16", "quantize_int8", "convert_precision", "main"]
+__all__ = [
+    "PrecisionError",
+    "PrecisionReport",
+    "QDQ_PLACEMENTS",
+    "add_qdq_placement_argument",
+    "convert_fp16",
+    "quantize_int8",
+    "convert_precision",
+    "main",
+]
 
 log = logging.getLogger("pipeline.precision")
 WATCHED_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax")
@@ -370,6 +379,16 @@ def convert_precision(
     return report
 
 
+def add_qdq_placement_argument(group) -> None:
+    """``--qdq-placement``, shared by this stage's CLI and build_engine.py."""
+    group.add_argument(
+        "--qdq-placement",
+        choices=QDQ_PLACEMENTS,
+        default="gemm-inputs",
+        help="int8: Q/DQ only on MatMul/Gemm/Conv inputs (fastest in ONNX Runtime), or ModelOpt's default placement",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.precision",
@@ -386,12 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-size", type=int, default=512, help="images used to calibrate")
     g.add_argument("--calib-holdout", type=int, default=0, help="extra images held out to gate int8 (sensitivity fallback)")
     g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
-    g.add_argument(
-        "--qdq-placement",
-        choices=QDQ_PLACEMENTS,
-        default="gemm-inputs",
-        help="int8: Q/DQ only on MatMul/Gemm/Conv inputs (fastest in ONNX Runtime), or ModelOpt's default placement",
-    )
+    add_qdq_placement_argument(g)
     g.add_argument("--calib-seed", type=int, default=0)
     g.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
     g.add_argument(
@@ -432,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.precision,
             None if calib is None else calib.calibration,
             holdout=None if calib is None else calib.holdout,
-            holdout_labeled=calib is not None and all(label is not None for label in calib.holdout_labels),
+            holdout_labeled=calib is not None and calib.holdout_labeled,
             calib_method=args.calib_method,
             qdq_placement=args.qdq_placement,
             fp16_data_max=args.fp16_data_max,
