@@ -246,53 +246,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every row that ``args`` asks for and write the JSON, Markdown and figure (all or none); returns the result.
+
+    Errors and Ctrl-C propagate: ``main`` turns them into one line, and ``build_engine.py`` reports them as its own.
+    """
     from .onnx_runtime import OnnxRuntimeRunner
     from .verify import VerifyError, artifact_precision, load_runner
 
-    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint) if args.checkpoint else create_model(args.model).eval()
+    for path in [*args.onnx, *args.plan]:
+        if not path.is_file():
+            raise VerifyError(f"artifact not found: {path}")
+    runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
+    if not args.no_eager:
+
+        def eager(x, _m=model):
+            with torch.inference_mode():
+                return _m(torch.from_numpy(x))
+
+        runners.append(("torch eager fp32", "fp32", eager))
+    if args.compile:
+        compiled = torch.compile(model)
+
+        def comp(x, _m=compiled):
+            with torch.inference_mode():
+                return _m(torch.from_numpy(x))
+
+        runners.append(("torch.compile fp32", "fp32", comp))
+    onnx_rows = []
+    for path in args.onnx:
+        precision = artifact_precision(path)
+        onnx_rows.append((path, precision))
+        runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
+    for path in args.plan:
+        runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
+    result = _measure(args, model, runners, onnx_rows)
+    out = args.out
+    with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
+        atomic_write_json(json_path, result)
+        atomic_write_text(md_path, _markdown(result))
+        _plot(result["rows"], png_path)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .verify import VerifyError
+
+    args = build_parser().parse_args(argv)
     try:
-        model = load_checkpoint(args.checkpoint) if args.checkpoint else create_model(args.model).eval()
-        for path in [*args.onnx, *args.plan]:
-            if not path.is_file():
-                raise VerifyError(f"artifact not found: {path}")
-        runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
-        if not args.no_eager:
-
-            def eager(x, _m=model):
-                with torch.inference_mode():
-                    return _m(torch.from_numpy(x))
-
-            runners.append(("torch eager fp32", "fp32", eager))
-        if args.compile:
-            compiled = torch.compile(model)
-
-            def comp(x, _m=compiled):
-                with torch.inference_mode():
-                    return _m(torch.from_numpy(x))
-
-            runners.append(("torch.compile fp32", "fp32", comp))
-        onnx_rows = []
-        for path in args.onnx:
-            precision = artifact_precision(path)
-            onnx_rows.append((path, precision))
-            runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
-        for path in args.plan:
-            runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
+        result = run(args)
     except (CheckpointError, VerifyError, OSError) as e:
-        return report_error(e)
-    try:
-        result = _measure(args, model, runners, onnx_rows)
-        out = args.out
-        with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
-            atomic_write_json(json_path, result)
-            atomic_write_text(md_path, _markdown(result))
-            _plot(result["rows"], png_path)
-    except OSError as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt()
+    out = args.out
     print(_markdown(result))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0

@@ -290,7 +290,8 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         bench_batches = sorted({lo, opt})
 
         def do_bench():
-            from .benchmark import main as bench_main
+            from .benchmark import build_parser as bench_parser
+            from .benchmark import run as bench_run
 
             args = [
                 "--model",
@@ -307,8 +308,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
                 str(out / "benchmark.json"),
             ]
             args += ["--plan", str(artifact)] if backend == "tensorrt" else ["--onnx", str(artifact)]
-            if bench_main(args) != 0:
-                raise PipelineError("the benchmark stage failed; see the message above")
+            bench_run(bench_parser().parse_args(args))  # errors and Ctrl-C reach build_engine.py's one-line reporter
             return ["benchmark.json", "benchmark.md", "benchmark.png"], None
 
         with contextlib.redirect_stdout(io.StringIO()):

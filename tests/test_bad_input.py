@@ -617,6 +617,28 @@ def test_interrupt_mid_stage_is_not_marked_done_and_rerun_completes(shared: Shar
     assert capsys.readouterr().out.count("unchanged, skipped") == 3
 
 
+@pytest.mark.parametrize("where", ["_measure", "_plot"])
+def test_interrupt_inside_the_benchmark_is_one_line(shared: Shared, tmp_path: Path, capsys, monkeypatch, where: str):
+    """Where the signal lands in a stage is up to timing; the subprocess test above cannot choose, this one does."""
+    import pipeline.benchmark
+
+    out = shutil.copytree(shared.build, tmp_path / "out", ignore=shutil.ignore_patterns(".lock"))
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        (out / name).unlink()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.benchmark, where, interrupted)
+    before = files_under(out)
+    status = importlib.import_module("build_engine").main([*FP32_BUILD, "--out", str(out)])
+    assert_fails_cleanly(
+        status, capsys.readouterr().err, Fails("interrupted", "run the same command again to continue", status=130)
+    )
+    assert list(Manifest(out).stages) == ["export", "build", "verify"]
+    assert files_under(out) - {".lock"} == before  # the lock file stays; its lock does not
+
+
 # ----------------------------------------------------------------------------- fuzzing the image decoder
 
 
