@@ -23,6 +23,9 @@ __all__ = [
     "spatial_shift2",
     "shift_reference",
     "shift_per_quarter",
+    "shift_rows",
+    "shift_gather",
+    "split_and_shift",
     "shift_lowering",
     "SplitAttention",
     "S2MLPv2Mixer",
@@ -40,18 +43,20 @@ SHIFT_PATTERNS = {
     2: ("+d2", "-d2", "+d1", "-d1"),  # SS2: the same four moves with the axes swapped
 }
 
-# How spatial_shift is computed. "onnx" is plain tensor ops (pad + slice + concat), which is
-# also the eager implementation; "plugin" routes through the ``s2mlpv2::spatial_shift``
-# custom op so that the ONNX exporter emits one node per shift.
-_lowering = "onnx"
+# How spatial_shift is computed. "eager" (the default) is pad + slice + concat; "onnx" is the
+# standard-ops export, one Gather over rows of C/4 channels (the same copies, one pass);
+# "plugin" routes through the ``s2mlpv2::spatial_shift`` custom op so that the ONNX exporter
+# emits one node per shift.
+_LOWERINGS = ("eager", "onnx", "plugin")
+_lowering = "eager"
 
 
 @contextlib.contextmanager
 def shift_lowering(mode: str) -> Iterator[None]:
-    """Temporarily choose how spatial shifts are traced: ``"onnx"`` or ``"plugin"``."""
+    """Temporarily choose how spatial shifts are traced: ``"eager"``, ``"onnx"`` or ``"plugin"``."""
     global _lowering
-    if mode not in ("onnx", "plugin"):
-        raise ValueError(f"shift lowering must be 'onnx' or 'plugin', got {mode!r}")
+    if mode not in _LOWERINGS:
+        raise ValueError(f"shift lowering must be one of {', '.join(_LOWERINGS)}, got {mode!r}")
     if mode == "plugin":
         from . import shift_op  # noqa: F401  (registers the custom op on first use)
     previous, _lowering = _lowering, mode
@@ -73,8 +78,7 @@ def _check_shift_input(x: torch.Tensor, pattern: int) -> None:
 def shift_reference(x: torch.Tensor, pattern: int) -> torch.Tensor:
     """Out-of-place spatial shift: edge pad by one on D1 and D2, then crop each channel quarter.
 
-    This is the formulation the model runs and the ONNX export lowers (one Pad, four Slices,
-    one Concat after slice fusion). It never writes into its input.
+    This is the formulation the model runs in eager PyTorch. It never writes into its input.
     """
     _check_shift_input(x, pattern)
     _, d1, d2, c = x.shape
@@ -103,8 +107,62 @@ def shift_per_quarter(x: torch.Tensor, pattern: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def shift_rows(d1: int, d2: int, pattern: int, groups: int = 4, first: int = 0) -> torch.Tensor:
+    """Source row of each output row, for a ``(B, D1, D2, groups * q)`` tensor viewed as ``(B, D1 * D2 * groups, q)``.
+
+    Output row ``(i, j, k)`` of the four quarters ``first .. first + 3`` reads row
+    ``(i', j', first + k)``, where ``(i', j')`` is ``(i, j)`` moved against quarter k's
+    direction and clamped to the grid: the clamp is SPEC's border rule, as the edge pad is in
+    :func:`shift_reference`. Pattern 0 moves nothing (rows ``first .. first + 3`` in place).
+    """
+    if pattern not in (0, *SHIFT_PATTERNS):
+        raise ValueError(f"shift pattern must be 0, 1 or 2, got {pattern!r}")
+    i = torch.arange(d1)[:, None].expand(d1, d2)
+    j = torch.arange(d2)[None, :].expand(d1, d2)
+    moves = {"+d1": (-1, 0), "-d1": (1, 0), "+d2": (0, -1), "-d2": (0, 1), None: (0, 0)}
+    rows = []
+    for k, direction in enumerate(SHIFT_PATTERNS.get(pattern, (None,) * 4)):
+        m1, m2 = moves[direction]
+        src_i, src_j = (i + m1).clamp(0, d1 - 1), (j + m2).clamp(0, d2 - 1)
+        rows.append((src_i * d2 + src_j) * groups + first + k)
+    return torch.stack(rows, dim=-1).reshape(-1)
+
+
+def shift_gather(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """The same shift as :func:`shift_reference` as one gather over rows of C/4 channels.
+
+    ``(B, D1, D2, C)`` is viewed as ``(B, D1 * D2 * 4, C/4)`` (no copy) and one ``index_select``
+    with the constant :func:`shift_rows` writes the output in a single pass. The standard-ops
+    ONNX export traces this form: ``Reshape -> Gather -> Reshape``.
+    """
+    _check_shift_input(x, pattern)
+    b, d1, d2, c = x.shape
+    rows = shift_rows(d1, d2, pattern).to(x.device)
+    return x.reshape(b, d1 * d2 * 4, c // 4).index_select(1, rows).reshape(b, d1, d2, c)
+
+
+def split_and_shift(y: torch.Tensor) -> list[torch.Tensor]:
+    """The mixer's three branches from its ``(B, H, W, 3c)`` expansion: ``[SS1(y1), SS2(y2), y3]``.
+
+    In the standard-ops export each branch is one gather straight from ``y``, viewed as rows of
+    c/4 channels: no Split, and each shift is a single pass. Everywhere else it is ``chunk``
+    and :func:`spatial_shift`. Both only copy, so the values are identical.
+    """
+    if _lowering != "onnx":
+        y1, y2, y3 = y.chunk(3, dim=-1)
+        return [spatial_shift1(y1), spatial_shift2(y2), y3]
+    if y.dim() != 4 or y.shape[-1] % 12 != 0:
+        raise ValueError(f"split_and_shift expects a (B, H, W, 3c) tensor with c divisible by 4, got {tuple(y.shape)}")
+    b, d1, d2, c3 = y.shape
+    flat = y.reshape(b, d1 * d2 * 12, c3 // 12)
+    return [
+        flat.index_select(1, shift_rows(d1, d2, pattern, groups=12, first=4 * k).to(y.device)).reshape(b, d1, d2, c3 // 3)
+        for k, pattern in enumerate((1, 2, 0))
+    ]
+
+
 def _compiling() -> bool:
-    """Traced by torch.compile, not by an exporter (which must see :func:`shift_reference`)."""
+    """Traced by torch.compile, not by an exporter (which traces the lowering it set, or the eager form)."""
     compiler = getattr(torch, "compiler", None)
     if compiler is None or not compiler.is_compiling():
         return False
@@ -116,6 +174,8 @@ def spatial_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
     if _lowering == "plugin":
         _check_shift_input(x, pattern)
         return torch.ops.s2mlpv2.spatial_shift(x, pattern)
+    if _lowering == "onnx":
+        return shift_gather(x, pattern)
     if _compiling():
         return shift_per_quarter(x, pattern)
     return shift_reference(x, pattern)
@@ -185,8 +245,7 @@ class S2MLPv2Mixer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2, x3 = self.mlp_c(x).chunk(3, dim=-1)
-        branches = [spatial_shift1(x1), spatial_shift2(x2), x3]
+        branches = split_and_shift(self.mlp_c(x))
         fused = (branches[0] + branches[1] + branches[2]) / 3 if self.reweight is None else self.reweight(branches)
         return self.proj(fused)
 

@@ -9,7 +9,9 @@ TensorRT and a GPU exist. The CPU's fp32 GEMM ceiling (ONNX Runtime MatMul, 2048
 int8 ceiling (MatMulInteger, 2048³) are measured in the same run, and each row's achieved
 GFLOP/s (2 x MACs x images/s) is given as a fraction of the ceiling of its precision. Ratios
 between rows are what to compare; absolute numbers depend on the machine and its load.
-Writes JSON, a Markdown table and a PNG plot of latency against batch.
+Writes JSON, a Markdown table and a PNG plot of latency against batch. ``--rounds N`` repeats
+the ceilings and every row N times in turn and reports medians with the spread: use it for
+numbers you will quote, since a virtual machine's speed can drift by 10 % within minutes.
 
 ``--profile`` adds ONNX Runtime's per-op profile of every artifact at every batch: the time per
 op type, and the GEMM-class kernels' own GFLOP/s (the model's MACs over their time) against the
@@ -182,21 +184,41 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_save_figure(fig, path)
 
 
+def _fraction(row: dict[str, Any]) -> str:
+    by_round = row["fraction_of_ceiling_by_round"]
+    spread = f" ({min(by_round) * 100:.0f}–{max(by_round) * 100:.0f})" if len(by_round) > 1 else ""
+    return f"{row['fraction_of_ceiling'] * 100:.0f} %{spread}"
+
+
+def _speedup(row: dict[str, Any]) -> str:
+    return "–" if np.isnan(row["speedup_vs_eager"]) else f"{row['speedup_vs_eager']:.2f}x"  # no eager row (--no-eager)
+
+
 def _markdown(result: dict[str, Any]) -> str:
     c = result["ceilings_gflops"]
+    rounds = len(result["ceilings_gflops_by_round"])
     lines = [
         f"# Benchmark: {result['model']} on {result['provenance']['cpu']} ({result['provenance']['threads']} threads)",
         "",
         f"Ceilings measured in this run: fp32 GEMM {c['fp32']:.0f} GFLOP/s, int8 GEMM {c['int8']:.0f} GOP/s. "
         f"Model: {result['gmacs_per_image']:.3f} GMAC per image.",
         "",
+    ]
+    if rounds > 1:
+        lines += [
+            f"{rounds} rounds, each measuring the ceilings and then every row. p50 and the fraction of the ceiling are "
+            "medians over the rounds (each round's fraction uses that round's ceiling); the range after the fraction "
+            "is the lowest and highest round. p90 and p99 pool every call.",
+            "",
+        ]
+    lines += [
         "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {r['fraction_of_ceiling'] * 100:.0f} % | {r['speedup_vs_eager']:.2f}x |"
+            f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {_fraction(r)} | {_speedup(r)} |"
         )
     for prof in result.get("profiles", []):
         lines += [
@@ -236,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run ONNX Runtime's profiler on every --onnx artifact at every batch: time per op type, and the "
         "GEMM kernels' own GFLOP/s against the ceiling (what the rest of the graph costs on top)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the ceilings and every row this many times, in turn, and report the medians with the spread of "
+        "the fraction of the ceiling: on a shared or virtual machine one round's ratios can drift by 10 %%",
     )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
@@ -294,7 +323,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     from .verify import VerifyError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
+                               ("--batches", min(args.batches), 1), ("--threads", args.threads, 1)):  # fmt: skip
+        if value < least:
+            parser.error(f"{flag} must be at least {least}, got {value}")
     try:
         result = run(args)
     except (CheckpointError, VerifyError, OSError) as e:
@@ -310,34 +344,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, Any]:
     """Ceilings, timed rows and (with ``--profile``) per-op profiles, as the JSON result."""
 
-    print(f"measuring GEMM ceilings ({args.gemm_size}^3) with {args.threads} threads ...", flush=True)
-    ceilings = gemm_ceilings(args.gemm_size, threads=args.threads)
-    print(f"  fp32 MatMul {ceilings['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceilings['int8']:.0f} GOP/s", flush=True)
     macs = model_macs(model)
     c, h, w = model.config.preprocessing.input_size
+    inputs = {batch: np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32) for batch in args.batches}
+    # Each round measures the ceilings and then every row, so a ratio within a round shares the
+    # machine's state at that time; the medians over rounds are what the table reports.
+    by_round: list[tuple[dict[str, float], dict[tuple[str, int], np.ndarray]]] = []
+    for round_ in range(args.rounds):
+        tag = f" (round {round_ + 1} of {args.rounds})" if args.rounds > 1 else ""
+        print(f"measuring GEMM ceilings ({args.gemm_size}^3) with {args.threads} threads{tag} ...", flush=True)
+        ceil = gemm_ceilings(args.gemm_size, threads=args.threads)
+        print(f"  fp32 MatMul {ceil['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceil['int8']:.0f} GOP/s", flush=True)
+        times = {}
+        for batch, x in inputs.items():
+            for name, _, run in runners:
+                ms = time_fn(lambda: run(x), args.warmup, args.iters, args.min_seconds)
+                times[name, batch] = ms
+                p50 = float(np.percentile(ms, 50))
+                ips = batch / (p50 / 1e3)
+                print(
+                    f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {2 * macs * ips / 1e9:6.0f} GFLOP/s",
+                    flush=True,
+                )
+        by_round.append((ceil, times))
+    ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
     rows = []
     for batch in args.batches:
-        x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
-        for name, precision, run in runners:
-            ms = time_fn(lambda: run(x), args.warmup, args.iters, args.min_seconds)
-            p50 = float(np.percentile(ms, 50))
+        for name, precision, _ in runners:
+            key = "int8" if precision == "int8" else "fp32"
+            p50s = [float(np.percentile(times[name, batch], 50)) for _, times in by_round]
+            fractions = [2 * macs * batch / (p50 / 1e3) / 1e9 / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
+            samples = np.concatenate([times[name, batch] for _, times in by_round])
+            p50 = float(np.median(p50s))
             ips = batch / (p50 / 1e3)
-            gflops = 2 * macs * ips / 1e9
             rows.append(
                 {
                     "backend": name,
                     "precision": precision,
                     "batch": batch,
-                    "iters": len(ms),
+                    "iters": len(samples),
                     "p50_ms": p50,
-                    "p90_ms": float(np.percentile(ms, 90)),
-                    "p99_ms": float(np.percentile(ms, 99)),
+                    "p90_ms": max(p50, float(np.percentile(samples, 90))),
+                    "p99_ms": max(p50, float(np.percentile(samples, 99))),
                     "images_per_s": ips,
-                    "gflops": gflops,
-                    "fraction_of_ceiling": gflops / ceilings["int8" if precision == "int8" else "fp32"],
+                    "gflops": 2 * macs * ips / 1e9,
+                    "fraction_of_ceiling": float(np.median(fractions)),
+                    "fraction_of_ceiling_by_round": fractions,
+                    "p50_ms_by_round": p50s,
                 }
             )
-            print(f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {gflops:6.0f} GFLOP/s", flush=True)
     for r in rows:
         base = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == "torch eager fp32"), None)
         r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
@@ -362,6 +417,7 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
         "model": model.config.name,
         "gmacs_per_image": macs / 1e9,
         "ceilings_gflops": ceilings,
+        "ceilings_gflops_by_round": [ceil for ceil, _ in by_round],
         "rows": rows,
         "profiles": profiles,
         "provenance": {

@@ -1,11 +1,14 @@
 """Move between the two forms of the spatial shift inside an ONNX graph.
 
-The standard form of one shift is ``Pad(edge, one row/column on D1 and D2)`` feeding four
-``Slice`` nodes (one per channel quarter, each cropping the padded tensor at the quarter's
-offset) and one ``Concat`` over channels. The plugin form is one ``SpatialShift`` node.
+The standard form of one shift is ``Reshape`` to rows of C/4 channels, one ``Gather`` (axis 1)
+whose constant indices are :func:`models.layers.shift_rows`, and ``Reshape`` back to
+``(B, H, W, C)``. In the exported mixer the row view is of the whole ``(B, H, W, 3c)``
+expansion and each branch gathers its own rows from it, so the shift's input is a channel
+range of that tensor. The plugin form is one ``SpatialShift`` node (after a channel ``Slice``
+where the input is such a range).
 
 * :func:`swap_in_plugin_nodes` finds every standard-form shift (whatever precision or Q/DQ
-  surrounds it) and replaces it with the plugin node, reading the pattern from the offsets.
+  surrounds it) and replaces it with the plugin node, reading the pattern from the indices.
 * :func:`lower_plugin_nodes` does the reverse, so tools that cannot run our custom op
   (ModelOpt calibrates with ONNX Runtime) work on the standard twin.
 """
@@ -14,13 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.layers import _OFFSETS, SHIFT_PATTERNS
+from models.layers import SHIFT_PATTERNS, shift_rows
 from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 __all__ = ["PluginSwapError", "swap_in_plugin_nodes", "lower_plugin_nodes", "find_shifts"]
-
-_DIRECTION_OF_OFFSET = {v: k for k, v in _OFFSETS.items()}
-_PATTERN_OF_DIRECTIONS = {v: k for k, v in SHIFT_PATTERNS.items()}
 
 
 class PluginSwapError(ValueError):
@@ -39,62 +39,55 @@ def _constants(model) -> dict[str, np.ndarray]:
     return values
 
 
-def _slice_window(node, consts, rank: int = 4) -> dict[int, int] | None:
-    """Start index per axis of a Slice with constant starts/axes and unit steps, or None."""
-    if len(node.input) < 3 or node.input[1] not in consts:
-        return None
-    starts = consts[node.input[1]].tolist()
-    axes = consts[node.input[3]].tolist() if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-    if len(node.input) > 4 and node.input[4]:
-        steps = consts.get(node.input[4])
-        if steps is None or any(s != 1 for s in steps.tolist()):
-            return None
-    return {int(a) % rank: int(s) for a, s in zip(axes, starts)}
+def _shift_of_rows(rows: np.ndarray, h: int, w: int, groups: int) -> tuple[int, int] | None:
+    """(pattern, first row group) whose :func:`shift_rows` equal ``rows``, or None (also for an unshifted branch)."""
+    for first in range(0, groups, 4):
+        for pattern in SHIFT_PATTERNS:
+            if np.array_equal(rows, shift_rows(h, w, pattern, groups, first).numpy()):
+                return pattern, first
+    return None
 
 
 def find_shifts(model) -> list[dict]:
-    """Every standard-form shift: its Pad, Slices and Concat nodes, input, output and pattern."""
+    """Every standard-form shift: its row view, Gather and Reshape back; input, output, pattern and channel range."""
     consts = _constants(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     found = []
-    for pad in model.graph.node:
-        if pad.op_type != "Pad":
+    for gather in model.graph.node:
+        axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)
+        if gather.op_type != "Gather" or axis != 1 or gather.input[1] not in consts:
             continue
-        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
-        pads = consts.get(pad.input[1]) if len(pad.input) > 1 else None
-        if mode != b"edge" or pads is None or pads.tolist() != [0, 1, 1, 0, 0, 1, 1, 0]:
+        view, users = producer.get(gather.input[0]), consumers.get(gather.output[0], [])
+        if view is None or view.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Reshape":
             continue
-        slices = consumers.get(pad.output[0], [])
-        if len(slices) != 4 or any(s.op_type != "Slice" for s in slices):
+        back = users[0]
+        if view.input[1] not in consts or back.input[1] not in consts:
             continue
-        concat_users = {id(u): u for s in slices for u in consumers.get(s.output[0], [])}
-        if len(concat_users) != 1:
+        view_shape, out_shape = consts[view.input[1]].tolist(), consts[back.input[1]].tolist()
+        if len(view_shape) != 3 or len(out_shape) != 4:
             continue
-        concat = next(iter(concat_users.values()))
-        axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
-        if concat.op_type != "Concat" or axis not in (3, -1) or len(concat.input) != 4:
+        (_, n_rows, q), (_, h, w, c) = view_shape, out_shape
+        rows = consts[gather.input[1]]
+        if c != 4 * q or h < 1 or w < 1 or n_rows % (h * w * 4) or rows.shape != (h * w * 4,):
             continue
-        by_output = {s.output[0]: s for s in slices}
-        directions = []
-        for name in concat.input:  # concat order is channel order
-            window = _slice_window(by_output[name], consts) if name in by_output else None
-            if window is None:
-                break
-            directions.append(_DIRECTION_OF_OFFSET.get((window.get(1, 0), window.get(2, 0))))
-        pattern = _PATTERN_OF_DIRECTIONS.get(tuple(directions))
-        if pattern is None:
+        groups = n_rows // (h * w)
+        match = _shift_of_rows(rows, h, w, groups)
+        if match is None:
             continue
+        pattern, first = match
         found.append(
             {
-                "pad": pad,
-                "slices": slices,
-                "concat": concat,
-                "input": pad.input[0],
-                "output": concat.output[0],
+                "view": view,
+                "gather": gather,
+                "reshape": back,
+                "input": view.input[0],
+                "output": back.output[0],
                 "pattern": pattern,
+                "channels": None if groups == 4 else (first * q, (first + 4) * q),
             }
         )
     return found
@@ -103,35 +96,56 @@ def find_shifts(model) -> list[dict]:
 def swap_in_plugin_nodes(model):
     """A copy of ``model`` with every standard-form shift replaced by one ``SpatialShift`` node."""
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     shifts = find_shifts(model)
     if not shifts:
         raise PluginSwapError(
-            "no spatial shifts (edge Pad -> 4 Slice -> Concat) found in this graph, so it is not an S2-MLPv2 export; "
-            "export one with python -m pipeline.export (--shift-impl plugin writes the plugin form directly)"
+            "no spatial shifts (Reshape -> Gather of shifted rows -> Reshape) found in this graph, so it is not an "
+            "S2-MLPv2 export; export one with python -m pipeline.export (--shift-impl plugin writes the plugin form directly)"
         )
-    remove = {id(n) for s in shifts for n in (s["pad"], *s["slices"])}
-    replace = {id(s["concat"]): s for s in shifts}
-    nodes = []
+    remove = {id(s["gather"]) for s in shifts}
+    replace = {id(s["reshape"]): s for s in shifts}
+    nodes, inits = [], []
     for n in model.graph.node:
         if id(n) in remove:
             continue
-        if id(n) in replace:
-            s = replace[id(n)]
-            n = onnx.helper.make_node(
+        if id(n) not in replace:
+            nodes.append(n)
+            continue
+        s = replace[id(n)]
+        name, source = s["gather"].name, s["input"]
+        if s["channels"] is not None:  # the shift reads a channel range of the mixer's expansion
+            start, end = s["channels"]
+            inits += [
+                numpy_helper.from_array(np.array([start], np.int64), f"{name}_start"),
+                numpy_helper.from_array(np.array([end], np.int64), f"{name}_end"),
+                numpy_helper.from_array(np.array([3], np.int64), f"{name}_axis"),
+            ]
+            nodes.append(
+                onnx.helper.make_node(
+                    "Slice", [source, f"{name}_start", f"{name}_end", f"{name}_axis"], [f"{name}_in"], name=f"{name}_slice"
+                )
+            )
+            source = f"{name}_in"
+        nodes.append(
+            onnx.helper.make_node(
                 PLUGIN_NAME,
-                [s["input"]],
+                [source],
                 [s["output"]],
-                name=f"{s['concat'].name}_shift",
+                name=f"{name}_shift",
                 domain=ONNX_DOMAIN,
                 pattern=s["pattern"],
                 plugin_namespace=PLUGIN_NAMESPACE,
                 plugin_version=PLUGIN_VERSION,
             )
-        nodes.append(n)
+        )
+    used = {i for n in nodes for i in n.input} | {o.name for o in model.graph.output}
+    nodes = [n for n in nodes if n.op_type != "Reshape" or any(o in used for o in n.output)]  # views left unread
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
     if not any(o.domain == ONNX_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, 1))
     _drop_unused_initializers(model)
@@ -151,9 +165,6 @@ def lower_plugin_nodes(model):
     }
     inits = []
     nodes = []
-    pads_name = "spatial_shift_pads"
-    inits.append(numpy_helper.from_array(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), pads_name))
-    inits.append(numpy_helper.from_array(np.array([1, 2, 3], np.int64), "spatial_shift_axes"))
     for n in model.graph.node:
         if n.op_type != PLUGIN_NAME or n.domain != ONNX_DOMAIN:
             nodes.append(n)
@@ -163,21 +174,18 @@ def lower_plugin_nodes(model):
         if not shape or len(shape) != 4 or 0 in shape[1:]:
             raise PluginSwapError(f"cannot lower {n.name}: the shape of {n.input[0]} is not known (H, W and C must be static)")
         _, h, w, c = shape
-        q = c // 4
-        padded = f"{n.name}_padded"
-        nodes.append(onnx.helper.make_node("Pad", [n.input[0], pads_name], [padded], name=f"{n.name}_pad", mode="edge"))
-        parts = []
-        for i, direction in enumerate(SHIFT_PATTERNS[pattern]):
-            o1, o2 = _OFFSETS[direction]
-            starts, ends = f"{n.name}_starts{i}", f"{n.name}_ends{i}"
-            inits.append(numpy_helper.from_array(np.array([o1, o2, i * q], np.int64), starts))
-            inits.append(numpy_helper.from_array(np.array([o1 + h, o2 + w, (i + 1) * q], np.int64), ends))
-            out = f"{n.name}_part{i}"
-            nodes.append(
-                onnx.helper.make_node("Slice", [padded, starts, ends, "spatial_shift_axes"], [out], name=f"{n.name}_slice{i}")
-            )
-            parts.append(out)
-        nodes.append(onnx.helper.make_node("Concat", parts, list(n.output), name=f"{n.name}_concat", axis=-1))
+        inits += [
+            numpy_helper.from_array(np.array([-1, h * w * 4, c // 4], np.int64), f"{n.name}_view_shape"),
+            numpy_helper.from_array(shift_rows(h, w, pattern).numpy(), f"{n.name}_rows"),
+            numpy_helper.from_array(np.array([-1, h, w, c], np.int64), f"{n.name}_shape"),
+        ]
+        nodes += [
+            onnx.helper.make_node("Reshape", [n.input[0], f"{n.name}_view_shape"], [f"{n.name}_view"], name=f"{n.name}_view"),
+            onnx.helper.make_node(
+                "Gather", [f"{n.name}_view", f"{n.name}_rows"], [f"{n.name}_moved"], name=f"{n.name}_gather", axis=1
+            ),
+            onnx.helper.make_node("Reshape", [f"{n.name}_moved", f"{n.name}_shape"], list(n.output), name=f"{n.name}_reshape"),
+        ]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)

@@ -4,7 +4,16 @@ import torch
 from hypothesis import given, settings
 
 import models
-from models.layers import S2MLPv2Mixer, SplitAttention, shift_per_quarter, spatial_shift1, spatial_shift2
+from models.layers import (
+    S2MLPv2Mixer,
+    SplitAttention,
+    shift_gather,
+    shift_lowering,
+    shift_per_quarter,
+    spatial_shift1,
+    spatial_shift2,
+    split_and_shift,
+)
 
 # (move along D1, move along D2) for each channel quarter, straight from SPEC §1.
 MOVES = {1: [(1, 0), (-1, 0), (0, 1), (0, -1)], 2: [(0, 1), (0, -1), (1, 0), (-1, 0)]}
@@ -35,6 +44,19 @@ def test_shifts_match_index_by_index_reference(shape, seed):
     assert torch.equal(spatial_shift2(x), naive_shift(x, 2))
     assert torch.equal(shift_per_quarter(x, 1), naive_shift(x, 1))
     assert torch.equal(shift_per_quarter(x, 2), naive_shift(x, 2))
+    assert torch.equal(shift_gather(x, 1), naive_shift(x, 1))
+    assert torch.equal(shift_gather(x, 2), naive_shift(x, 2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+def test_export_form_of_the_mixer_branches_matches_chunk_and_shift(shape, seed):
+    b, h, w, c = shape
+    y = torch.randn(b, h, w, 3 * c, generator=torch.Generator().manual_seed(seed))
+    y1, y2, y3 = y.chunk(3, dim=-1)
+    with shift_lowering("onnx"):  # one gather per branch straight from y, as the standard-ops export traces it
+        branches = split_and_shift(y)
+    assert all(torch.equal(a, e) for a, e in zip(branches, [naive_shift(y1, 1), naive_shift(y2, 2), y3]))
 
 
 def test_torch_compile_traces_the_per_quarter_shift_and_matches_eager():

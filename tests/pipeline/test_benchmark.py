@@ -29,7 +29,7 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     export_onnx(models.create_model("s2mlpv2_tiny_test").eval(), onnx_path, ExportSettings())
     out = tmp_path / "bench.json"
     run_cli("pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", onnx_path, "--batches", "1", "2",
-            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--profile", "--out", out, check=True)  # fmt: skip
+            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--profile", "--rounds", "2", "--out", out, check=True)  # fmt: skip
     result = json.loads(out.read_text())
     backends = {r["backend"] for r in result["rows"]}
     assert backends == {"torch eager fp32", "onnxruntime fp32 (tiny.onnx)"}
@@ -37,6 +37,11 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     for r in result["rows"]:
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
         assert np.isfinite(r["speedup_vs_eager"])
+        # two rounds: the reported p50 and fraction are the medians of the rounds' own
+        assert len(r["p50_ms_by_round"]) == 2 and r["iters"] >= 6
+        assert r["p50_ms"] == np.median(r["p50_ms_by_round"])
+        assert r["fraction_of_ceiling"] == np.median(r["fraction_of_ceiling_by_round"])
+    assert len(result["ceilings_gflops_by_round"]) == 2
     assert result["provenance"]["threads"] >= 1 and "onnxruntime" in result["provenance"]["versions"]
     # one profile per artifact and batch: op times add up, GEMM-class kernels are found and bounded
     assert [(p["artifact"], p["batch"]) for p in result["profiles"]] == [("tiny.onnx", 1), ("tiny.onnx", 2)]
@@ -44,8 +49,13 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
         assert abs(sum(o["ms"] for o in prof["ops"]) - prof["kernel_ms"]) < 1e-6
         assert {"MatMul", "LayerNormalization"} <= {o["op"] for o in prof["ops"]}
         assert 0 < prof["gemm_ms"] < prof["kernel_ms"] and prof["gemm_gflops"] > 0
-        assert sum(o["nodes"] for o in prof["ops"] if o["op"] == "Pad") == 2 * sum(models.get_variant("s2mlpv2_tiny_test").layers)
+        # each mixer's three branches are one Gather each (ORT turns split attention's weight Gathers into a Split)
+        assert sum(o["nodes"] for o in prof["ops"] if o["op"] == "Gather") == 3 * sum(
+            models.get_variant("s2mlpv2_tiny_test").layers
+        )
+        assert {o["op"] for o in prof["ops"]}.isdisjoint({"Pad", "Concat"})
     assert out.with_suffix(".md").read_text().startswith("# Benchmark")
+    assert "2 rounds, each measuring the ceilings and then every row" in out.with_suffix(".md").read_text()
     assert "## Profile: tiny.onnx (fp32), batch 2" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
@@ -55,3 +65,9 @@ def test_cli_missing_artifact_is_one_line_error(tmp_path, run_cli):
         "pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", tmp_path / "nope.onnx", "--out", tmp_path / "b.json"
     )
     assert proc.returncode == 2 and "artifact not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_zero_rounds(tmp_path, run_cli):
+    proc = run_cli("pipeline.benchmark", "--rounds", "0", "--out", tmp_path / "b.json")
+    assert proc.returncode == 2 and "--rounds must be at least 1, got 0" in proc.stderr.splitlines()[-1]
+    assert not any(tmp_path.iterdir())
