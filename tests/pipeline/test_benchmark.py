@@ -41,6 +41,8 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
         assert len(r["p50_ms_by_round"]) == 2 and r["iters"] >= 6
         assert r["p50_ms"] == np.median(r["p50_ms_by_round"])
         assert r["fraction_of_ceiling"] == np.median(r["fraction_of_ceiling_by_round"])
+        ceiling = max(c["int8" if r["precision"] == "int8" else "fp32"] for c in result["ceilings_gflops_by_round"])
+        assert np.isclose(r["fraction_of_ceiling_best"], r["gflops"] * r["p50_ms"] / min(r["p50_ms_by_round"]) / ceiling)
     assert len(result["ceilings_gflops_by_round"]) == 2
     assert result["provenance"]["threads"] >= 1 and "onnxruntime" in result["provenance"]["versions"]
     # one profile per artifact and batch: op times add up, GEMM-class kernels are found and bounded
