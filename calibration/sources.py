@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Sample", "SourceError", "discover", "IMAGE_SUFFIXES"]
-
 from models.data import IMAGE_SUFFIXES
+
+__all__ = ["Sample", "SourceError", "discover", "IMAGE_SUFFIXES"]
 
 _SYNSET = re.compile(r"n\d{8}")
 

@@ -136,9 +136,15 @@ def shift_gather(x: torch.Tensor, pattern: int) -> torch.Tensor:
     ONNX export traces this form: ``Reshape -> Gather -> Reshape``.
     """
     _check_shift_input(x, pattern)
-    b, d1, d2, c = x.shape
-    rows = shift_rows(d1, d2, pattern).to(x.device)
-    return x.reshape(b, d1 * d2 * 4, c // 4).index_select(1, rows).reshape(b, d1, d2, c)
+    return _gather_quarters(x, pattern, groups=4, first=0)
+
+
+def _gather_quarters(y: torch.Tensor, pattern: int, groups: int, first: int) -> torch.Tensor:
+    """Quarters ``first .. first + 3`` of ``y`` ``(B, D1, D2, groups * q)``, moved by ``pattern``, as ``(B, D1, D2, 4q)``."""
+    b, d1, d2, c = y.shape
+    rows = y.reshape(b, d1 * d2 * groups, c // groups)  # a view when y is contiguous
+    moved = rows.index_select(1, shift_rows(d1, d2, pattern, groups, first).to(y.device))
+    return moved.reshape(b, d1, d2, 4 * (c // groups))
 
 
 def split_and_shift(y: torch.Tensor) -> list[torch.Tensor]:
@@ -153,12 +159,7 @@ def split_and_shift(y: torch.Tensor) -> list[torch.Tensor]:
         return [spatial_shift1(y1), spatial_shift2(y2), y3]
     if y.dim() != 4 or y.shape[-1] % 12 != 0:
         raise ValueError(f"split_and_shift expects a (B, H, W, 3c) tensor with c divisible by 4, got {tuple(y.shape)}")
-    b, d1, d2, c3 = y.shape
-    flat = y.reshape(b, d1 * d2 * 12, c3 // 12)
-    return [
-        flat.index_select(1, shift_rows(d1, d2, pattern, groups=12, first=4 * k).to(y.device)).reshape(b, d1, d2, c3 // 3)
-        for k, pattern in enumerate((1, 2, 0))
-    ]
+    return [_gather_quarters(y, pattern, groups=12, first=4 * k) for k, pattern in enumerate((1, 2, 0))]
 
 
 def _compiling() -> bool:

@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="measure the ceilings and every row this many times, in turn, and report the medians with the spread of "
-        "the fraction of the ceiling: on a shared or virtual machine one round's ratios can drift by 10 %%",
+        "the fraction of the ceiling, and each row's fastest round against the highest ceiling ('best'): on a shared "
+        "or virtual machine one round's ratios can drift by 10 %%",
     )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
@@ -352,6 +353,11 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
     """Ceilings, timed rows and (with ``--profile``) per-op profiles, as the JSON result."""
 
     macs = model_macs(model)
+
+    def gflops(batch: int, ms: float) -> float:
+        """The model's GFLOP/s (2 per multiply-add) at ``batch`` images per ``ms`` milliseconds."""
+        return 2 * macs * batch / ms / 1e6
+
     c, h, w = model.config.preprocessing.input_size
     inputs = {batch: np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32) for batch in args.batches}
     # Each round measures the ceilings and then every row, so a ratio within a round shares the
@@ -370,7 +376,7 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
                 p50 = float(np.percentile(ms, 50))
                 ips = batch / (p50 / 1e3)
                 print(
-                    f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {2 * macs * ips / 1e9:6.0f} GFLOP/s",
+                    f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {gflops(batch, p50):6.0f} GFLOP/s",
                     flush=True,
                 )
         by_round.append((ceil, times))
@@ -380,13 +386,13 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
         for name, precision, _ in runners:
             key = "int8" if precision == "int8" else "fp32"
             p50s = [float(np.percentile(times[name, batch], 50)) for _, times in by_round]
-            fractions = [2 * macs * batch / (p50 / 1e3) / 1e9 / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
+            fractions = [gflops(batch, p50) / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
             samples = np.concatenate([times[name, batch] for _, times in by_round])
             p50 = float(np.median(p50s))
             ips = batch / (p50 / 1e3)
             # interference only slows a machine down: the fastest round of the row against the highest ceiling
             # compares the two at their least disturbed
-            best = 2 * macs * batch / (min(p50s) / 1e3) / 1e9 / max(ceil[key] for ceil, _ in by_round)
+            best = gflops(batch, min(p50s)) / max(ceil[key] for ceil, _ in by_round)
             rows.append(
                 {
                     "backend": name,
@@ -397,7 +403,7 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
                     "p90_ms": max(p50, float(np.percentile(samples, 90))),
                     "p99_ms": max(p50, float(np.percentile(samples, 99))),
                     "images_per_s": ips,
-                    "gflops": 2 * macs * ips / 1e9,
+                    "gflops": gflops(batch, p50),
                     "fraction_of_ceiling": float(np.median(fractions)),
                     "fraction_of_ceiling_by_round": fractions,
                     "fraction_of_ceiling_best": best,
@@ -414,7 +420,7 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
             for batch in args.batches:
                 x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
                 prof = profile_onnx(path, x, args.threads)
-                gemm_gflops = 2 * macs * batch / (prof["gemm_ms"] / 1e3) / 1e9
+                gemm_gflops = gflops(batch, prof["gemm_ms"])
                 ceiling = ceilings["int8" if precision == "int8" else "fp32"]
                 prof.update(artifact=path.name, precision=precision, batch=batch, gemm_gflops=gemm_gflops,
                             gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
