@@ -4,13 +4,14 @@
 
 Two forms of the spatial shift (SPEC §1, §3):
 
-* ``--shift-impl onnx`` (default): standard ops only. Each mixer views its ``(B, H, W, 3c)``
-  expansion as rows of c/4 channels and gathers each branch's rows from it: one ``Gather`` per
-  branch, the shifted ones with moved rows (``models.layers.split_and_shift``). No Split, Pad,
-  Concat, ScatterND or ScatterElements: each shift is a single copy.
-* ``--shift-impl plugin``: the expansion is split in three and each shift is one
-  ``SpatialShift`` node that TensorRT maps to our plugin. Everything else is identical to the
-  standard form.
+* ``--shift-impl onnx`` (default): standard ops only. Each mixer's expansion is two GEMMs: the
+  ``(B, H, W, 2c)`` part that is shifted, viewed as rows of c/4 channels, and the third branch,
+  used in place. Each shift is one ``Gather`` of moved rows from the first
+  (``models.layers.shift_pair``). No Split, Pad, Concat, ScatterND or ScatterElements: each
+  shift is a single copy. ``mlp_c``'s bias is added after the split attention's pooling, per
+  image (``S2MLPv2Mixer._forward_export``): the same math with one pass fewer.
+* ``--shift-impl plugin``: each shift is one ``SpatialShift`` node that TensorRT maps to our
+  plugin. Everything else is identical to the standard form.
 
 The exporter is torch's dynamo exporter (opset >= 20: native ``Gelu`` and
 ``LayerNormalization``), followed by onnxslim's cleanup (constant folding, slice fusion). The

@@ -13,7 +13,8 @@ where FP16 and INT8 are decided:
 * **int8**: ModelOpt's ONNX quantizer, symmetric Q/DQ (zero point 0), entropy calibration by
   default, calibrated on class-stratified images preprocessed by the model card. Q/DQ go on
   the inputs of MatMul, Gemm and Conv only (``--qdq-placement gemm-inputs``): ONNX Runtime
-  then runs each as one integer kernel, and no other tensor is rounded to int8. The report
+  then runs each as one integer kernel, and no other tensor is rounded to int8 (a tensor that
+  feeds two GEMMs gets one Q/DQ pair per GEMM, see ``own_qdq_per_consumer``). The report
   lists which nodes got Q/DQ and which stayed in higher precision. If the int8 graph misses
   its gate on a held-out slice of the calibration data, the most sensitive nodes are kept in
   fp32, one round at a time, until it passes.
@@ -29,6 +30,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -53,6 +55,8 @@ __all__ = [
     "convert_fp16",
     "quantize_int8",
     "convert_precision",
+    "small_gemms",
+    "own_qdq_per_consumer",
     "main",
 ]
 
@@ -65,6 +69,11 @@ QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 # Adds and other inputs (TensorRT fuses those into int8 layers; ONNX Runtime runs each Q/DQ
 # as a separate pass and loses accuracy at every one).
 QDQ_PLACEMENTS = ("gemm-inputs", "modelopt")
+# ModelOpt keeps GEMMs that TensorRT runs faster unquantized in high precision: one row per
+# image (a GEMV at batch 1) or K or N below 16. It passes its own list of them on as regular
+# expressions, unanchored, so "node_linear_2" also excluded node_linear_21 to node_linear_29.
+# We find the same GEMMs (``small_gemms``) and pass every exclusion as an exact name.
+MIN_GEMM_DIM = 16
 
 
 class PrecisionError(RuntimeError):
@@ -191,6 +200,79 @@ def convert_fp16(onnx_in: Path, calibration: np.ndarray | None, data_max: float 
     return converted, kept
 
 
+def small_gemms(model) -> list[str]:
+    """GEMMs to keep in high precision, by ModelOpt's rule for TensorRT: those with one row per
+    image (a ``Gemm``, or a ``MatMul`` on a 2-D tensor: a GEMV at batch 1) and those whose weight
+    has K or N below ``MIN_GEMM_DIM``."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    rank = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*inferred.graph.value_info, *inferred.graph.input]
+        if v.type.tensor_type.HasField("shape")
+    }
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    names = []
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or not n.name:
+            continue
+        weight = weights.get(n.input[1], ())
+        per_image = n.op_type == "Gemm" or rank.get(n.input[0]) == 2
+        if per_image or (len(weight) >= 2 and min(weight[-2:]) < MIN_GEMM_DIM):
+            names.append(n.name)
+    return names
+
+
+def own_qdq_per_consumer(model) -> int:
+    """Give every consumer of a shared ``QuantizeLinear -> DequantizeLinear`` pair its own pair; returns how many were added.
+
+    ONNX Runtime on x86 runs a quantized MatMul as one ``MatMulIntegerToFloat`` only after it
+    turns the int8 activation into uint8, and it does that only for a Q -> DQ pair with a
+    single consumer. The mixer's two expansion GEMMs read the same LayerNorm output, so the
+    quantizer gives them one pair, and both would run as fp32 MatMuls after a dequantize. Each
+    added pair reads its own copy of the scale and zero point: with shared ones, ONNX Runtime's
+    common-subexpression pass would merge the pairs back. The values are unchanged.
+    """
+    import onnx
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    initializers = {t.name: t for t in graph.initializer}
+    nodes, added = [], 0
+    for n in graph.node:
+        nodes.append(n)
+        q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or not all(t in initializers for t in q.input[1:]):
+            continue
+        users = list({id(u): u for u in consumers.get(n.output[0], [])}.values())
+        for k, user in enumerate(users[1:], start=1):
+            params = []
+            for t in q.input[1:]:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[t])
+                copy.name = f"{t}_{k}"
+                graph.initializer.append(copy)
+                params.append(copy.name)
+            quantized, dequantized = f"{q.output[0]}_{k}", f"{n.output[0]}_{k}"
+            pair = [
+                onnx.helper.make_node("QuantizeLinear", [q.input[0], *params], [quantized], name=f"{q.name}_{k}"),
+                onnx.helper.make_node("DequantizeLinear", [quantized, *params], [dequantized], name=f"{n.name}_{k}"),
+            ]
+            pair[0].attribute.extend(q.attribute)
+            pair[1].attribute.extend(n.attribute)
+            nodes += pair
+            user.input[:] = [dequantized if i == n.output[0] else i for i in user.input]
+            added += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return added
+
+
 def quantize_int8(
     onnx_in: Path,
     onnx_out: Path,
@@ -199,12 +281,14 @@ def quantize_int8(
     nodes_to_exclude: Sequence[str] = (),
     placement: str = "gemm-inputs",
 ) -> None:
+    import onnx
     from modelopt.onnx.quantization import quantize
 
     if method not in ("entropy", "max"):
         raise PrecisionError(f"calibration method must be 'entropy' or 'max', got {method!r}")
     if placement not in QDQ_PLACEMENTS:
         raise PrecisionError(f"Q/DQ placement must be one of {', '.join(QDQ_PLACEMENTS)}; got {placement!r}")
+    exclude = [*small_gemms(onnx.load(str(onnx_in))), *nodes_to_exclude]
     with _quiet():
         quantize(
             onnx_path=str(onnx_in),
@@ -212,13 +296,18 @@ def quantize_int8(
             calibration_data=calibration,
             calibration_method=method,
             calibration_eps=["cpu"],
-            nodes_to_exclude=list(nodes_to_exclude) or None,
+            nodes_to_exclude=[re.escape(name) + "$" for name in exclude] or None,  # ModelOpt reads patterns
+            enable_gemv_detection_for_trt=False,  # done above, without the prefix matching
             op_types_to_quantize=list(QUANTIZABLE_OPS) if placement == "gemm-inputs" else None,
             use_zero_point=False,  # TensorRT requires symmetric quantization
             high_precision_dtype="fp32",
             output_path=str(onnx_out),
             log_level="ERROR",
         )
+    if placement == "gemm-inputs":
+        quantized = onnx.load(str(onnx_out))
+        if own_qdq_per_consumer(quantized):
+            onnx.save(quantized, str(onnx_out))
 
 
 def qdq_summary(model) -> tuple[list[str], list[str]]:

@@ -9,10 +9,10 @@ from models.layers import (
     SplitAttention,
     shift_gather,
     shift_lowering,
+    shift_pair,
     shift_per_quarter,
     spatial_shift1,
     spatial_shift2,
-    split_and_shift,
 )
 
 # (move along D1, move along D2) for each channel quarter, straight from SPEC §1.
@@ -52,11 +52,12 @@ def test_shifts_match_index_by_index_reference(shape, seed):
 @given(shape=shapes, seed=st.integers(0, 2**16))
 def test_export_form_of_the_mixer_branches_matches_chunk_and_shift(shape, seed):
     b, h, w, c = shape
-    y = torch.randn(b, h, w, 3 * c, generator=torch.Generator().manual_seed(seed))
-    y1, y2, y3 = y.chunk(3, dim=-1)
+    y = torch.randn(b, h, w, 2 * c, generator=torch.Generator().manual_seed(seed))
+    y1, y2 = y.chunk(2, dim=-1)
     with shift_lowering("onnx"):  # one gather per branch straight from y, as the standard-ops export traces it
-        branches = split_and_shift(y)
-    assert all(torch.equal(a, e) for a, e in zip(branches, [naive_shift(y1, 1), naive_shift(y2, 2), y3]))
+        branches = shift_pair(y)
+    assert len(branches) == 2
+    assert all(torch.equal(a, e) for a, e in zip(branches, [naive_shift(y1, 1), naive_shift(y2, 2)]))
 
 
 def test_torch_compile_traces_the_per_quarter_shift_and_matches_eager():
@@ -159,3 +160,19 @@ def test_sum_fusion_mixer_averages_branches():
     x1, x2, x3 = mixer.mlp_c(x).chunk(3, dim=-1)
     expected = mixer.proj((spatial_shift1(x1) + spatial_shift2(x2) + x3) / 3)
     torch.testing.assert_close(mixer(x), expected)
+
+
+@pytest.mark.parametrize(("fusion", "pool"), [("split_attention", "mean"), ("split_attention", "sum"), ("sum", "mean")])
+def test_export_form_of_the_mixer_matches_eager(fusion, pool):
+    # two GEMMs instead of one, and (with split attention) mlp_c's bias added per image after pooling
+    torch.manual_seed(0)
+    mixer = S2MLPv2Mixer(16, fusion=fusion, pool=pool).eval()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.normal_(0, 0.5)  # non-zero biases, so that moving mlp_c's bias is tested
+        x = torch.randn(2, 5, 3, 16)
+        eager = mixer(x)
+        with shift_lowering("onnx"):
+            exported = mixer(x)
+    torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5 * eager.abs().max().item())
+    assert not torch.equal(mixer.mlp_c.bias, torch.zeros_like(mixer.mlp_c.bias))

@@ -1,3 +1,4 @@
+import collections
 import json
 
 import numpy as np
@@ -9,7 +10,14 @@ import models
 from pipeline.export import ExportSettings, export_onnx, load_images
 from pipeline.onnx_runtime import OnnxRuntimeRunner
 from pipeline.plugin_swap import PluginSwapError, swap_in_plugin_nodes
-from pipeline.precision import PrecisionError, convert_precision, qdq_summary, sensitive_nodes
+from pipeline.precision import (
+    PrecisionError,
+    convert_precision,
+    qdq_summary,
+    quantize_int8,
+    sensitive_nodes,
+    small_gemms,
+)
 from tests.conftest import DATA
 
 
@@ -64,6 +72,60 @@ def test_int8_graph_has_symmetric_qdq_and_reports_nodes(tiny, tmp_path):
     ref = OnnxRuntimeRunner(std)(images)
     got = OnnxRuntimeRunner(out)(images)
     assert _cosine(ref, got).mean() > 0.95
+
+
+def test_small_gemm_exclusions_match_whole_names_only(tmp_path):
+    # ModelOpt treats exclusions as unanchored patterns: its own "node_linear_2" once kept node_linear_21 unquantized
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    nodes = [
+        helper.make_node("MatMul", ["x", "w21"], ["h"], name="node_linear_21"),  # (B, 4, 4, 32): quantize
+        helper.make_node("MatMul", ["h", "w3"], ["t"], name="node_linear_3"),  # N = 8 < 16: keep fp32
+        helper.make_node("ReduceMean", ["t", "axes"], ["pooled"], name="pool", keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w4"], ["v"], name="node_linear_4"),  # (B, 32): one row per image
+        helper.make_node("Gemm", ["v", "w2", "b2"], ["y"], name="node_linear_2", transB=1),  # one row per image
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        [
+            weight("w21", 32, 32),
+            weight("w3", 32, 8),
+            weight("w4", 8, 32),
+            weight("w2", 5, 32),
+            weight("b2", 5),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        ],
+    )
+    src = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(src))
+    assert sorted(small_gemms(onnx.load(str(src)))) == ["node_linear_2", "node_linear_3", "node_linear_4"]
+    out = tmp_path / "q.onnx"
+    quantize_int8(src, out, rng.standard_normal((8, 4, 4, 32)).astype(np.float32), "max")
+    quantized, plain = qdq_summary(onnx.load(str(out)))
+    assert quantized == ["MatMul:node_linear_21"]
+    assert sorted(plain) == ["Gemm:node_linear_2", "MatMul:node_linear_3", "MatMul:node_linear_4"]
+
+
+def test_every_quantized_matmul_runs_as_one_integer_kernel_in_onnx_runtime(tiny, tmp_path):
+    # the mixer's two expansion GEMMs share their input; one shared Q/DQ pair left both as fp32 MatMuls in ORT
+    from pipeline.onnx_runtime import make_session
+
+    _, std, _, images = tiny
+    out, optimized = tmp_path / "int8.onnx", tmp_path / "int8-ort.onnx"
+    report = convert_precision(std, out, "int8", images[:32])
+    make_session(out, optimized_model_path=str(optimized), optimization="extended")
+    nodes = onnx.load(str(optimized)).graph.node
+    ops = collections.Counter(n.op_type for n in nodes)
+    quantized_matmuls = sum(name.startswith("MatMul:") for name in report.quantized)
+    assert quantized_matmuls == 5 * 2  # per block: the two expansion GEMMs, proj, fc1, fc2; tiny has 2 blocks
+    assert ops["MatMulIntegerToFloat"] == quantized_matmuls
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    assert {n.op_type for n in nodes if dequantized & set(n.input)} <= {"Conv"}  # ORT has no float-output int8 Conv
 
 
 def test_plugin_graph_is_quantized_through_its_standard_twin(tiny, tmp_path):
