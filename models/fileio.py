@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,27 +31,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     A failure or interrupt inside the block removes the temporary file, so ``path`` is either
     the old file or the complete new one, never a partial write.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        _raise_about(e, path)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (a report and its figure): all of them or none appear.
+
+    If one of the final renames fails, the files already renamed are put back as they were
+    (the old file, or no file), so no target ever mixes this run's files with an earlier run's.
+    """
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
     umask = os.umask(0)
     os.umask(umask)
     try:
-        yield tmp_path
-        # mkstemp makes 0600 (and some writers, like safetensors, replace the file with their own
-        # 0600 one): give the result the permissions open() would
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            except OSError as e:
+                _raise_about(e, target)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        for tmp in temps:
+            # mkstemp makes 0600 (and some writers, like safetensors, replace the file with their own
+            # 0600 one): give the result the permissions open() would
+            os.chmod(tmp, 0o666 & ~umask)
+        _replace_all(temps, targets)
     except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        if isinstance(e, OSError) and e.filename in (None, str(tmp_path)):
-            _raise_about(e, path)
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        target_of = {str(tmp): target for tmp, target in zip(temps, targets)}
+        if isinstance(e, OSError) and (e.filename is None or e.filename in target_of):
+            _raise_about(e, target_of.get(e.filename, targets[0]))  # a failed write names no file
         raise
 
 
@@ -61,11 +78,38 @@ def _raise_about(e: OSError, path: Path) -> NoReturn:
     raise OSError(e.errno, e.strerror, str(path)) from e
 
 
-@contextlib.contextmanager
-def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
-    """:func:`atomic_path` for files that belong together (a report and its figure): all of them or none appear."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(p)) for p in paths]
+def _replace_all(temps: list[Path], targets: list[Path]) -> None:
+    """Rename each temporary file over its target; if one rename fails, undo the ones before it."""
+    done: list[tuple[Path, Path | None]] = []  # (target, a copy of the file it replaces, or None if there was none)
+    try:
+        for tmp, target in zip(temps, targets):
+            done.append((target, _keep_old(target) if len(targets) > 1 else None))
+            os.replace(tmp, target)
+    except BaseException:
+        for target, old in reversed(done):
+            if old is not None:
+                os.replace(old, target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+        raise
+    finally:
+        for _, old in done:
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+
+
+def _keep_old(target: Path) -> Path | None:
+    """A hard link (or, where links are not possible, a copy) of ``target`` beside it; None if it does not exist."""
+    if not target.exists():
+        return None
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    try:
+        os.link(target, old)
+    except OSError:
+        shutil.copy2(target, old)
+    return old
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
