@@ -4,8 +4,8 @@ The standard form of one shift is ``Reshape`` to rows of C/4 channels, one ``Gat
 whose constant indices are :func:`models.layers.shift_rows`, and ``Reshape`` back to
 ``(B, H, W, C)``. In the exported mixer the row view is of the ``(B, H, W, 2c)`` part of the
 expansion that is shifted, and each shifted branch gathers its own rows from it, so the
-shift's input is a channel range of that tensor. The plugin form is one ``SpatialShift`` node (after a channel ``Slice``
-where the input is such a range).
+shift's input is a channel range of that tensor. The plugin form is one ``SpatialShift``
+node (after a channel ``Slice`` where the input is such a range).
 
 * :func:`swap_in_plugin_nodes` finds every standard-form shift (whatever precision or Q/DQ
   surrounds it) and replaces it with the plugin node, reading the pattern from the indices.
