@@ -237,10 +237,14 @@ class SplitAttention(nn.Module):
         return hat.reshape(pooled.shape[0], self.dim, self.num_branches).transpose(1, 2).softmax(dim=1)
 
     def forward(self, branches: Sequence[torch.Tensor]) -> torch.Tensor:
-        weights = self.branch_weights(branches)[:, :, None, None, :]  # (B, K, 1, 1, C)
-        out = branches[0] * weights[:, 0]
-        for k in range(1, self.num_branches):
-            out = out + branches[k] * weights[:, k]
+        return self.fuse(branches, self.branch_weights(branches))
+
+    @staticmethod
+    def fuse(branches: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k w_k * x_k`` for branches ``(B, H, W, C)`` and weights ``(B, K, C)``."""
+        out = branches[0] * weights[:, 0, None, None, :]
+        for k in range(1, len(branches)):
+            out = out + branches[k] * weights[:, k, None, None, :]
         return out
 
 
@@ -288,10 +292,9 @@ class S2MLPv2Mixer(nn.Module):
         branches = [*shift_pair(F.linear(x, weight[: 2 * c])), F.linear(x, weight[2 * c :])]
         biases = bias.chunk(3)
         weights = self.reweight.branch_weights(branches, offsets=biases)  # (B, K, C)
-        fused = branches[0] * weights[:, 0, None, None, :]
-        carried = weights[:, 0] * biases[0]
-        for k in range(1, len(branches)):
-            fused = fused + branches[k] * weights[:, k, None, None, :]
+        fused = self.reweight.fuse(branches, weights)
+        carried = weights[:, 0] * biases[0]  # sum_k w_k b_k, (B, C)
+        for k in range(1, len(biases)):
             carried = carried + weights[:, k] * biases[k]
         w_proj = self.proj.weight.t()  # one (C, C) constant in the graph, shared by both products
         per_image_bias = carried @ w_proj + self.proj.bias  # (B, C)

@@ -417,8 +417,7 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
     if args.profile:
         print("profiling ONNX Runtime per op ...", flush=True)
         for path, precision in onnx_rows:
-            for batch in args.batches:
-                x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+            for batch, x in inputs.items():
                 prof = profile_onnx(path, x, args.threads)
                 gemm_gflops = gflops(batch, prof["gemm_ms"])
                 ceiling = ceilings["int8" if precision == "int8" else "fp32"]

@@ -20,7 +20,7 @@ import numpy as np
 from models.layers import SHIFT_PATTERNS, shift_rows
 from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-__all__ = ["PluginSwapError", "swap_in_plugin_nodes", "lower_plugin_nodes", "find_shifts"]
+__all__ = ["PluginSwapError", "swap_in_plugin_nodes", "lower_plugin_nodes", "find_shifts", "graph_links"]
 
 
 class PluginSwapError(ValueError):
@@ -39,6 +39,16 @@ def _constants(model) -> dict[str, np.ndarray]:
     return values
 
 
+def graph_links(model) -> tuple[dict[str, object], dict[str, list]]:
+    """(the node that writes each tensor, the nodes that read each tensor) of ``model``'s graph."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
 def _shift_of_rows(rows: np.ndarray, h: int, w: int, groups: int) -> tuple[int, int] | None:
     """(pattern, first row group) whose :func:`shift_rows` equal ``rows``, or None (also for an unshifted branch)."""
     for first in range(0, groups, 4):
@@ -51,11 +61,7 @@ def _shift_of_rows(rows: np.ndarray, h: int, w: int, groups: int) -> tuple[int, 
 def find_shifts(model) -> list[dict]:
     """Every standard-form shift: its row view, Gather and Reshape back; input, output, pattern and channel range."""
     consts = _constants(model)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = graph_links(model)
     found = []
     for gather in model.graph.node:
         axis = next((a.i for a in gather.attribute if a.name == "axis"), 0)

@@ -45,7 +45,7 @@ from models.cli import report_error, report_interrupt
 from models.fileio import atomic_path, atomic_write_json
 
 from .export import ExportError, read_onnx_card
-from .plugin_swap import PluginSwapError, lower_plugin_nodes, swap_in_plugin_nodes
+from .plugin_swap import PluginSwapError, graph_links, lower_plugin_nodes, swap_in_plugin_nodes
 
 __all__ = [
     "PrecisionError",
@@ -237,11 +237,7 @@ def own_qdq_per_consumer(model) -> int:
     import onnx
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = graph_links(model)
     initializers = {t.name: t for t in graph.initializer}
     nodes, added = [], 0
     for n in graph.node:
@@ -312,7 +308,7 @@ def quantize_int8(
 
 def qdq_summary(model) -> tuple[list[str], list[str]]:
     """(quantized, not quantized) among MatMul/Gemm/Conv nodes: quantized ones read a DequantizeLinear."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    producers, _ = graph_links(model)
     quantized, plain = [], []
     for n in model.graph.node:
         if n.op_type not in QUANTIZABLE_OPS:
