@@ -11,8 +11,15 @@
    and ``torch.compile`` (default and max-autotune), against the fp16 tensor-core ceiling of
    a large matmul measured in the same run.
 
+4. TensorRT for RTX on this GPU: a plan of the tiny model in both shift forms is built, and
+   run against ONNX Runtime where TensorRT for RTX supports the GPU. Where it does not (H100
+   and H200 are compute capability 9.0, outside its list), the report records the refusal
+   the runtime gives, which must name the GPU's compute capability and the fix. The plugin
+   form also runs the plugin's ``enqueue`` (the Triton kernel on TensorRT's own buffers).
+
 Every number is measured in this one run, so ratios are comparable. Needs torch with CUDA
-and triton; nothing else.
+and triton; TensorRT for RTX for step 4 (``pip install tensorrt-rtx``; the step records its
+absence otherwise).
 """
 
 from __future__ import annotations
@@ -203,6 +210,52 @@ def model_throughput(
                 on_row()
 
 
+def check_tensorrt_rtx(folder: Path) -> dict[str, Any]:
+    """Build tiny-model plans with TensorRT for RTX and run them here, or record why they cannot run."""
+    import numpy as np
+
+    from engines.build import BuildSettings, build_plan
+    from engines.runtime import TensorRTRunner
+    from engines.sidecar import EngineMismatchError
+    from engines.trt import TENSORRT_RTX, TensorRTUnavailable, cuda_device
+    from pipeline.export import ExportSettings, export_onnx
+    from pipeline.onnx_runtime import OnnxRuntimeRunner
+
+    out: dict[str, Any] = {"gpu": cuda_device(), "supported": TENSORRT_RTX.gpu_here() is not None, "forms": {}}
+    try:
+        out["version"] = TENSORRT_RTX.version()
+    except TensorRTUnavailable as e:
+        out["error"] = str(e)
+        return out
+    torch.manual_seed(0)
+    model = create_model("s2mlpv2_tiny_test").eval()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    for form in ("onnx", "plugin"):
+        graph = folder / f"tiny-{form}.onnx"
+        export_onnx(model, graph, ExportSettings(shift_impl=form))
+        targets = (out["gpu"][1],) if out["supported"] else None  # this GPU, or the default set (to show the refusal)
+        result = build_plan(
+            graph,
+            folder / f"tiny-{form}.plan",
+            BuildSettings((1, 4, 8), timing_cache=None, flavour="tensorrt-rtx", compute_capabilities=targets),
+        )
+        row: dict[str, Any] = {
+            "built": True,
+            "kernels": result.report.get("kernels"),
+            "plugin_kernels": result.report.get("plugin_kernels"),
+        }
+        try:
+            runner = TensorRTRunner(result.plan, runtime_cache=folder / f"tiny-{form}.runtime-cache")
+            got, want = runner(x), OnnxRuntimeRunner(graph)(x)
+            row.update(
+                ran=True, max_abs_diff=float(np.abs(got - want).max()), matches=bool(np.allclose(got, want, rtol=1e-3, atol=1e-4))
+            )
+        except (EngineMismatchError, TensorRTUnavailable) as e:
+            row.update(ran=False, refusal=str(e))
+        out["forms"][form] = row
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.gpu_check",
@@ -214,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compile-modes", nargs="*", default=["default", "max-autotune"], help="torch.compile modes to time")
     p.add_argument("--no-sweep", action="store_true", help="time only the kernel's default block shape")
     p.add_argument("--kernel-only", action="store_true", help="check and time the shift kernel only (no Small/7 rows)")
+    p.add_argument("--no-rtx", action="store_true", help="skip the TensorRT for RTX build-and-run step")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: no CUDA device; this check needs an NVIDIA GPU with torch built for CUDA", file=sys.stderr)
@@ -249,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     save()
+    if not args.no_rtx:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report["tensorrt_rtx"] = check_tensorrt_rtx(Path(tmp))
+        save()
+        print(f"TensorRT for RTX: {json.dumps(report['tensorrt_rtx'])}", flush=True)
     if args.kernel_only:
         return 0 if report["kernel_correctness"]["all_equal"] else 1
     report["fp16_matmul_ceiling"] = matmul_ceiling()

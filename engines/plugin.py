@@ -1,4 +1,6 @@
-"""The spatial-shift TensorRT plugin, as a TensorRT Python plugin (``tensorrt.plugin``).
+"""The spatial-shift plugin for TensorRT 11, as an ahead-of-time TensorRT Python plugin (``tensorrt.plugin``).
+
+(TensorRT for RTX has no AOT plugins; its plugin is ``engines.plugin_rtx``.)
 
 Importing this module registers ``s2mlpv2::SpatialShift``, the plugin that the export stage's
 plugin-form node names (``op_type`` SpatialShift, ``plugin_namespace`` s2mlpv2; TensorRT's ONNX
@@ -21,9 +23,9 @@ calls) is tested there, on the CPU.
 from __future__ import annotations
 
 from .shift_kernel import block_config, compile_ptx
-from .trt import import_tensorrt
+from .trt import TENSORRT
 
-trt = import_tensorrt()
+trt = TENSORRT.module()
 import tensorrt.plugin as trtp  # noqa: E402  (after the version check)
 
 from models.shift_op import PLUGIN_NAME, PLUGIN_NAMESPACE  # noqa: E402

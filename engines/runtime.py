@@ -1,14 +1,23 @@
-"""Run a TensorRT plan from Python, with the same interface as ``pipeline.onnx_runtime.OnnxRuntimeRunner``.
+"""Run a TensorRT plan (either flavour) from Python, with the same interface as ``pipeline.onnx_runtime.OnnxRuntimeRunner``.
 
 ``runner = TensorRTRunner("model.plan"); logits = runner(batch)`` takes a numpy array or a torch
 tensor ``(B, C, H, W)`` and returns float32 numpy logits. Device buffers are torch CUDA tensors
-(no pycuda build). Before anything is deserialized, the sidecar is checked against this
-machine's TensorRT version and GPU architecture, and every input against the plan's profile.
-``runner.cuda_graph(batch)`` captures the plan for one fixed shape and returns a callable that
-replays it.
+(no pycuda build). The flavour (TensorRT 11 or TensorRT for RTX) comes from the plan's sidecar.
+Before anything is deserialized:
 
-This module has not run in this project's CI (no TensorRT or GPU there). Its checks that need
-neither (sidecar, profile, input validation) are tested there.
+1. the sidecar is read, and a plan handed to the other flavour (``flavour=``) is refused by name;
+2. the plan's bytes are checked against the sidecar's hash (a truncated or replaced plan);
+3. the flavour reads the plan's header (``Runtime.get_engine_validity``), which flags random
+   bytes even without a GPU;
+4. the sidecar is checked against this machine's version and GPU architecture;
+5. the shift plugin is registered when the sidecar says the plan needs it.
+
+Every input is checked against the plan's profile. ``runner.cuda_graph(batch)`` captures the
+plan for one fixed shape and returns a callable that replays it. TensorRT for RTX compiles its
+kernels for the GPU at first run; ``runtime_cache=`` keeps them in a file across processes.
+
+Running needs a GPU, which this project's CI does not have: steps 1-3 are tested there with
+real TensorRT for RTX plans; the rest runs on a GPU machine (``python -m engines.gpu_check``).
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .sidecar import ProfileError, Sidecar, read_sidecar
-from .trt import TensorRTUnavailable, cuda_device, import_tensorrt
+from .sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
+from .trt import Flavour, TensorRTUnavailable, cuda_device, flavour
 
-__all__ = ["TensorRTRunner", "check_input", "check_array", "InputError"]
+__all__ = ["TensorRTRunner", "check_input", "check_array", "check_plan_file", "InputError"]
 
 
 class InputError(ValueError):
@@ -58,31 +67,72 @@ def check_input(batch: Any, sidecar: Sidecar) -> None:
     sidecar.check_batch(tuple(batch.shape))
 
 
-class TensorRTRunner:
-    backend = "tensorrt"
+def _check_header(fl: Flavour, plan: Path, plan_bytes: bytes) -> None:
+    """Ask the flavour whether the bytes are a plan at all, before anything deserializes them."""
+    trt = fl.module()
+    runtime = trt.Runtime(fl.logger(trt.ILogger.Severity.ERROR))
+    if not hasattr(runtime, "get_engine_validity"):  # pragma: no cover - older TensorRT 11 bindings
+        return
+    _, diagnostics = runtime.get_engine_validity(plan_bytes)
+    flags = trt.EngineInvalidityDiagnostics
+    if int(diagnostics) & int(flags.MALFORMED_ENGINE):
+        raise EngineMismatchError(
+            f"{plan} is not a {fl.title} plan (its header is malformed); rebuild it with python -m engines.build"
+        )
+    if int(diagnostics) & int(flags.VERSION_MISMATCH):
+        raise EngineMismatchError(f"{plan} was built with another {fl.title} version; rebuild it here")
 
-    def __init__(self, plan: str | os.PathLike) -> None:
+
+def check_plan_file(plan: str | os.PathLike, flavour_name: str | None = None) -> Sidecar:
+    """Steps 1-3 of loading, none of which needs a GPU: sidecar, flavour, hash and header. Returns the sidecar."""
+    path = Path(plan)
+    sidecar = read_sidecar(path)
+    if flavour_name is not None:
+        sidecar.check_flavour(flavour_name)
+    sidecar.check_plan(path)
+    _check_header(flavour(sidecar.flavour), path, path.read_bytes())
+    return sidecar
+
+
+class TensorRTRunner:
+    def __init__(
+        self, plan: str | os.PathLike, flavour_name: str | None = None, runtime_cache: str | os.PathLike | None = None
+    ) -> None:
         import torch
 
         self.path = Path(plan)
-        self.sidecar = read_sidecar(self.path)  # the TensorRT-free checks come first
-        trt = import_tensorrt()
+        self.sidecar = check_plan_file(self.path, flavour_name)  # the checks that need no GPU come first
+        fl = flavour(self.sidecar.flavour)
+        self.backend = fl.name
+        trt = fl.module()
         gpu = cuda_device()
         if gpu is None:
-            raise TensorRTUnavailable("no CUDA device: running a TensorRT plan needs an NVIDIA GPU")
-        self.sidecar.check_runtime(trt.__version__, gpu[1])
+            raise TensorRTUnavailable(f"no CUDA device: running a {fl.title} plan needs an NVIDIA GPU")
+        self.sidecar.check_runtime(fl.name, trt.__version__, gpu[1])
         if self.sidecar.plugin_sha256:
-            from . import plugin  # noqa: F401  (AOT plans do not need it; JIT plans do)
-        self._logger = trt.Logger(trt.Logger.WARNING)
+            fl.prepare_plugin()  # TensorRT for RTX plans need it; TensorRT 11's AOT plans carry the kernel
+        self._logger = fl.logger(trt.ILogger.Severity.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise TensorRTUnavailable(f"TensorRT could not deserialize {self.path}; rebuild it with python -m engines.build")
-        self.context = self.engine.create_execution_context()
+            raise TensorRTUnavailable(
+                f"{fl.title} could not deserialize {self.path} ({'; '.join(self._logger.errors()) or 'no error reported'}); "
+                "rebuild it with python -m engines.build"
+            )
+        self._cache_path = Path(runtime_cache) if runtime_cache else None
+        cached = self._cache_path.read_bytes() if self._cache_path and self._cache_path.is_file() else None
+        self.context, self._cache = fl.execution_context(self.engine, cached)
         self.input_name, self.output_name = self.sidecar.input_name, self.sidecar.output_name
         self._in_dtype = torch.float16 if self.engine.get_tensor_dtype(self.input_name) == trt.float16 else torch.float32
         self._out_dtype = torch.float16 if self.engine.get_tensor_dtype(self.output_name) == trt.float16 else torch.float32
         self.stream = torch.cuda.Stream()
+
+    def save_runtime_cache(self) -> None:
+        """Write the TensorRT for RTX runtime cache (kernels compiled for this GPU) to ``runtime_cache``."""
+        if self._cache is not None and self._cache_path is not None:
+            from models.fileio import atomic_write_bytes
+
+            atomic_write_bytes(self._cache_path, bytes(self._cache.serialize()))
 
     def _bind(self, x, out) -> None:
         self.context.set_input_shape(self.input_name, tuple(x.shape))
@@ -101,6 +151,8 @@ class TensorRTRunner:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
         self.stream.synchronize()
+        if self._cache_path is not None and not self._cache_path.exists():
+            self.save_runtime_cache()  # after the first run, which compiled the kernels
         return out.float().cpu().numpy()
 
     def cuda_graph(self, batch_size: int):

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-__all__ = ["spatial_shift", "shift_kernel", "compile_ptx", "block_config", "launch_grid", "NUM_WARPS"]
+__all__ = ["spatial_shift", "shift_into", "shift_kernel", "compile_ptx", "block_config", "launch_grid", "NUM_WARPS"]
 
 NUM_WARPS = 8  # measured best with (16, 64) tiles on an H200; see engines.gpu_check
 
@@ -90,6 +90,19 @@ def spatial_shift(x: torch.Tensor, pattern: int, config: tuple[int, int, int] | 
     ``config`` overrides :func:`block_config`'s ``(BLOCK_P, BLOCK_C, num_warps)``; the GPU check
     uses it to time the alternatives.
     """
+    if x.dim() != 4:
+        raise ValueError(f"spatial shift expects an NHWC tensor, got shape {tuple(x.shape)}")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    shift_into(x, y, pattern, config)
+    return y
+
+
+def shift_into(x: torch.Tensor, y: torch.Tensor, pattern: int, config: tuple[int, int, int] | None = None) -> None:
+    """Write the shift of contiguous NHWC ``x`` into ``y`` (same shape and dtype), on the current stream.
+
+    The TensorRT for RTX plugin calls this on TensorRT's own buffers (``engines.plugin_rtx``).
+    """
     if shift_kernel is None:
         raise RuntimeError("the Triton shift kernel needs the 'triton' package (pip install triton)")
     if pattern not in (1, 2):
@@ -101,17 +114,16 @@ def spatial_shift(x: torch.Tensor, pattern: int, config: tuple[int, int, int] | 
         raise ValueError(f"spatial shift splits channels into 4 equal groups, so C must be divisible by 4; got C={c}")
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"spatial shift supports float32, float16 and bfloat16, got {x.dtype}")
+    if y.shape != x.shape or y.dtype != x.dtype or not (x.is_contiguous() and y.is_contiguous()):
+        raise ValueError("shift_into needs contiguous input and output of the same shape and dtype")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton shift kernel needs a CUDA tensor; on the CPU set TRITON_INTERPRET=1 (slow, for tests)")
-    x = x.contiguous()
-    y = torch.empty_like(x)
     n_pix = b * h * w
     if n_pix and c:
         block_p, block_c, warps = config or block_config(c // 4)
         shift_kernel[launch_grid(n_pix, block_p)](
             x, n_pix, h, w, c // 4, y, PATTERN=pattern, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps
         )
-    return y
 
 
 def compile_ptx(dtype: str, pattern: int, channels: int, arch: int = 90) -> tuple[str, str, int, int]:

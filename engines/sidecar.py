@@ -1,12 +1,17 @@
 """The JSON sidecar written next to every plan, and the checks made with it before loading.
 
-A plan only runs with the TensorRT version and GPU architecture it was built for (unless built
-version- or hardware-compatible). The sidecar records both, plus what went into the build, so
+A plan only runs with the TensorRT flavour and version it was built with, and on the GPU
+architectures it was built for (unless built version- or hardware-compatible). The sidecar
+records the flavour (TensorRT 11 or TensorRT for RTX), its version, the target compute
+capabilities, how the shift plugin reaches the plan, and what went into the build, so
 
-* a build whose key matches an existing plan reuses it, and
-* loading a plan on another TensorRT version or GPU fails with an error naming both,
+* a build whose key matches an existing plan reuses it,
+* a plan handed to the other flavour, or loaded on another version or GPU, fails with an
+  error naming both, and
+* a plan changed or truncated since it was built is caught by its hash before anything
+  deserializes it,
 
-and neither needs TensorRT to be checked.
+and none of these checks needs TensorRT.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.fileio import atomic_write_json
+from models.fileio import atomic_write_json, sha256_file
 
 __all__ = ["Sidecar", "EngineMismatchError", "ProfileError", "sidecar_path", "read_sidecar"]
 
-SIDECAR_FORMAT = "s2mlpv2-plan/1"
+SIDECAR_FORMAT = "s2mlpv2-plan/2"
+_TITLES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT for RTX"}
 
 
 class EngineMismatchError(RuntimeError):
-    """The plan was built for another TensorRT version or GPU architecture."""
+    """The plan was built with another TensorRT flavour or version, for another GPU, or has changed since."""
 
 
 class ProfileError(ValueError):
@@ -36,9 +42,10 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Sidecar:
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "9.0"
+    flavour: str  # "tensorrt" (TensorRT 11) | "tensorrt-rtx" (TensorRT for RTX)
+    flavour_version: str
+    gpu_name: str | None  # the GPU a TensorRT 11 plan was built on; None for a CPU-only build
+    compute_capabilities: tuple[str, ...]  # what the plan runs on: ("9.0",) or ("8.0", "8.6", ...)
     onnx_sha256: str
     plugin_sha256: str | None
     batch_profile: tuple[int, int, int]  # min, opt, max
@@ -49,11 +56,18 @@ class Sidecar:
     workspace_bytes: int = 0
     input_name: str = "input"
     output_name: str = "logits"
+    plugin_source: str | None = None  # how the shift plugin reaches the plan (engines.trt.Flavour.plugin_source)
+    plan_sha256: str | None = None  # the written plan's hash: an output, not part of the key
+
+    @property
+    def title(self) -> str:
+        return f"{_TITLES.get(self.flavour, self.flavour)} {self.flavour_version}"
 
     def key(self) -> str:
         """What a plan depends on; equal keys mean the existing plan can be reused."""
         fields = dataclasses.asdict(self)
         fields.pop("gpu_name")  # the architecture decides, not the marketing name
+        fields.pop("plan_sha256")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,32 +76,65 @@ class Sidecar:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sidecar:
         if d.get("format") != SIDECAR_FORMAT:
-            raise EngineMismatchError(f"not a plan sidecar of this project (format {d.get('format')!r}); rebuild the plan")
+            raise EngineMismatchError(
+                f"not a plan sidecar of this version of the project (format {d.get('format')!r}, expected {SIDECAR_FORMAT!r}); "
+                "rebuild the plan"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["batch_profile"] = tuple(values["batch_profile"])
         values["input_shape"] = tuple(values["input_shape"])
+        values["compute_capabilities"] = tuple(values["compute_capabilities"])
         return cls(**values)
 
     def write(self, plan_path: str | os.PathLike) -> None:
         atomic_write_json(sidecar_path(plan_path), self.to_dict())
 
-    def check_runtime(self, tensorrt_version: str, compute_capability: str) -> None:
-        """Raise ``EngineMismatchError`` if this plan cannot run with that TensorRT on that GPU."""
-        built_major = self.tensorrt_version.split(".")[0]
-        same_trt = self.tensorrt_version == tensorrt_version or (
-            self.version_compatible and built_major == tensorrt_version.split(".")[0]
+    def check_flavour(self, flavour: str) -> None:
+        """Refuse, by name, a plan handed to the flavour it was not built with."""
+        if flavour != self.flavour:
+            raise EngineMismatchError(
+                f"plan built with {self.title}, but it was handed to {_TITLES.get(flavour, flavour)}; "
+                f"load it with --backend {self.flavour}, or rebuild it with --backend {flavour}"
+            )
+
+    def check_plan(self, plan_path: str | os.PathLike) -> None:
+        """Refuse a plan whose bytes are not the ones this sidecar was written for (truncated, replaced)."""
+        if self.plan_sha256 is not None and sha256_file(plan_path) != self.plan_sha256:
+            raise EngineMismatchError(
+                f"{plan_path} is not the plan its sidecar describes (truncated or changed since it was built); rebuild the plan"
+            )
+
+    def check_runtime(self, flavour: str, version: str, compute_capability: str) -> None:
+        """Raise ``EngineMismatchError`` if this plan cannot run with that flavour and version on that GPU."""
+        self.check_flavour(flavour)
+        built_major = self.flavour_version.split(".")[0]
+        same_version = self.flavour_version == version or (self.version_compatible and built_major == version.split(".")[0])
+        if not same_version:
+            here = f"{_TITLES.get(flavour, flavour)} {version}"
+            raise EngineMismatchError(
+                f"plan built with {self.title}, but this machine has {here}; rebuild the plan here (or build it with --version-compatible)"
+            )
+        if compute_capability in self.compute_capabilities:
+            return
+        if self.flavour == "tensorrt" and self.hardware_compatible and float(compute_capability) >= 8.0:
+            return
+        built_for = ", ".join(self.compute_capabilities)
+        if self.flavour == "tensorrt-rtx":
+            from .trt import RTX_COMPUTE_CAPABILITIES
+
+            fix = (
+                f"rebuild it with --compute-capability {compute_capability}"
+                if compute_capability in RTX_COMPUTE_CAPABILITIES
+                else "TensorRT for RTX does not support this GPU: build with TensorRT 11 (--backend tensorrt)"
+            )
+            raise EngineMismatchError(
+                f"plan built for GPU compute capabilities {built_for}, but this GPU is {compute_capability}; {fix}"
+            )
+        raise EngineMismatchError(
+            f"plan built for GPU compute capability {built_for} ({self.gpu_name}), but this GPU is "
+            f"{compute_capability}; rebuild the plan on this GPU (or build it with --hardware-compatible)"
         )
-        if not same_trt:
-            raise EngineMismatchError(
-                f"plan built with TensorRT {self.tensorrt_version}, but this machine has TensorRT {tensorrt_version}; "
-                "rebuild the plan here (or build it with --version-compatible)"
-            )
-        if self.compute_capability != compute_capability and not (self.hardware_compatible and float(compute_capability) >= 8.0):
-            raise EngineMismatchError(
-                f"plan built for GPU compute capability {self.compute_capability} ({self.gpu_name}), but this GPU is "
-                f"{compute_capability}; rebuild the plan on this GPU (or build it with --hardware-compatible)"
-            )
 
     def check_batch(self, shape: tuple[int, ...]) -> None:
         lo, _, hi = self.batch_profile

@@ -13,6 +13,12 @@ Writes JSON, a Markdown table and a PNG plot of latency against batch. ``--round
 the ceilings and every row N times in turn and reports medians with the spread: use it for
 numbers you will quote, since a virtual machine's speed can drift by 10 % within minutes.
 
+Each row is compared with the right baselines: torch eager in fp32 (and in fp16 on a CUDA GPU,
+where PyTorch has a fast fp16 path; there is no eager int8), and, with ``--reference-onnx``,
+the fp32 graph on the same runtime. Where a precision cannot bring speed on the runtime at
+hand, the row says so in a note: ONNX Runtime's CPU provider computes fp16 by casting to fp32,
+and int8 gains only as much as the CPU's integer GEMM ceiling (measured in the run) allows.
+
 ``--profile`` adds ONNX Runtime's per-op profile of every artifact at every batch: the time per
 op type, and the GEMM-class kernels' own GFLOP/s (the model's MACs over their time) against the
 ceiling. That fraction bounds the whole graph's; the other ops' share is what stands between
@@ -188,6 +194,27 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_save_figure(fig, path)
 
 
+def _half_copy(model):
+    import copy
+
+    return copy.deepcopy(model).half().cuda()
+
+
+def _row_note(row: dict[str, Any], ceilings: dict[str, float]) -> str | None:
+    """What a reader must know to judge the row, where its precision cannot pay off on its runtime."""
+    if not row["backend"].startswith("onnxruntime"):
+        return None
+    if row["precision"] == "fp16":
+        return (
+            "ONNX Runtime's CPU provider computes fp16 by casting to fp32: no speed-up is possible here; "
+            "fp16 pays off on GPUs (TensorRT)"
+        )
+    if row["precision"] == "int8":
+        ratio = ceilings["int8"] / ceilings["fp32"]
+        return f"this CPU's int8 GEMM ceiling is {ratio:.1f}x its fp32 one (measured in this run): the most int8 can gain here"
+    return None
+
+
 def _fraction(row: dict[str, Any]) -> str:
     by_round = row["fraction_of_ceiling_by_round"]
     if len(by_round) == 1:
@@ -196,8 +223,8 @@ def _fraction(row: dict[str, Any]) -> str:
     return f"{row['fraction_of_ceiling'] * 100:.0f} % ({spread}); best {row['fraction_of_ceiling_best'] * 100:.0f} %"
 
 
-def _speedup(row: dict[str, Any]) -> str:
-    return "–" if np.isnan(row["speedup_vs_eager"]) else f"{row['speedup_vs_eager']:.2f}x"  # no eager row (--no-eager)
+def _speedup(value: float | None) -> str:
+    return "–" if value is None or np.isnan(value) else f"{value:.2f}x"  # no such baseline row
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -219,14 +246,18 @@ def _markdown(result: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager fp32 | vs eager, same precision | vs fp32 graph, same runtime |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {_fraction(r)} | {_speedup(r)} |"
+            f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {_fraction(r)} | {_speedup(r['speedup_vs_eager'])} | "
+            f"{_speedup(r.get('speedup_vs_eager_same_precision'))} | {_speedup(r.get('speedup_vs_fp32_graph'))} |"
         )
+    notes = dict.fromkeys(f"- {r['backend']}: {r['note']}" for r in result["rows"] if r.get("note"))
+    if notes:
+        lines += ["", "Notes:", *notes]
     for prof in result.get("profiles", []):
         lines += [
             "",
@@ -256,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="s2mlpv2_small7", choices=list_models())
     p.add_argument("--checkpoint", type=Path, help="weights for the torch rows (speed does not depend on them)")
     p.add_argument("--onnx", type=Path, nargs="*", default=[], help="ONNX artifacts to time with ONNX Runtime")
+    p.add_argument(
+        "--reference-onnx",
+        type=Path,
+        help="the fp32 graph the artifacts were made from: timed on ONNX Runtime too, and every row is compared with it",
+    )
     p.add_argument("--plan", type=Path, nargs="*", default=[], help="TensorRT plans to time (needs tensorrt and a GPU)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiling Small/7 takes minutes on a CPU)")
@@ -293,7 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint) if args.checkpoint else create_model(args.model).eval()
-    for path in [*args.onnx, *args.plan]:
+    for path in [*args.onnx, *args.plan, *([args.reference_onnx] if args.reference_onnx else [])]:
         if not path.is_file():
             raise VerifyError(f"artifact not found: {path}")
     runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
@@ -304,6 +340,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return _m(torch.from_numpy(x))
 
         runners.append(("torch eager fp32", "fp32", eager))
+        wants_fp16 = any(artifact_precision(p) == "fp16" for p in [*args.onnx, *args.plan])
+        if wants_fp16 and torch.cuda.is_available():  # on a CPU PyTorch has no fast fp16 path: no honest fp16 eager row
+            half = _half_copy(model)
+
+            def eager_fp16(x, _m=half):
+                with torch.inference_mode():
+                    return _m(torch.from_numpy(x).cuda().half()).float().cpu()
+
+            runners.append(("torch eager fp16 (cuda)", "fp16", eager_fp16))
     if args.compile:
         compiled = torch.compile(model)
 
@@ -313,7 +358,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         runners.append(("torch.compile fp32", "fp32", comp))
     onnx_rows = []
-    for path in args.onnx:
+    reference = [args.reference_onnx] if args.reference_onnx and args.reference_onnx not in args.onnx else []
+    for path in [*reference, *args.onnx]:
         precision = artifact_precision(path)
         onnx_rows.append((path, precision))
         runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
@@ -410,9 +456,17 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
                     "p50_ms_by_round": p50s,
                 }
             )
+    reference_name = next(
+        (name for name, _, _ in runners if args.reference_onnx and name.endswith(f"({args.reference_onnx.name})")), None
+    )
     for r in rows:
         base = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == "torch eager fp32"), None)
         r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
+        same = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == f"torch eager {r['precision']}"), None)
+        r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
+        ref = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == reference_name), None)
+        r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if ref and ref is not r else None
+        r["note"] = _row_note(r, ceilings)
     profiles = []
     if args.profile:
         print("profiling ONNX Runtime per op ...", flush=True)

@@ -4,6 +4,15 @@ export -> precision (fp16/int8) -> build (TensorRT plan, or an ONNX Runtime-opti
 -> verify -> benchmark, each recorded in ``manifest.json`` and skipped when its inputs and
 settings are unchanged. Every file is written atomically, a lock keeps concurrent runs out, and
 a failed or interrupted stage is never marked done.
+
+The backend (``choose_backend``), for ``auto`` in this order:
+
+1. TensorRT 11, when it imports and a CUDA GPU is present: the plan is built, verified and
+   benchmarked here;
+2. TensorRT for RTX, when a GPU it supports is present: the same;
+3. otherwise a TensorRT for RTX plan built on the CPU: the plan and its sidecar are written,
+   and verify and benchmark run the exact ONNX graph the plan was built from, on ONNX Runtime;
+4. ONNX Runtime alone where TensorRT for RTX is not installed either.
 """
 
 from __future__ import annotations
@@ -26,11 +35,11 @@ from models.fileio import atomic_path, atomic_write_json
 
 from .manifest import Manifest, OutputLock
 
-__all__ = ["BuildOptions", "PipelineError", "run_pipeline", "choose_backend", "TENSORRT_HINT"]
+__all__ = ["Backend", "BuildOptions", "PipelineError", "run_pipeline", "choose_backend", "TENSORRT_HINT"]
 
 TENSORRT_HINT = (
-    "a TensorRT plan needs an NVIDIA GPU and TensorRT 11 (`pip install -e .[tensorrt]` on a GPU machine); "
-    "building for ONNX Runtime instead"
+    "no TensorRT flavour is installed (TensorRT for RTX: `pip install tensorrt-rtx` on Linux or Windows x86_64; "
+    "TensorRT 11: `pip install -e .[tensorrt]` on a GPU machine); building for ONNX Runtime instead"
 )
 
 
@@ -54,14 +63,14 @@ class BuildOptions:
     eval_limit: int | None = 500
     batch: tuple[int, int, int] = (1, 8, 32)
     backend: str = "auto"
+    compute_capabilities: tuple[str, ...] | None = None  # TensorRT for RTX targets; None: the builder's default set
     out: Path | None = None
     force: bool = False
     triton_repo: Path | None = None
     bench_seconds: float = 1.0
 
-    @property
-    def out_dir(self) -> Path:
-        return self.out or Path("build") / f"{self.model}-{self.precision}"
+    def out_dir(self, model_name: str) -> Path:
+        return self.out or Path("build") / f"{model_name}-{self.precision}"
 
 
 def _versions() -> dict[str, str]:
@@ -74,21 +83,32 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def choose_backend(requested: str) -> tuple[str, str | None]:
-    """(backend, note): ``auto`` means TensorRT where TensorRT 11 and a CUDA GPU exist, else ONNX Runtime."""
-    from engines.trt import TensorRTUnavailable, cuda_device, import_tensorrt
+@dataclass(frozen=True)
+class Backend:
+    """Where the deployed artifact is built and run."""
+
+    name: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime"
+    runs_plan: bool = False  # a plan is built and this machine runs it
+
+    @property
+    def builds_plan(self) -> bool:
+        return self.name != "onnxruntime"
+
+
+def choose_backend(requested: str) -> tuple[Backend, str | None]:
+    """(backend, note) for ``auto``, ``tensorrt``, ``tensorrt-rtx`` or ``onnxruntime`` (the module docstring's order)."""
+    from engines.build import choose_flavour
+    from engines.trt import TensorRTUnavailable
 
     if requested == "onnxruntime":
-        return "onnxruntime", None
+        return Backend("onnxruntime"), None
     try:
-        import_tensorrt()
-        if cuda_device() is None:
-            raise TensorRTUnavailable("no CUDA device")
+        fl, runs = choose_flavour(requested)
     except TensorRTUnavailable as e:
-        if requested == "tensorrt":
-            raise PipelineError(f"--backend tensorrt: {e}") from None
-        return "onnxruntime", TENSORRT_HINT
-    return "tensorrt", None
+        if requested != "auto":
+            raise PipelineError(f"--backend {requested}: {e}") from None
+        return Backend("onnxruntime"), TENSORRT_HINT
+    return Backend(fl.name, runs), None
 
 
 class _Printer:
@@ -124,15 +144,15 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     backend, note = choose_backend(opts.backend)
     if note:
         print(note, flush=True)
-    out = opts.out_dir
     versions = _versions()
     printer = _Printer()
     summary: dict[str, Any] = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "backend": backend,
+        "backend": backend.name,
     }
 
     model = _load_model(opts)
+    out = opts.out_dir(model.config.name)
     if opts.checkpoint is None:
         print(
             f"WARNING: no --checkpoint: {opts.model} has RANDOM weights; accuracy numbers mean nothing "
@@ -221,11 +241,18 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
 
         # 3. build
         def do_build():
-            if backend == "tensorrt":
-                from engines.build import BuildSettings, build_plan
+            if backend.builds_plan:
+                from engines.build import BuildSettings, build_plan, log_path, report_path
 
-                build_plan(graph, out / "model.plan", BuildSettings(opts.batch, timing_cache=out / "timing.cache"))
-                return ["model.plan", "model.json"], None
+                settings = BuildSettings(
+                    opts.batch,
+                    timing_cache=out / "timing.cache",
+                    flavour=backend.name,
+                    compute_capabilities=opts.compute_capabilities,
+                )
+                result = build_plan(graph, out / "model.plan", settings)
+                names = ["model.plan", "model.json", report_path(result.plan).name, log_path(result.plan).name]
+                return names, {"plan": _plan_facts(result)}
             from .onnx_runtime import make_session
 
             target = out / "model.ort.onnx"
@@ -233,16 +260,30 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
                 make_session(graph, optimized_model_path=str(tmp))
             return ["model.ort.onnx"], None
 
+        build_settings: dict[str, Any] = {"backend": backend.name, "batch": list(opts.batch)}
+        if backend.builds_plan:
+            from engines.trt import flavour
+
+            fl = flavour(backend.name)
+            build_settings.update(
+                version=fl.version(),
+                compute_capabilities=list(fl.targets(opts.compute_capabilities, fl.gpu_here())),
+                plugin=fl.plugin_sha256() if opts.shift_impl == "plugin" else None,
+            )
         rec, skipped = manifest.run(
-            "build",
-            {"graph": Manifest.hashes({"g": graph})["g"]},
-            {"backend": backend, "batch": list(opts.batch)},
-            versions,
-            do_build,
-            opts.force,
+            "build", {"graph": Manifest.hashes({"g": graph})["g"]}, build_settings, versions, do_build, opts.force
         )
-        artifact = out / ("model.plan" if backend == "tensorrt" else "model.ort.onnx")
-        printer.stage("build", skipped, rec["seconds"], f"{artifact.name} for {backend}")
+        if backend.builds_plan:
+            plan_facts = rec["plan"]
+            summary["plan"] = plan_facts
+            printer.stage("build", skipped, rec["seconds"], _plan_line(plan_facts))
+            # a plan this machine cannot run is checked through the exact graph it was built from
+            artifact = out / "model.plan" if backend.runs_plan else graph
+            if not backend.runs_plan:
+                print(f"[build    ] {_not_executed_line(plan_facts, graph.name)}", flush=True)
+        else:
+            artifact = out / "model.ort.onnx"
+            printer.stage("build", skipped, rec["seconds"], f"{artifact.name} for onnxruntime")
 
         # 4. verify
         def do_verify():
@@ -307,7 +348,9 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
                 "--out",
                 str(out / "benchmark.json"),
             ]
-            args += ["--plan", str(artifact)] if backend == "tensorrt" else ["--onnx", str(artifact)]
+            args += ["--plan", str(artifact)] if artifact.suffix == ".plan" else ["--onnx", str(artifact)]
+            if artifact != out / "model.onnx":  # every row is also compared with the fp32 graph on the same runtime
+                args += ["--reference-onnx", str(out / "model.onnx")]
             bench_run(bench_parser().parse_args(args))  # errors and Ctrl-C reach build_engine.py's one-line reporter
             return ["benchmark.json", "benchmark.md", "benchmark.png"], None
 
@@ -315,7 +358,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
             rec, skipped = manifest.run(
                 "benchmark",
                 {"artifact": Manifest.hashes({"a": artifact})["a"]},
-                {"batches": bench_batches},
+                {"batches": bench_batches, "reference": "model.onnx"},
                 versions,
                 do_bench,
                 opts.force,
@@ -327,22 +370,38 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         if opts.triton_repo is not None:
             from .triton_repo import write_model_repository
 
+            # Triton's TensorRT backend runs TensorRT 11 plans only: a TensorRT for RTX build serves its ONNX graph
+            served = graph if backend.name == "tensorrt-rtx" else artifact
             repo = write_model_repository(
                 opts.triton_repo,
                 f"{model.config.name}_{opts.precision}",
-                artifact,
+                served,
                 opts.batch,
                 tuple(model.config.preprocessing.input_size),
                 model.config.num_classes,
             )
-            print(f"[triton   ] model repository {repo}", flush=True)
+            print(f"[triton   ] model repository {repo} ({served.name})", flush=True)
 
+    if backend.builds_plan:
+        summary.update(plan_executed=backend.runs_plan, verified_artifact=artifact.name)
+    keys = ("backend", "precision", "batch", "p50_ms", "images_per_s", "speedup_vs_eager", "speedup_vs_eager_same_precision",
+            "speedup_vs_fp32_graph", "note")  # fmt: skip
     summary.update(
+        model={"name": model.config.name, "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
+        precision=opts.precision,
+        artifact=artifact.name,
         artifacts={p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")},
+        verified_on={
+            "data": verify_report["provenance"].get("data"),
+            "images": verify_report["n_images"],
+            "reference_top1": verify_report["reference"]["top1"],
+            "deployed_top1": verify_report["deployed"]["top1"],
+        },
         gates=verify_report["gates"],
         verify_passed=verify_report["passed"],
         gates_enforced=opts.checkpoint is not None,
-        latency=[{k: r[k] for k in ("backend", "batch", "p50_ms", "images_per_s")} for r in bench["rows"]],
+        latency=[{k: r.get(k) for k in keys} for r in bench["rows"]],
+        cpu=bench["provenance"]["cpu"],
         seconds=round(time.perf_counter() - printer.t0, 1),
     )
     atomic_write_json(out / "summary.json", summary)
@@ -350,15 +409,93 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     return summary
 
 
+def _plan_facts(result) -> dict[str, Any]:
+    sc, report = result.sidecar, result.report
+    return {
+        "flavour": sc.flavour,
+        "title": sc.title,
+        "compute_capabilities": list(sc.compute_capabilities),
+        "plugin_source": sc.plugin_source,
+        "build_seconds": report.get("seconds"),
+        "kernels": report.get("kernels"),
+        "plugin_kernels": report.get("plugin_kernels"),
+        "fused_shift_kernels": report.get("fused_shift_kernels"),
+    }
+
+
+def _plan_line(plan: dict[str, Any]) -> str:
+    from engines.trt import describe_targets
+
+    kernels = f"; {plan['kernels']} kernels ({plan['plugin_kernels']} plugin, {plan['fused_shift_kernels']} fused shift)"
+    return f"model.plan: {plan['title']}, runs on compute capability {describe_targets(tuple(plan['compute_capabilities']))}{kernels}"
+
+
+def _not_executed_line(plan: dict[str, Any], graph_name: str) -> str:
+    return (
+        f"model.plan was built, not executed on this machine (no GPU that {plan['title'].rsplit(' ', 1)[0]} runs on); "
+        f"verify and benchmark run the graph it was built from, {graph_name}, on ONNX Runtime"
+    )
+
+
+def _short(path: str | None) -> str | None:
+    """``path`` relative to the working directory where it lies below it."""
+    if path is None or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _print_summary(out: Path, summary: dict[str, Any]) -> None:
-    print(f"\n{out}/  ({summary['backend']}, {summary['seconds']} s)")
-    for name, size in summary["artifacts"].items():
-        print(f"  {name:28s} {size / 1e6:9.2f} MB")
-    enforced = "" if summary["gates_enforced"] else "  (random weights: reported, not enforced)"
-    print(f"gates: {'PASS' if summary['verify_passed'] else 'FAIL'}{enforced}")
+    """What was built, whether it is right, how fast it is: in that order, for a person reading top-down."""
+    from models import SHIPPED_CHECKPOINT
+
+    model = summary["model"]
+    if model["checkpoint"] is None:
+        weights = "RANDOM weights"
+    elif Path(model["checkpoint"]).resolve() == SHIPPED_CHECKPOINT.resolve():
+        weights = "the shipped CIFAR-10 checkpoint"
+    else:
+        weights = f"checkpoint {_short(model['checkpoint'])}"
+    print(f"\n== built: {model['name']} ({weights}), {summary['precision']}, in {out}/ ({summary['seconds']} s)")
+    if "plan" in summary:
+        print(f"  {_plan_line(summary['plan'])}")
+        if summary.get("plan_executed") is False:
+            print(f"  {_not_executed_line(summary['plan'], summary['verified_artifact'])}")
+    else:
+        print(f"  {summary['artifact']}: an ONNX Runtime graph optimized for this machine")
+
+    seen = summary["verified_on"]
+    if summary["gates_enforced"]:
+        verdict = "PASS" if summary["verify_passed"] else "FAIL"
+    else:
+        verdict = "not judged (random weights)"
+    print(f"\n== right: gates: {verdict}, on {seen['images']} images ({_short(seen['data'])})")
+    if seen["reference_top1"] is not None:
+        print(f"  top-1: PyTorch fp32 {seen['reference_top1'] * 100:.2f} %, deployed {seen['deployed_top1'] * 100:.2f} %")
     for name, g in summary["gates"].items():
         value = "n/a" if g["value"] is None else f"{g['value']:.6g}"
-        print(f"  {name:16s} {value:>10s} {g['op']} {g['threshold']}  {'pass' if g['passed'] else 'FAIL'}")
-    print("latency:")
+        state = ("pass" if g["passed"] else "FAIL") if summary["gates_enforced"] else ("ok" if g["passed"] else "off")
+        print(f"  {name:16s} {value:>10s} {g['op']} {g['threshold']}  {state}")
+
+    print(f"\n== fast: p50 latency on {summary['cpu']}")
     for r in summary["latency"]:
-        print(f"  {r['backend']:44s} batch {r['batch']:3d}  p50 {r['p50_ms']:8.2f} ms  {r['images_per_s']:8.1f} img/s")
+        ratios = [
+            f"{r[k]:.2f}x {label}"
+            for k, label in (
+                ("speedup_vs_fp32_graph", "the fp32 graph"),
+                ("speedup_vs_eager_same_precision", f"eager {r['precision']}"),
+                ("speedup_vs_eager", "eager fp32"),
+            )  # fmt: skip
+            if r.get(k) is not None
+            and r[k] == r[k]
+            and not (k == "speedup_vs_eager" and r.get("speedup_vs_eager_same_precision"))
+            and r["backend"] != "torch eager fp32"
+        ]
+        print(
+            f"  {r['backend']:44s} batch {r['batch']:3d}  {r['p50_ms']:8.2f} ms  {r['images_per_s']:8.1f} img/s  {', '.join(ratios)}"
+        )
+    for note in dict.fromkeys(f"  note: {r['note']}" for r in summary["latency"] if r.get("note")):
+        print(note)
+    print(f"\nfiles: {', '.join(summary['artifacts'])}  (details: summary.json, verify.md, benchmark.md)")

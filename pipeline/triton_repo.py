@@ -2,7 +2,17 @@
 
 ``write_model_repository(repo, name, artifact, ...)`` writes ``repo/name/1/model.plan`` (or
 ``model.onnx``) and ``repo/name/config.pbtxt`` with the platform, ``max_batch_size`` from the
-profile, dynamic batching, and the input and output names, types and dims.
+profile, dynamic batching, and the input and output names, types and dims. Where
+``tritonclient`` is installed, the config is parsed into Triton's own ``ModelConfig`` protobuf
+before it is written, so a field Triton does not know fails here, not at server start.
+
+What each artifact becomes:
+
+* a TensorRT 11 plan: ``tensorrt_plan``, served by Triton's TensorRT backend;
+* an ONNX graph in standard ops: ``onnxruntime_onnx``, served by Triton's ONNX Runtime backend;
+* a TensorRT for RTX plan is refused: Triton's TensorRT backend runs TensorRT, not TensorRT for
+  RTX. Serve the ONNX graph the plan was built from instead (``build_engine.py`` does);
+* a plugin-form graph is refused: Triton's ONNX Runtime backend has no ``SpatialShift`` op.
 """
 
 from __future__ import annotations
@@ -14,7 +24,11 @@ from typing import Any
 
 from models.fileio import atomic_path, atomic_write_text
 
-__all__ = ["write_model_repository", "config_text", "read_config"]
+__all__ = ["write_model_repository", "config_text", "read_config", "validate_config", "TritonRepoError"]
+
+
+class TritonRepoError(ValueError):
+    """The artifact cannot be served by Triton as it is; the message says what to serve instead."""
 
 
 def config_text(
@@ -53,15 +67,52 @@ def write_model_repository(
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"Triton model names take letters, digits, '_', '.' and '-'; got {name!r}")
     is_plan = artifact.suffix in (".plan", ".engine")
+    _check_servable(artifact, is_plan)
+    preferred = sorted({b for b in batch[1:] if b > 1}) or [batch[2]]
+    text = config_text(name, "tensorrt_plan" if is_plan else "onnxruntime_onnx", batch[2], preferred, input_dims, num_classes)
+    validate_config(text)
     version_dir = Path(repo) / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     target = version_dir / ("model.plan" if is_plan else "model.onnx")
     with atomic_path(target) as tmp:
         shutil.copyfile(artifact, tmp)
-    preferred = sorted({b for b in batch[1:] if b > 1}) or [batch[2]]
-    text = config_text(name, "tensorrt_plan" if is_plan else "onnxruntime_onnx", batch[2], preferred, input_dims, num_classes)
     atomic_write_text(Path(repo) / name / "config.pbtxt", text)
     return Path(repo) / name
+
+
+def _check_servable(artifact: Path, is_plan: bool) -> None:
+    if is_plan:
+        from engines.sidecar import read_sidecar
+
+        sidecar = read_sidecar(artifact)
+        if sidecar.flavour != "tensorrt":
+            raise TritonRepoError(
+                f"{artifact} is a {sidecar.title} plan, and Triton's TensorRT backend runs TensorRT plans only; "
+                "serve the ONNX graph it was built from (onnxruntime_onnx), or build with --backend tensorrt"
+            )
+        return
+    import onnx
+
+    from .onnx_runtime import has_plugin_nodes
+
+    if has_plugin_nodes(onnx.load(str(artifact), load_external_data=False)):
+        raise TritonRepoError(
+            f"{artifact} holds SpatialShift plugin nodes, which Triton's ONNX Runtime backend cannot run; "
+            "serve the standard-ops graph (--shift-impl onnx) or a TensorRT 11 plan"
+        )
+
+
+def validate_config(text: str) -> None:
+    """Parse ``text`` into Triton's ``ModelConfig`` protobuf (when ``tritonclient[grpc]`` is installed); raise on a bad field."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return
+    try:
+        text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise TritonRepoError(f"config.pbtxt does not fit Triton's ModelConfig schema: {e}") from None
 
 
 def read_config(text: str) -> dict[str, Any]:

@@ -12,6 +12,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Triton kernels run on the CPU through Triton's interpreter (set before triton is imported).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# .ci/run sets this: there, a test whose tools are missing fails instead of skipping, so the
+# real TensorRT for RTX builder and the C++ compile check can never be skipped quietly in CI.
+REQUIRE_ALL = os.environ.get("S2MLPV2_REQUIRE_ALL") == "1"
+
+
+def missing(reason: str):
+    """Skip with ``reason``; under S2MLPV2_REQUIRE_ALL=1 (CI) fail with it instead."""
+    if REQUIRE_ALL:
+        pytest.fail(f"required in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
 
 @pytest.fixture
 def run_cli(tmp_path):
@@ -49,3 +60,56 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: i
             img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i:03d}.png")
     return root
+
+
+CIFAR10_CHECKPOINT = ROOT / "models" / "weights" / "s2mlpv2_cifar10.safetensors"
+
+
+class Graphs:
+    """ONNX graphs of the tiny and CIFAR-10 variants, made once per test session and shared.
+
+    ``graphs.get("cifar10", "plugin", "int8", "modelopt")`` exports, converts and caches; int8
+    graphs are calibrated on the bundled CIFAR-10 images.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._models: dict = {}
+
+    def model(self, variant: str):
+        if variant not in self._models:
+            import torch
+
+            import models
+
+            if variant == "cifar10":
+                self._models[variant] = models.load_checkpoint(CIFAR10_CHECKPOINT)
+            else:
+                torch.manual_seed(0)
+                self._models[variant] = models.create_model("s2mlpv2_tiny_test").eval()
+        return self._models[variant]
+
+    def images(self, variant: str, count: int = 64):
+        from pipeline.export import load_images
+
+        return load_images(DATA / "cifar10-val", self.model(variant), count).numpy()
+
+    def get(self, variant: str, form: str = "onnx", precision: str = "fp32", placement: str = "gemm-inputs") -> Path:
+        from pipeline.export import ExportSettings, export_onnx
+        from pipeline.precision import convert_precision
+
+        fp32 = self.folder / f"{variant}-{form}-fp32.onnx"
+        if not fp32.exists():
+            export_onnx(self.model(variant), fp32, ExportSettings(shift_impl=form))
+        if precision == "fp32":
+            return fp32
+        out = self.folder / f"{variant}-{form}-{precision}-{placement}.onnx"
+        if not out.exists():
+            calibration = self.images(variant, 64 if precision == "int8" else 16)
+            convert_precision(fp32, out, precision, calibration, qdq_placement=placement)
+        return out
+
+
+@pytest.fixture(scope="session")
+def graphs(tmp_path_factory) -> Graphs:
+    return Graphs(tmp_path_factory.mktemp("graphs"))

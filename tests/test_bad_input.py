@@ -319,8 +319,9 @@ def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, cap
 
 
 def _sidecar(**overrides) -> Sidecar:
-    base = dict(tensorrt_version="11.4.0", gpu_name="NVIDIA H100", compute_capability="9.0", onnx_sha256="a" * 64,
-                plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 32, 32), precision="fp32")  # fmt: skip
+    base = dict(flavour="tensorrt", flavour_version="11.4.0", gpu_name="NVIDIA H100", compute_capabilities=("9.0",),
+                onnx_sha256="a" * 64, plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 32, 32),
+                precision="fp32")  # fmt: skip
     return Sidecar(**{**base, **overrides})
 
 
@@ -342,9 +343,12 @@ def _sidecar(**overrides) -> Sidecar:
 )
 def test_plan_from_elsewhere_is_refused_before_loading(runtime_version, gpu, expected, shared, tmp_path, monkeypatch, capsys):
     import engines.runtime
+    from engines.trt import Flavour
 
-    # this machine, as far as the runtime can tell, without TensorRT being installed
-    monkeypatch.setattr(engines.runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__=runtime_version))
+    # this machine, as far as the runtime can tell, without TensorRT 11 being installed: a fake
+    # module stands in (only a version), and the header check that would need the real one is skipped
+    monkeypatch.setattr(Flavour, "module", lambda self: types.SimpleNamespace(__version__=runtime_version))
+    monkeypatch.setattr(engines.runtime, "_check_header", lambda *args: None)
     monkeypatch.setattr(engines.runtime, "cuda_device", lambda: ("a GPU", gpu))
     _sidecar().write(_write(tmp_path / "m.plan", b"plan"))
     status = importlib.import_module("pipeline.verify").main(_verify_on(tmp_path / "m.plan", shared.images, tmp_path))
@@ -357,7 +361,11 @@ def test_plan_on_a_machine_without_tensorrt(shared: Shared, tmp_path: Path, caps
         pytest.skip("the tensorrt package is installed here; this case is a machine without it")
     _sidecar().write(_write(tmp_path / "m.plan", b"plan"))
     status = importlib.import_module("pipeline.verify").main(_verify_on(tmp_path / "m.plan", shared.images, tmp_path))
-    assert_fails_cleanly(status, capsys.readouterr().err, Fails("cannot run .*m.plan", r"pip install -e \.\[tensorrt\]"))
+    assert_fails_cleanly(
+        status,
+        capsys.readouterr().err,
+        Fails("cannot run .*m.plan: TensorRT 11 is not installed", r"pip install -e \.\[tensorrt\]"),
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -5,9 +5,10 @@ import sys
 import pytest
 
 import models
+from engines.trt import TENSORRT_RTX
 from pipeline.manifest import LockedError, Manifest, OutputLock
-from pipeline.triton_repo import read_config
-from tests.conftest import DATA, ROOT, make_image_folder
+from pipeline.triton_repo import TritonRepoError, read_config, validate_config, write_model_repository
+from tests.conftest import DATA, ROOT, make_image_folder, missing
 
 TINY = ["--model", "s2mlpv2_tiny_test", "--batch", "1,2,4"]
 
@@ -34,15 +35,28 @@ def test_help_shows_groups_and_defaults():
         assert text in proc.stdout
 
 
-def test_fp16_run_then_unchanged_rerun_skips_every_stage(tmp_path):
+def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_path):
+    if not TENSORRT_RTX.importable():
+        missing("needs TensorRT for RTX (`pip install tensorrt-rtx`), which --backend auto builds with on a CPU-only machine")
     out = tmp_path / "out"
     first = _run("--precision", "fp16", *TINY, "--out", out)
     assert first.returncode == 0, first.stderr
-    assert "building for ONNX Runtime" in first.stdout and "RANDOM weights" in first.stderr
+    assert "RANDOM weights" in first.stderr and "gates: not judged (random weights)" in first.stdout
+    # no GPU here: a TensorRT for RTX plan, built and not executed, checked through its ONNX graph
+    assert "model.plan was built, not executed on this machine" in first.stdout
+    assert "verify and benchmark run the graph it was built from, model-fp16.onnx, on ONNX Runtime" in first.stdout
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["flavour"] == "tensorrt-rtx" and sidecar["compute_capabilities"] == ["8.0", "8.6", "8.9", "12.0"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "tensorrt-rtx" and summary["plan_executed"] is False
+    assert summary["verified_artifact"] == "model-fp16.onnx" and summary["plan"]["fused_shift_kernels"] > 0
+    assert json.loads((out / "verify.json").read_text())["provenance"]["artifact"].endswith("model-fp16.onnx")
     for name in (
         "model.onnx",
         "model-fp16.onnx",
-        "model.ort.onnx",
+        "model.plan",
+        "model.json",
+        "model-build.json",
         "verify.json",
         "benchmark.json",
         "manifest.json",
@@ -57,6 +71,101 @@ def test_fp16_run_then_unchanged_rerun_skips_every_stage(tmp_path):
     assert second.returncode == 0 and second.stdout.count("unchanged, skipped") == 5
     forced = _run("--precision", "fp16", *TINY, "--out", out, "--force")
     assert forced.returncode == 0 and "unchanged, skipped" not in forced.stdout
+
+
+def _summary_block(stdout: str, title: str) -> str:
+    return stdout.split(f"== {title}", 1)[1].split("\n== ", 1)[0]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_first_run_builds_the_shipped_model_and_judges_it_on_bundled_images(precision, tmp_path):
+    out = tmp_path / "out"
+    proc = _run("--precision", precision, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RANDOM" not in proc.stderr
+    # top-down: what was built, whether it is right, how fast
+    assert (
+        proc.stdout.index("== built: s2mlpv2_cifar10")
+        < proc.stdout.index("== right: gates: PASS, on 500 images")
+        < proc.stdout.index("== fast:")
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gates_enforced"] and summary["verify_passed"] and summary["verified_on"]["images"] == 500
+    assert summary["verified_on"]["data"].endswith("cifar10-verify")
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reference"]["top1"] > 0.7  # a trained model on images it never saw
+    if precision == "int8":
+        assert verify["reference"]["top1"] - verify["deployed"]["top1"] <= 0.005 and verify["top1_agreement"] >= 0.99
+        calib = json.loads((out / "manifest.json").read_text())["stages"]["precision"]
+        assert calib["inputs"]["calibration"] is not None
+    fast = _summary_block(proc.stdout, "fast")
+    assert "onnxruntime fp32 (model.onnx)" in fast and "the fp32 graph" in fast
+    if precision == "fp16":
+        assert "computes fp16 by casting to fp32: no speed-up is possible here" in fast
+    again = _run("--precision", precision, "--out", out)
+    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 5
+
+
+def test_bundled_sets_are_real_labeled_and_disjoint():
+    import hashlib
+
+    from calibration.bundled import CALIBRATE, VERIFY
+    from calibration.sources import discover
+
+    verify, calibrate = discover(VERIFY), discover(CALIBRATE)
+    assert len(verify) >= 500 and len(calibrate) >= 256
+    names = set(models.read_card(models.SHIPPED_CHECKPOINT).class_names)
+    assert {s.label for s in verify} == names == {s.label for s in calibrate}
+
+    def digests(samples):
+        return {hashlib.sha256(s.path.read_bytes()).hexdigest() for s in samples}
+
+    assert not digests(verify) & digests(calibrate)
+    assert sum(s.path.stat().st_size for s in verify + calibrate) < 2_000_000  # small on disk
+
+
+def test_onnxruntime_backend_builds_an_optimized_graph(tmp_path):
+    proc = _run("--precision", "fp32", *TINY, "--backend", "onnxruntime", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "model.ort.onnx").is_file() and not (tmp_path / "o" / "model.plan").exists()
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["backend"] == "onnxruntime"
+
+
+def test_forcing_tensorrt_11_where_it_is_missing_is_one_line(tmp_path):
+    from engines.trt import TENSORRT
+
+    if TENSORRT.importable():
+        pytest.skip("TensorRT 11 is installed here; this case is a machine without it")
+    proc = _run("--precision", "fp32", *TINY, "--backend", "tensorrt", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --backend tensorrt: TensorRT 11 is not installed")
+    assert not (tmp_path / "o").exists()
+
+
+def test_triton_configs_fit_tritons_own_schema_and_rtx_plans_are_refused(tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (the [dev] extra) for Triton's ModelConfig")
+    from pipeline.triton_repo import config_text
+
+    text = config_text("m", "onnxruntime_onnx", 8, [4, 8], (3, 32, 32), 10)
+    validate_config(text)
+    with pytest.raises(TritonRepoError, match="ModelConfig schema.*max_batchsize"):
+        validate_config(text.replace("max_batch_size", "max_batchsize"))
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan")
+    from engines.sidecar import Sidecar
+
+    Sidecar("tensorrt-rtx", "1.7.1", None, ("8.6",), "a" * 64, None, (1, 4, 8), (3, 32, 32), "fp16").write(plan)
+    with pytest.raises(
+        TritonRepoError, match="TensorRT for RTX 1.7.1 plan, and Triton's TensorRT backend runs TensorRT plans only"
+    ):
+        write_model_repository(tmp_path / "repo", "m", plan, (1, 4, 8), (3, 32, 32), 10)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_triton_repository_refuses_a_plugin_form_graph(graphs, tmp_path):
+    with pytest.raises(TritonRepoError, match="SpatialShift plugin nodes"):
+        write_model_repository(tmp_path / "repo", "m", graphs.get("tiny", "plugin"), (1, 4, 8), (3, 32, 32), 5)
+    assert not (tmp_path / "repo").exists()
 
 
 def test_int8_without_calibration_data_says_what_is_needed(tmp_path):
@@ -121,4 +230,4 @@ def test_interrupted_stage_is_not_marked_done_and_rerun_completes(tmp_path, monk
     monkeypatch.undo()
     summary = run_pipeline(opts)
     assert list(Manifest(tmp_path / "o").stages) == ["export", "precision", "build", "verify", "benchmark"]
-    assert summary["verify_passed"] in (True, False) and (tmp_path / "o" / "model-fp16.onnx").is_file()
+    assert summary["verify_passed"] is True and (tmp_path / "o" / "model-fp16.onnx").is_file()

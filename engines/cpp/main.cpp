@@ -5,12 +5,14 @@
 // batch.f32 holds BATCH x C x H x W float32 values, already preprocessed as the model card
 // says (resize, crop, mean/std), e.g. numpy's array.astype("float32").tofile("batch.f32").
 // The plan's SpatialShift nodes carry their kernel inside the plan (an AOT Python plugin), so
-// nothing but libnvinfer and the CUDA runtime is needed here.
+// nothing but libnvinfer and the CUDA runtime is needed here. TensorRT for RTX plans: see README.md.
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -25,6 +27,18 @@ class Logger : public nvinfer1::ILogger {
     if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
   }
 };
+
+// A positive integer argument, or -1 with one line on stderr (never an uncaught exception).
+int64_t positiveArg(const char* text, const char* what) {
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used == std::string(text).size() && value > 0) return static_cast<int64_t>(value);
+  } catch (const std::exception&) {
+  }
+  std::cerr << "error: " << what << " must be a positive integer, got '" << text << "'\n";
+  return -1;
+}
 
 bool check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
@@ -50,10 +64,11 @@ int main(int argc, char** argv) {
     std::cerr << "usage: " << argv[0] << " model.plan batch.f32 BATCH [CHANNELS HEIGHT WIDTH]\n";
     return 2;
   }
-  const int64_t batch = std::stoll(argv[3]);
-  const int64_t channels = argc == 7 ? std::stoll(argv[4]) : 3;
-  const int64_t height = argc == 7 ? std::stoll(argv[5]) : 224;
-  const int64_t width = argc == 7 ? std::stoll(argv[6]) : 224;
+  const int64_t batch = positiveArg(argv[3], "BATCH");
+  const int64_t channels = argc == 7 ? positiveArg(argv[4], "CHANNELS") : 3;
+  const int64_t height = argc == 7 ? positiveArg(argv[5], "HEIGHT") : 224;
+  const int64_t width = argc == 7 ? positiveArg(argv[6], "WIDTH") : 224;
+  if (batch < 0 || channels < 0 || height < 0 || width < 0) return 2;
 
   Logger logger;
   const std::vector<char> plan = readFile(argv[1]);

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,20 +7,19 @@ import pytest
 import torch
 
 import models
-from engines.build import BuildSettings, parse_batch, planned_sidecar, plugin_hash, reusable
+from engines.build import BuildSettings, parse_batch, parse_compute_capabilities, planned_sidecar, reusable
 from engines.runtime import InputError, check_input
-from engines.shift_kernel import block_config, compile_ptx, launch_grid, spatial_shift
+from engines.shift_kernel import block_config, compile_ptx, launch_grid, shift_into, spatial_shift
 from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
-from engines.trt import is_available
+from engines.trt import TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
 from models.layers import shift_reference
 from pipeline.export import ExportSettings, export_onnx
 from tests.conftest import ROOT
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-needs_trt = pytest.mark.skipif(
-    not (HAS_TRT and torch.cuda.is_available()),
-    reason="needs the tensorrt package and a CUDA GPU: on an NVIDIA machine run `pip install -e .[tensorrt]`",
-)
+
+def _gpu_for(name: str) -> bool:
+    fl = TENSORRT if name == "tensorrt" else TENSORRT_RTX
+    return fl.importable() and fl.gpu_here() is not None
 
 
 def test_import_engines_works_without_tensorrt_or_cuda():
@@ -41,6 +39,16 @@ def test_triton_kernel_equals_reference(shape, pattern, dtype):
 def test_compiling_under_the_interpreter_says_what_to_do():
     with pytest.raises(RuntimeError, match="unset it"):
         compile_ptx("fp32", 1, 192, 90)
+
+
+def test_shift_into_writes_the_given_buffer():
+    # what the TensorRT for RTX plugin calls on TensorRT's own buffers
+    x = torch.randn(2, 5, 7, 16)
+    y = torch.full_like(x, float("nan"))
+    shift_into(x, y, 2)
+    assert torch.equal(y, shift_reference(x, 2))
+    with pytest.raises(ValueError, match="same shape and dtype"):
+        shift_into(x, torch.empty(2, 5, 7, 8), 1)
 
 
 def test_triton_kernel_rejects_bad_input():
@@ -78,16 +86,19 @@ def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
 
 
 def _sidecar(**overrides):
-    base = dict(tensorrt_version="11.4.0", gpu_name="NVIDIA H100", compute_capability="9.0", onnx_sha256="a" * 64,
-                plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 224, 224), precision="fp16")  # fmt: skip
+    base = dict(flavour="tensorrt", flavour_version="11.4.0", gpu_name="NVIDIA H100", compute_capabilities=("9.0",),
+                onnx_sha256="a" * 64, plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 224, 224),
+                precision="fp16")  # fmt: skip
     return Sidecar(**{**base, **overrides})
 
 
 def test_sidecar_key_depends_on_what_the_plan_depends_on():
     base = _sidecar()
     assert base.key() == _sidecar(gpu_name="H100 PCIe").key()  # same architecture, same plan
-    for change in (dict(onnx_sha256="b" * 64), dict(batch_profile=(1, 8, 64)), dict(tensorrt_version="11.5.0"),
-                   dict(compute_capability="8.0"), dict(plugin_sha256="c" * 64), dict(precision="int8")):  # fmt: skip
+    assert base.key() == _sidecar(plan_sha256="f" * 64).key()  # the plan's own hash is an output
+    for change in (dict(onnx_sha256="b" * 64), dict(batch_profile=(1, 8, 64)), dict(flavour_version="11.5.0"),
+                   dict(compute_capabilities=("8.0",)), dict(plugin_sha256="c" * 64), dict(precision="int8"),
+                   dict(flavour="tensorrt-rtx"), dict(plugin_source="other")):  # fmt: skip
         assert _sidecar(**change).key() != base.key(), change
 
 
@@ -106,16 +117,54 @@ def test_sidecar_round_trip_and_reuse(tmp_path):
 
 def test_plan_from_another_tensorrt_version_names_both():
     with pytest.raises(EngineMismatchError, match=r"TensorRT 11\.4\.0.*TensorRT 11\.6\.1"):
-        _sidecar().check_runtime("11.6.1", "9.0")
-    _sidecar(version_compatible=True).check_runtime("11.6.1", "9.0")  # same major, built version-compatible
+        _sidecar().check_runtime("tensorrt", "11.6.1", "9.0")
+    _sidecar(version_compatible=True).check_runtime("tensorrt", "11.6.1", "9.0")  # same major, built version-compatible
     with pytest.raises(EngineMismatchError):
-        _sidecar(version_compatible=True).check_runtime("12.0.0", "9.0")
+        _sidecar(version_compatible=True).check_runtime("tensorrt", "12.0.0", "9.0")
 
 
 def test_plan_from_another_gpu_names_both():
     with pytest.raises(EngineMismatchError, match=r"compute capability 9\.0 \(NVIDIA H100\).*8\.9"):
-        _sidecar().check_runtime("11.4.0", "8.9")
-    _sidecar(hardware_compatible=True).check_runtime("11.4.0", "8.6")
+        _sidecar().check_runtime("tensorrt", "11.4.0", "8.9")
+    _sidecar(hardware_compatible=True).check_runtime("tensorrt", "11.4.0", "8.6")
+
+
+def test_plan_of_one_flavour_is_refused_by_the_other_by_name():
+    rtx = _sidecar(flavour="tensorrt-rtx", flavour_version="1.7.1", gpu_name=None, compute_capabilities=("8.6", "8.9"))
+    with pytest.raises(
+        EngineMismatchError, match=r"built with TensorRT for RTX 1\.7\.1, but it was handed to TensorRT;.*--backend tensorrt-rtx"
+    ):
+        rtx.check_runtime("tensorrt", "11.4.0", "8.6")
+    with pytest.raises(EngineMismatchError, match=r"built with TensorRT 11\.4\.0, but it was handed to TensorRT for RTX"):
+        _sidecar().check_flavour("tensorrt-rtx")
+
+
+def test_rtx_plan_runs_only_on_its_targets():
+    rtx = _sidecar(
+        flavour="tensorrt-rtx", flavour_version="1.7.1", gpu_name=None, compute_capabilities=("8.0", "8.6", "8.9", "12.0")
+    )
+    rtx.check_runtime("tensorrt-rtx", "1.7.1", "8.9")
+    with pytest.raises(
+        EngineMismatchError, match=r"this GPU is 9\.0; TensorRT for RTX does not support this GPU.*--backend tensorrt"
+    ):
+        rtx.check_runtime("tensorrt-rtx", "1.7.1", "9.0")  # H100 / H200
+    with pytest.raises(EngineMismatchError, match=r"this GPU is 7\.5; rebuild it with --compute-capability 7\.5"):
+        rtx.check_runtime("tensorrt-rtx", "1.7.1", "7.5")
+
+
+def test_compute_capability_targets():
+    assert TENSORRT_RTX.targets(None, None) == ("8.0", "8.6", "8.9", "12.0")
+    assert TENSORRT_RTX.targets(("8.9", "7.5", "8.9"), None) == ("7.5", "8.9")
+    with pytest.raises(ValueError, match=r"cannot build for compute capability 9\.0.*--backend tensorrt"):
+        TENSORRT_RTX.targets(("9.0",), None)
+    assert TENSORRT.targets(None, ("NVIDIA H200", "9.0")) == ("9.0",)
+    with pytest.raises(TensorRTUnavailable, match="no CUDA device"):
+        TENSORRT.targets(None, None)
+    with pytest.raises(ValueError, match="TensorRT for RTX only"):
+        TENSORRT.targets(("8.6",), ("NVIDIA H200", "9.0"))
+    assert parse_compute_capabilities("8.6, 8.9") == ("8.6", "8.9") and parse_compute_capabilities(None) is None
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_compute_capabilities("sm86")
 
 
 def test_missing_or_foreign_sidecar_is_an_error(tmp_path):
@@ -169,29 +218,41 @@ def test_planned_sidecar_reads_the_graph(tmp_path):
     a = planned_sidecar(std, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
     b = planned_sidecar(plug, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
     assert a.input_shape == (3, 32, 32) and a.precision == "fp32" and a.plugin_sha256 is None
-    assert b.plugin_sha256 == plugin_hash() and a.key() != b.key()
+    assert b.plugin_sha256 == TENSORRT.plugin_sha256() and b.plugin_source == TENSORRT.plugin_source and a.key() != b.key()
+    c = planned_sidecar(plug, BuildSettings(timing_cache=None, flavour="tensorrt-rtx"), "1.7.1", None)
+    assert c.plugin_sha256 == TENSORRT_RTX.plugin_sha256() != b.plugin_sha256 and c.gpu_name is None
+    assert c.compute_capabilities == ("8.0", "8.6", "8.9", "12.0")
 
 
-def test_is_available_is_false_without_tensorrt_or_gpu():
-    assert is_available() == (HAS_TRT and torch.cuda.is_available())
+def test_is_available_asks_for_a_gpu_the_flavour_runs_on(monkeypatch):
+    import engines.trt
+
+    monkeypatch.setattr(Flavour, "importable", lambda self: True)  # stands in for an installed flavour
+    for gpu, rtx, trt11 in ((None, False, False), (("NVIDIA H200", "9.0"), False, True), (("NVIDIA L4", "8.9"), True, True)):
+        monkeypatch.setattr(engines.trt, "cuda_device", lambda gpu=gpu: gpu)
+        assert (is_available("tensorrt-rtx"), is_available("tensorrt")) == (rtx, trt11), gpu
 
 
-@needs_trt
-def test_build_and_run_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover - needs TensorRT and a GPU
+@pytest.mark.parametrize("flavour", ["tensorrt", "tensorrt-rtx"])
+def test_build_and_run_plan_matches_onnx_runtime(flavour, tmp_path):  # pragma: no cover - needs a GPU
+    if not _gpu_for(flavour):
+        pytest.skip(
+            f"running a {flavour} plan needs that flavour installed and a CUDA GPU it supports "
+            "(TensorRT 11: `pip install -e .[tensorrt]`; TensorRT for RTX: compute capability 8.0, 8.6, 8.9 or 12.x)"
+        )
     from engines.build import build_plan
     from engines.runtime import TensorRTRunner
     from pipeline.onnx_runtime import OnnxRuntimeRunner
 
     torch.manual_seed(0)
     model = models.create_model("s2mlpv2_tiny_test").eval()
+    settings = BuildSettings((1, 4, 8), timing_cache=tmp_path / "t.cache", flavour=flavour)
     for impl in ("onnx", "plugin"):
         onnx_path = tmp_path / f"{impl}.onnx"
         export_onnx(model, onnx_path, ExportSettings(shift_impl=impl))
-        plan, reused = build_plan(
-            onnx_path, tmp_path / f"{impl}.plan", BuildSettings((1, 4, 8), timing_cache=tmp_path / "t.cache")
-        )
-        assert not reused and build_plan(onnx_path, plan, BuildSettings((1, 4, 8), timing_cache=tmp_path / "t.cache"))[1]
-        runner = TensorRTRunner(plan)
+        result = build_plan(onnx_path, tmp_path / f"{impl}.plan", settings)
+        assert not result.reused and build_plan(onnx_path, result.plan, settings).reused
+        runner = TensorRTRunner(result.plan, runtime_cache=tmp_path / "runtime.cache")
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(onnx_path)(x), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(runner.cuda_graph(4)(x), runner(x), rtol=0, atol=0)
