@@ -18,8 +18,24 @@ import signal
 import sys
 from pathlib import Path
 
-from models import list_models
+from calibration.args import CalibrationArgs
+from models.args import ModelArgs
 from pipeline.precision import add_qdq_placement_argument
+
+MODEL_ARGS = ModelArgs(
+    model_default=None,
+    model_help="a variant with RANDOM weights (a checkpoint's card overrides it); default: the shipped CIFAR-10 checkpoint",
+    checkpoint_help="weights (.safetensors + card, or a PyTorch state dict); default: the shipped CIFAR-10 checkpoint, "
+    "or random init when --model is given",
+)
+CALIBRATION_ARGS = CalibrationArgs(
+    data_help="calibration images (int8 needs them): class folders, a flat folder or a list file; "
+    "default: the bundled CIFAR-10 set with the shipped checkpoint",
+    size_default=None,
+    size_help="calibration images (default: 512; 256 of the bundled set)",
+    holdout_default=64,
+    holdout_help="further images held out to gate int8 and, without --eval-data, to verify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,36 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="build_engine.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="precision of the deployed graph")
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        choices=list_models(),
-        help="a variant with RANDOM weights (a checkpoint's card overrides it); default: the shipped CIFAR-10 checkpoint",
-    )
-    g.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="weights (.safetensors + card, or a PyTorch state dict); default: the shipped CIFAR-10 checkpoint, "
-        "or random init when --model is given",
-    )
+    MODEL_ARGS.add_to_parser(p)
     g = p.add_argument_group("export")
     g.add_argument(
         "--shift-impl", choices=("onnx", "plugin"), default="onnx", help="standard ops, or the TensorRT shift plugin node"
     )
     g.add_argument("--opset", type=int, default=20)
-    g = p.add_argument_group("calibration")
-    g.add_argument(
-        "--calib-data",
-        type=Path,
-        help="calibration images (int8 needs them): class folders, a flat folder or a list file; "
-        "default: the bundled CIFAR-10 set with the shipped checkpoint",
-    )
-    g.add_argument("--calib-size", type=int, help="calibration images (default: 512; 256 of the bundled set)")
-    g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
-    add_qdq_placement_argument(g)
-    g.add_argument(
-        "--calib-holdout", type=int, default=64, help="further images held out to gate int8 and, without --eval-data, to verify"
-    )
+    add_qdq_placement_argument(CALIBRATION_ARGS.add_to_parser(p))
     g = p.add_argument_group("evaluation")
     g.add_argument(
         "--eval-data",
@@ -81,28 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorRT for RTX targets, e.g. 8.6,8.9 (default: the builder's portable set 8.0,8.6,8.9,12.0; 7.5 and 12.1 on request)",
     )
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, help="output directory (default: build/<model>-<precision>/, the model as its card names it)")
+    g.add_argument(
+        "--out", type=Path, help="output directory (default: build/<model>-<precision>/, the model as its card names it)"
+    )
     g.add_argument("--force", action="store_true", help="rerun every stage even if its inputs are unchanged")
     g.add_argument("--triton-repo", type=Path, help="also write a Triton Inference Server model repository here")
+    g.add_argument(
+        "--bench-seconds", type=float, default=1.0, help="time each benchmark row at least this long (more is steadier)"
+    )
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports after --help.
-    from calibration.dataset import CalibrationError
-    from calibration.sources import SourceError
-    from engines.build import EngineBuildError, parse_batch, parse_compute_capabilities
-    from engines.sidecar import EngineMismatchError
-    from engines.trt import TensorRTUnavailable
-    from models import CheckpointError
-    from models.cli import report_error, report_interrupt
-    from pipeline.export import ExportError
-    from pipeline.manifest import LockedError
-    from pipeline.orchestrate import BuildOptions, PipelineError, run_pipeline
-    from pipeline.plugin_swap import PluginSwapError
-    from pipeline.precision import PrecisionError
-    from pipeline.verify import VerifyError
+    from common.cli import report_error, report_interrupt
+    from common.errors import EXPECTED_ERRORS
+    from engines.build import parse_batch, parse_compute_capabilities
+    from pipeline.orchestrate import BuildOptions, run_pipeline
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill ends like Ctrl-C: no stage marked done
     if args.checkpoint is None and args.model is None:  # the first run: a trained model and real images
@@ -117,14 +106,14 @@ def main(argv=None) -> int:
         opts = BuildOptions(
             precision=args.precision, model=args.model or "s2mlpv2_small7", checkpoint=args.checkpoint, shift_impl=args.shift_impl, opset=args.opset,
             calib_data=args.calib_data, calib_size=args.calib_size or 512, calib_method=args.calib_method, calib_holdout=args.calib_holdout,
+            calib_seed=args.calib_seed, labels=args.labels,
             qdq_placement=args.qdq_placement,
             eval_data=args.eval_data, eval_limit=args.eval_limit, batch=parse_batch(args.batch), backend=args.backend,
             compute_capabilities=parse_compute_capabilities(args.compute_capability),
-            out=args.out, force=args.force, triton_repo=args.triton_repo,
+            out=args.out, force=args.force, triton_repo=args.triton_repo, bench_seconds=args.bench_seconds,
         )  # fmt: skip
         summary = run_pipeline(opts)
-    except (PipelineError, CheckpointError, CalibrationError, SourceError, ExportError, PrecisionError, PluginSwapError,
-            VerifyError, EngineBuildError, EngineMismatchError, TensorRTUnavailable, LockedError, ValueError, OSError) as e:  # fmt: skip
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt("finished stages are kept: run the same command again to continue")

@@ -9,11 +9,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from models import CheckpointError, get_variant, list_models, load_checkpoint
-from models.cli import report_error
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS
+from models import get_variant, load_checkpoint
+from models.args import ModelArgs
 
-from .dataset import CalibrationError, build_calibration_set
-from .sources import SourceError
+from .dataset import build_calibration_set
 
 
 def main(argv=None) -> int:
@@ -21,9 +22,10 @@ def main(argv=None) -> int:
         prog="python -m calibration", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder (synset in file names) or list file")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, help="take the preprocessing from this checkpoint's card")
-    src.add_argument("--model", choices=list_models(), default="s2mlpv2_small7", help="take the preprocessing from this variant")
+    ModelArgs(
+        checkpoint_help="take the preprocessing from this checkpoint's card",
+        model_help="take the preprocessing from this variant",
+    ).add_to_parser(p, "preprocessing from")
     p.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--holdout", type=int, default=0)
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
         s = build_calibration_set(
             args.data, pre, args.size, holdout=args.holdout, seed=args.seed, cache_dir=args.cache_dir, labels_file=args.labels
         )
-    except (CalibrationError, SourceError, CheckpointError, OSError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     classes = len(set(s.labels))
     print(

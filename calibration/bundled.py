@@ -61,12 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--src", type=Path, required=True, help="the CIFAR-10 train split as class folders")
     p.add_argument("--out", type=Path, default=DATA, help="where the two folders are written")
     args = p.parse_args(argv)
-    from models.cli import report_error
+    from common.cli import report_error
+    from common.errors import EXPECTED_ERRORS
 
     try:
         for folder in write_bundle(args.src, args.out):
             print(f"wrote {folder} ({sum(1 for _ in folder.rglob('*.jpg'))} images)")
-    except (OSError, ValueError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     return 0
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from models.fileio import atomic_path, atomic_write_json, sha256_file
+from common.errors import S2MLPv2Error
+from common.fileio import atomic_path, atomic_write_json, sha256_file
+from common.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb, preprocess
 from models.s2mlpv2 import Preprocessing
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, load_rgb
 from .sources import Sample, discover
 
 __all__ = [
@@ -35,7 +36,8 @@ __all__ = [
     "OverlapError",
     "build_calibration_set",
     "check_disjoint",
-    "preprocess",
+    "eval_samples",
+    "load_images",
     "stratified_order",
 ]
 
@@ -43,7 +45,7 @@ log = logging.getLogger("calibration")
 CACHE_VERSION = 1
 
 
-class CalibrationError(ValueError):
+class CalibrationError(S2MLPv2Error, ValueError):
     """Not enough usable images, or a cache that cannot be used; the message says what to do."""
 
 
@@ -85,11 +87,49 @@ class CalibrationSet:
         return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
 
 
-def preprocess(image, pre: Preprocessing) -> np.ndarray:
-    """One RGB PIL image -> the model's input ``(3, H, W)`` float32, exactly as the card says."""
-    from models.data import eval_transform
+def eval_samples(data: str | os.PathLike, limit: int | None, labels_file=None) -> list[Sample]:
+    """The images of ``data`` that evaluation uses: all of them, or ``limit`` spread evenly over classes."""
+    samples = discover(data, labels_file)
+    return samples if limit is None else stratified_order(samples, seed=0)[:limit]
 
-    return eval_transform(pre)(image).numpy()
+
+def load_images(
+    data: str | os.PathLike,
+    preprocessing: Preprocessing,
+    limit: int | None,
+    class_names=None,
+    labels_file=None,
+    stratified: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The project's one image loader for checks: ``(images, label indices or None, paths)``.
+
+    Images are decoded safely and preprocessed by the card; labels are indices into
+    ``class_names`` when every image's label is one of them. ``stratified`` takes ``limit``
+    images spread evenly over classes (evaluation); otherwise the first ``limit`` in listing
+    order (the export's quick check). Unreadable files are skipped with a warning; none at all
+    usable is a ``CalibrationError``.
+    """
+    from tqdm import tqdm
+
+    samples = eval_samples(data, limit, labels_file) if stratified else discover(data, labels_file)[:limit]
+    index = {n: i for i, n in enumerate(class_names)} if class_names else {}
+    images, labels, paths, skipped = [], [], [], 0
+    for s in tqdm(samples, desc="images", unit="img", leave=False, file=sys.stderr):
+        try:
+            images.append(preprocess(load_rgb(s.path), preprocessing))
+        except ImageError as e:
+            skipped += 1
+            print(f"warning: skipped {e}", file=sys.stderr)
+            continue
+        labels.append(index.get(s.label) if s.label is not None else None)
+        paths.append(str(s.path))
+    if not images:
+        raise CalibrationError(
+            f"no usable images in {data} ({len(samples)} found, {skipped} unreadable: see the warnings above); "
+            "give a folder of readable images"
+        )
+    have_labels = all(label is not None for label in labels)
+    return np.stack(images).astype(np.float32), (np.array(labels) if have_labels else None), paths
 
 
 def stratified_order(samples: list[Sample], seed: int) -> list[Sample]:

@@ -16,14 +16,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.data import IMAGE_SUFFIXES
+from common.errors import S2MLPv2Error
+from common.images import IMAGE_SUFFIXES
 
 __all__ = ["Sample", "SourceError", "discover", "IMAGE_SUFFIXES"]
 
 _SYNSET = re.compile(r"n\d{8}")
 
 
-class SourceError(ValueError):
+class SourceError(S2MLPv2Error, ValueError):
     """A data source that cannot be read as any supported layout; the message says what to give."""
 
 

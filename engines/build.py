@@ -27,9 +27,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from models.cli import report_error
-from models.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
+from .shift_node import ONNX_DOMAIN
 from .sidecar import EngineMismatchError, Sidecar, read_sidecar, sidecar_path
 from .trt import TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, cuda_device, flavour
 
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(S2MLPv2Error, RuntimeError):
     """Parsing or building failed; the message lists the parser's or builder's errors."""
 
 
@@ -65,7 +67,7 @@ class BuildSettings:
     def __post_init__(self) -> None:
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
-            raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {self.batch}")
+            raise UsageError(f"batch profile must satisfy 1 <= min <= opt <= max, got {self.batch}")
         flavour(self.flavour)  # an unknown name is an error here, not in the middle of a build
 
 
@@ -81,9 +83,9 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--batch takes MIN,OPT,MAX (e.g. 1,8,32), got {text!r}") from None
+        raise UsageError(f"--batch takes MIN,OPT,MAX (e.g. 1,8,32), got {text!r}") from None
     if len(values) != 3:
-        raise ValueError(f"--batch takes MIN,OPT,MAX (e.g. 1,8,32), got {text!r}")
+        raise UsageError(f"--batch takes MIN,OPT,MAX (e.g. 1,8,32), got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -93,7 +95,7 @@ def parse_compute_capabilities(text: str | None) -> tuple[str, ...] | None:
         return None
     values = tuple(v.strip() for v in text.split(",") if v.strip())
     if not values or not all(re.fullmatch(r"\d+\.\d", v) for v in values):
-        raise ValueError(f"--compute-capability takes a comma-separated list like 8.6,8.9; got {text!r}")
+        raise UsageError(f"--compute-capability takes a comma-separated list like 8.6,8.9; got {text!r}")
     return values
 
 
@@ -116,18 +118,14 @@ def choose_flavour(requested: str = "auto") -> tuple[Flavour, bool]:
 
 
 def _graph_facts(onnx_path: Path) -> tuple[tuple[int, int, int], str, bool]:
-    import onnx
+    from common.onnx_meta import graph_precision, load_onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise EngineBuildError(f"{onnx_path} is not a readable ONNX file ({type(e).__name__}); re-run the export stage") from None
+    model = load_onnx(onnx_path, EngineBuildError)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
     if len(dims) != 4 or 0 in dims[1:]:
         raise EngineBuildError(f"{onnx_path}: input must be (batch, C, H, W) with static C, H, W; got {dims}")
-    props = {p.key: p.value for p in model.metadata_props}
-    has_plugin = any(n.domain == "s2mlpv2" for n in model.graph.node)
-    return tuple(dims[1:]), props.get("s2mlpv2.precision", "fp32"), has_plugin  # type: ignore[return-value]
+    has_plugin = any(n.domain == ONNX_DOMAIN for n in model.graph.node)
+    return tuple(dims[1:]), graph_precision(model), has_plugin  # type: ignore[return-value]
 
 
 def planned_sidecar(onnx_path: Path, settings: BuildSettings, version: str, gpu: tuple[str, str] | None) -> Sidecar:
@@ -350,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         t0 = time.perf_counter()
         result = build_plan(args.onnx, args.plan, settings)
-    except (TensorRTUnavailable, EngineBuildError, ValueError, OSError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     from .trt import describe_targets
 

@@ -28,7 +28,7 @@ from .trt import TENSORRT
 trt = TENSORRT.module()
 import tensorrt.plugin as trtp  # noqa: E402  (after the version check)
 
-from models.shift_op import PLUGIN_NAME, PLUGIN_NAMESPACE  # noqa: E402
+from .shift_node import PLUGIN_NAME, PLUGIN_NAMESPACE  # noqa: E402
 
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.shift_op import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .shift_node import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 __all__ = ["register", "registered_creator"]
 

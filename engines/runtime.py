@@ -29,13 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import S2MLPv2Error
+
 from .sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
 from .trt import Flavour, TensorRTUnavailable, cuda_device, flavour
 
 __all__ = ["TensorRTRunner", "check_input", "check_array", "check_plan_file", "InputError"]
 
 
-class InputError(ValueError):
+class InputError(S2MLPv2Error, ValueError):
     """A batch the model cannot take (wrong dtype, rank, channels, or NaN/Inf values)."""
 
 
@@ -130,7 +132,7 @@ class TensorRTRunner:
     def save_runtime_cache(self) -> None:
         """Write the TensorRT for RTX runtime cache (kernels compiled for this GPU) to ``runtime_cache``."""
         if self._cache is not None and self._cache_path is not None:
-            from models.fileio import atomic_write_bytes
+            from common.fileio import atomic_write_bytes
 
             atomic_write_bytes(self._cache_path, bytes(self._cache.serialize()))
 

@@ -1,9 +1,10 @@
 """The spatial shift as a Triton kernel: ``spatial_shift(x, pattern)`` on NHWC tensors.
 
-This is the kernel the TensorRT plugin compiles ahead of time (``engines.plugin``). Each
+This is the kernel TensorRT 11's plugin compiles ahead of time (``engines.plugin``) and TensorRT
+for RTX's plugin launches from Python (``engines.plugin_rtx``, through :func:`shift_into`). Each
 output element reads one input element: the source row and column are the output's, moved
-by the quarter's direction and clamped to the edge, which is SPEC §1's border rule (the row
-or column without a source keeps its own value). It is correct for any C divisible by 4.
+by the quarter's direction and clamped to the edge, which is the paper's border rule (the row
+or column without a source keeps its own value; docs/ARCHITECTURE.md). It is correct for any C divisible by 4.
 
 On a machine without a GPU it runs under ``TRITON_INTERPRET=1`` on CPU tensors (slowly; for
 correctness tests only).

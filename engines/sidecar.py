@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.fileio import atomic_write_json, sha256_file
+from common.errors import S2MLPv2Error
+from common.fileio import atomic_write_json, sha256_file
 
 __all__ = ["Sidecar", "EngineMismatchError", "ProfileError", "sidecar_path", "read_sidecar"]
 
@@ -32,11 +33,11 @@ SIDECAR_FORMAT = "s2mlpv2-plan/2"
 _TITLES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT for RTX"}
 
 
-class EngineMismatchError(RuntimeError):
+class EngineMismatchError(S2MLPv2Error, RuntimeError):
     """The plan was built with another TensorRT flavour or version, for another GPU, or has changed since."""
 
 
-class ProfileError(ValueError):
+class ProfileError(S2MLPv2Error, ValueError):
     """An input shape outside the plan's optimization profile."""
 
 

@@ -46,6 +46,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from common.errors import S2MLPv2Error, UsageError
+
 __all__ = [
     "TensorRTUnavailable",
     "Flavour",
@@ -64,7 +66,7 @@ __all__ = [
 PLUGIN_DIR = Path(__file__).parent  # where the plugins' sources are hashed from
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(S2MLPv2Error, RuntimeError):
     """A TensorRT flavour or a GPU it can use is missing; the message says how to get them."""
 
 
@@ -169,7 +171,7 @@ class Flavour:
             if gpu is None:
                 raise TensorRTUnavailable("no CUDA device: TensorRT 11 builds a plan on the GPU it is for")
             if requested and tuple(requested) != (gpu[1],):
-                raise ValueError(
+                raise UsageError(
                     f"TensorRT 11 builds for the GPU it runs on ({gpu[0]}, compute capability {gpu[1]}); "
                     "--compute-capability applies to TensorRT for RTX only"
                 )
@@ -177,7 +179,7 @@ class Flavour:
         wanted = tuple(dict.fromkeys(requested)) if requested else RTX_DEFAULT_TARGETS
         unknown = [cc for cc in wanted if cc not in RTX_COMPUTE_CAPABILITIES]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"TensorRT for RTX cannot build for compute capability {', '.join(unknown)}; it targets "
                 f"{', '.join(RTX_COMPUTE_CAPABILITIES)} (Hopper and Blackwell datacenter GPUs need TensorRT 11: --backend tensorrt)"
             )
@@ -276,7 +278,7 @@ def flavour(name: str) -> Flavour:
     try:
         return FLAVOURS[name]
     except KeyError:
-        raise ValueError(f"unknown TensorRT flavour {name!r}; choose one of {', '.join(FLAVOURS)}") from None
+        raise UsageError(f"unknown TensorRT flavour {name!r}; choose one of {', '.join(FLAVOURS)}") from None
 
 
 @functools.cache

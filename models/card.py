@@ -13,8 +13,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS
+
 from .checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
-from .cli import report_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,9 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         model = load_checkpoint(args.checkpoint)
         provenance = dict(model.card.provenance) if hasattr(model, "card") else {}
-        provenance[args.key] = json.loads(args.value.read_text())
+        try:
+            provenance[args.key] = json.loads(args.value.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{args.value} is not JSON ({e}); give a JSON file") from None
         save_checkpoint(model, args.checkpoint, provenance)
-    except (CheckpointError, OSError, json.JSONDecodeError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     print(f"stored {args.value} as provenance[{args.key!r}] in {args.checkpoint}")
     return 0

@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_path, atomic_write_json
+from common.errors import S2MLPv2Error
+from common.fileio import atomic_path, atomic_write_json
+
 from .s2mlpv2 import Preprocessing, S2MLPv2, S2MLPv2Config, get_variant, list_models
 
 __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "read_card", "card_path_for"]
@@ -33,7 +35,7 @@ _METADATA_KEY = "s2mlpv2_card"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(S2MLPv2Error, ValueError):
     """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
 
 

@@ -1,4 +1,6 @@
-"""Image data for training and evaluation: transforms from the model card, folders, splits.
+"""Image data for training and evaluation: the training transform, folders, splits.
+
+Decoding, the image suffixes and the card's eval preprocessing are ``common.images``'.
 
 ``python -m models.data split --src DIR --out DIR --per-class N`` carves a deterministic,
 class-stratified validation set out of an ImageFolder tree.
@@ -13,26 +15,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli import report_error
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS, UsageError
+from common.images import IMAGE_SUFFIXES, load_rgb
+
 from .s2mlpv2 import Preprocessing
 
-__all__ = ["IMAGE_SUFFIXES", "eval_transform", "train_transform", "load_image", "image_folder", "holdout_split", "main"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-
-
-def eval_transform(pre: Preprocessing):
-    """Resize, center-crop and normalise exactly as the card says (timm's eval transform)."""
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=pre.input_size,
-        is_training=False,
-        interpolation=pre.interpolation,
-        mean=pre.mean,
-        std=pre.std,
-        crop_pct=pre.crop_pct,
-    )
+__all__ = ["train_transform", "image_folder", "holdout_split", "main"]
 
 
 def _guard_posterize() -> None:
@@ -86,13 +75,6 @@ def train_transform(
     )
 
 
-def load_image(path: str | os.PathLike):
-    """The project's one safe image decoder (``calibration.images.load_rgb``): raises ``ImageError`` for a bad file."""
-    from calibration.images import load_rgb
-
-    return load_rgb(path)
-
-
 def image_folder(root: str | os.PathLike, transform=None, class_names: Sequence[str] | None = None):
     """An ImageFolder over ``root``. With ``class_names`` (from the card), labels follow the card's order."""
     from torchvision.datasets import ImageFolder
@@ -101,14 +83,14 @@ def image_folder(root: str | os.PathLike, transform=None, class_names: Sequence[
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}; check the path")
     try:
-        ds = ImageFolder(str(root), transform=transform, loader=load_image)
+        ds = ImageFolder(str(root), transform=transform, loader=load_rgb)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{root} is not an ImageFolder tree (one sub-folder of images per class): {e}") from None
     if class_names is not None:
         index = {name: i for i, name in enumerate(class_names)}
         unknown = [c for c in ds.classes if c not in index]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"folders {unknown[:5]} in {root} are not classes of this model (it knows {len(index)} classes); "
                 "give a folder whose sub-folders are the class names in the model card"
             )
@@ -124,12 +106,12 @@ def holdout_split(root: str | os.PathLike, per_class: int, seed: int = 0) -> tup
     root = Path(root)
     classes = sorted(d for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"{root} has no class sub-folders")
+        raise UsageError(f"{root} has no class sub-folders")
     train, val = [], []
     for cls_dir in classes:
         files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if len(files) <= per_class:
-            raise ValueError(
+            raise UsageError(
                 f"class {cls_dir.name} has {len(files)} images, not more than the {per_class} to hold out; "
                 "hold out fewer per class (--per-class)"
             )
@@ -168,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = args.out.with_name(args.out.name + ".partial")
     try:
         if (args.out / "train").exists() or (args.out / "val").exists():
-            raise ValueError(f"{args.out} already holds a split; remove it first")
+            raise UsageError(f"{args.out} already holds a split; remove it first")
         train, val = holdout_split(args.src, args.per_class, args.seed)
         shutil.rmtree(tmp, ignore_errors=True)
         _materialise(train, args.src, tmp / "train")
@@ -176,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for part in ("train", "val"):
             os.replace(tmp / part, args.out / part)
-    except (OSError, ValueError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed split leaves no half-copied tree

@@ -15,9 +15,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .cli import report_error
-from .data import eval_transform, image_folder
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS, UsageError
+from common.images import eval_transform
+
+from .args import ModelArgs
+from .checkpoint import load_checkpoint
+from .data import image_folder
 
 __all__ = ["evaluate", "main"]
 
@@ -33,7 +37,7 @@ def evaluate(
     config = model.config
     ds = image_folder(data, eval_transform(config.preprocessing), class_names=config.class_names)
     if len(ds) == 0:
-        raise ValueError(f"{data} holds no images; give a folder with one sub-folder of images per class")
+        raise UsageError(f"{data} holds no images; give a folder with one sub-folder of images per class")
     if limit is not None:
         ds = Subset(ds, range(min(limit, len(ds))))
     loader = DataLoader(_SkipUnreadable(ds), batch_size=batch_size, num_workers=workers, collate_fn=_collate_readable)
@@ -51,7 +55,7 @@ def evaluate(
         correct5 += (top5 == targets[:, None]).any(dim=1).sum().item()
         n += targets.numel()
     if n == 0:
-        raise ValueError(f"no readable images in {data} ({skipped} unreadable: see the warnings above); give readable images")
+        raise UsageError(f"no readable images in {data} ({skipped} unreadable: see the warnings above); give readable images")
     return {"top1": correct1 / n, "top5": correct5 / n, "n": n, "skipped": skipped}
 
 
@@ -65,7 +69,7 @@ class _SkipUnreadable:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        from calibration.images import ImageError
+        from common.images import ImageError
 
         try:
             return self.dataset[i]
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help=".safetensors (with its card) or a PyTorch state dict")
+    ModelArgs(checkpoint_required=True).add_to_parser(p)
     p.add_argument("--data", required=True, type=Path, help="ImageFolder tree whose folder names are the model's class names")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
@@ -98,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         result = evaluate(args.checkpoint, args.data, args.batch_size, args.workers, args.limit)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     if args.json:
         print(json.dumps(result))

@@ -36,7 +36,7 @@ __all__ = [
 
 # Start offsets (along D1, D2) into the edge-padded tensor for each direction. Taking an
 # H x W window at offset (0, 1) yields y[:, i] = x[:, i-1] with row 0 kept, and so on: edge
-# padding is what gives SPEC's border rule (the row without a source keeps its own value).
+# padding is what gives the border rule (the row without a source keeps its own value).
 _OFFSETS = {"+d1": (0, 1), "-d1": (2, 1), "+d2": (1, 0), "-d2": (1, 2)}
 SHIFT_PATTERNS = {
     1: ("+d1", "-d1", "+d2", "-d2"),  # SS1
@@ -58,8 +58,6 @@ def shift_lowering(mode: str) -> Iterator[None]:
     global _lowering
     if mode not in _LOWERINGS:
         raise ValueError(f"shift lowering must be one of {', '.join(_LOWERINGS)}, got {mode!r}")
-    if mode == "plugin":
-        from . import shift_op  # noqa: F401  (registers the custom op on first use)
     previous, _lowering = _lowering, mode
     try:
         yield
@@ -92,6 +90,17 @@ def shift_reference(x: torch.Tensor, pattern: int) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+@torch.library.custom_op("s2mlpv2::spatial_shift", mutates_args=())
+def spatial_shift_op(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    """The shift as one opaque op: the plugin-form export traces it as one ``SpatialShift`` node (``engines.shift_node``)."""
+    return shift_reference(x, pattern)
+
+
+@spatial_shift_op.register_fake
+def _(x: torch.Tensor, pattern: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
 def shift_per_quarter(x: torch.Tensor, pattern: int) -> torch.Tensor:
     """The same shift as :func:`shift_reference`, each channel quarter edge-padded on its own.
 
@@ -113,7 +122,7 @@ def shift_rows(d1: int, d2: int, pattern: int, groups: int = 4, first: int = 0) 
 
     Output row ``(i, j, k)`` of the four quarters ``first .. first + 3`` reads row
     ``(i', j', first + k)``, where ``(i', j')`` is ``(i, j)`` moved against quarter k's
-    direction and clamped to the grid: the clamp is SPEC's border rule, as the edge pad is in
+    direction and clamped to the grid: the clamp is the border rule, as the edge pad is in
     :func:`shift_reference`. Pattern 0 moves nothing (rows ``first .. first + 3`` in place).
     """
     if pattern not in (0, *SHIFT_PATTERNS):

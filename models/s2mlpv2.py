@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from common.errors import UsageError
+
 from .layers import Downsample, PatchEmbed, S2MLPv2Block
 
 __all__ = [
@@ -222,7 +224,7 @@ def get_variant(name: str) -> S2MLPv2Config:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, **overrides: Any) -> S2MLPv2:

@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,20 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, save_checkpoint
-from .cli import report_error, report_interrupt
-from .data import eval_transform, image_folder, train_transform
-from .fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.cli import report_error, report_interrupt
+from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.images import eval_transform
+
+from .checkpoint import save_checkpoint
+from .data import image_folder, train_transform
 from .s2mlpv2 import S2MLPv2, get_variant, list_models
 
 __all__ = ["main", "build_parser"]
+
+
+class TrainingError(S2MLPv2Error, FloatingPointError):
+    """Training cannot go on (the loss diverged); the message says what to change."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +175,7 @@ def _loaders(args, config, ddp: _Dist):
         val_sampler = DistributedSampler(val_ds, shuffle=False) if ddp.enabled else None
         val_loader = DataLoader(val_ds, batch_size=args.batch_size * 2, shuffle=False, sampler=val_sampler, **common)
     if len(train_loader) == 0:
-        raise ValueError(f"{args.train} has fewer images than one batch of {args.batch_size}; lower --batch-size")
+        raise UsageError(f"{args.train} has fewer images than one batch of {args.batch_size}; lower --batch-size")
     return train_loader, val_loader, classes, train_sampler
 
 
@@ -186,14 +194,172 @@ def _plot(log_rows: list[dict[str, Any]], path: Path) -> None:
     atomic_save_figure(fig, path)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class _Recipe:
+    """The paper's recipe for one run: optimizer, schedule, EMA, Mixup/CutMix, loss, grad scaler."""
+
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    mixup: Any
+    criterion: nn.Module
+    scaler: Any
+    lr: float
+    steps_per_epoch: int
+
+
+def _recipe(args: argparse.Namespace, model: nn.Module, device, classes: int, global_batch: int, loader_steps: int) -> _Recipe:
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV2
+
+    lr = args.lr if args.lr is not None else 2e-3 * global_batch / 1024
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=args.weight_decay)
+    steps_per_epoch = loader_steps if args.max_steps_per_epoch is None else min(loader_steps, args.max_steps_per_epoch)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=args.epochs * steps_per_epoch,
+        lr_min=args.min_lr,
+        warmup_t=args.warmup_epochs * steps_per_epoch,
+        warmup_lr_init=args.warmup_lr,
+        t_in_epochs=False,
+    )
+    ema = ModelEmaV2(model, decay=args.ema_decay) if args.ema_decay > 0 else None
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=classes)
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    elif args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(args.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    return _Recipe(optimizer, scheduler, ema, mixup, criterion, scaler, lr, steps_per_epoch)
+
+
+def _resume(state_path: Path, model: nn.Module, recipe: _Recipe, log_path: Path) -> tuple[int, dict, list, float]:
+    """(start epoch, best, log rows, seconds already spent) from ``last_state.pt``; weights and optimizer restored."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    recipe.optimizer.load_state_dict(state["optimizer"])
+    if recipe.ema is not None and state.get("ema") is not None:
+        recipe.ema.module.load_state_dict(state["ema"])
+    start_epoch = state["epoch"] + 1
+    torch.set_rng_state(state["rng"])
+    log_rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return start_epoch, state["best"], [r for r in log_rows if r["epoch"] < start_epoch], state["elapsed"]
+
+
+def _train_epoch(
+    args, epoch: int, forward_model, model, recipe: _Recipe, loader, device, show: bool
+) -> tuple[float, float, float]:
+    """One epoch of training steps; returns (images seen, summed loss, correct top-1) on this process."""
     from tqdm import tqdm
 
+    steps = recipe.steps_per_epoch
+    t0 = time.time()
+    seen = loss_sum = correct = 0.0
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show, leave=False, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(loader):
+        if step >= steps:
+            break
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        hard_targets = targets
+        if recipe.mixup is not None:
+            images, targets = recipe.mixup(images, targets)
+        with _autocast(device, args.amp):
+            logits = forward_model(images)
+            loss = recipe.criterion(logits.float(), targets)
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower --lr or disable --amp")
+        _step(args, model, recipe, loss)
+        recipe.scheduler.step_update(epoch * steps + step + 1)
+        if recipe.ema is not None:
+            recipe.ema.update(model)
+        n = images.shape[0]
+        seen += n
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == hard_targets).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        bar.update(1)
+    bar.close()
+    return seen, loss_sum, correct
+
+
+def _step(args, model, recipe: _Recipe, loss) -> None:
+    """Backward, optional clipping, optimizer step (through the grad scaler with fp16 autocast)."""
+    recipe.optimizer.zero_grad(set_to_none=True)
+    if recipe.scaler is not None:
+        recipe.scaler.scale(loss).backward()
+        recipe.scaler.unscale_(recipe.optimizer)
+    else:
+        loss.backward()
+    if args.clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+    if recipe.scaler is not None:
+        recipe.scaler.step(recipe.optimizer)
+        recipe.scaler.update()
+    else:
+        recipe.optimizer.step()
+
+
+def _validate(model, recipe: _Recipe, val_loader, device, args, ddp, row: dict[str, Any]) -> list:
+    """Validate the model (and its EMA); fills ``row`` and returns ``[(metrics, module, 'model' | 'ema')]``."""
+    if val_loader is None:
+        return []
+    metrics = evaluate_model(model, val_loader, device, args.amp, ddp)
+    row.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
+    candidates = [(metrics, model, "model")]
+    if recipe.ema is not None:
+        ema_metrics = evaluate_model(recipe.ema.module, val_loader, device, args.amp, ddp)
+        row.update(val_top1_ema=ema_metrics["top1"], val_top5_ema=ema_metrics["top5"])
+        candidates.append((ema_metrics, recipe.ema.module, "ema"))
+    return candidates
+
+
+def _save_epoch(out: Path, model, recipe: _Recipe, epoch: int, best: dict, row: dict, candidates: list, provenance: dict) -> dict:
+    """last.safetensors, best.safetensors when it improved, last_state.pt for --resume; returns the best so far."""
+    ema = recipe.ema
+    save_checkpoint(
+        ema.module if ema is not None else model,
+        out / "last.safetensors",
+        {**provenance, "weights": "ema" if ema is not None else "model"},
+    )
+    if candidates:
+        metrics, best_model, which = max(candidates, key=lambda c: c[0]["top1"])
+        if metrics["top1"] > best["top1"]:
+            best = {"top1": metrics["top1"], "top5": metrics["top5"], "epoch": epoch, "weights": which}
+            save_checkpoint(best_model, out / "best.safetensors", {**provenance, "weights": which, "val": best})
+    with atomic_path(out / "last_state.pt") as tmp:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": recipe.optimizer.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": epoch,
+                "best": best,
+                "elapsed": row["elapsed"],
+                "rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+    return best
+
+
+def _epoch_line(args, epoch: int, row: dict[str, Any]) -> str:
+    msg = f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}, {row['train_img_s']:.0f} img/s"
+    if "val_top1" in row:
+        msg += f", val top-1 {row['val_top1']:.4f}"
+    if "val_top1_ema" in row:
+        msg += f" (EMA {row['val_top1_ema']:.4f})"
+    return msg
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
     ddp = _Dist(args.device)
     device = torch.device(args.device if not (ddp.enabled and args.device.startswith("cuda")) else f"cuda:{ddp.local_rank}")
     if device.type == "cuda" and device.index is not None:
@@ -213,50 +379,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = args.batch_size * ddp.world
-    lr = args.lr if args.lr is not None else 2e-3 * global_batch / 1024
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=args.weight_decay)
-    steps_per_epoch = len(train_loader) if args.max_steps_per_epoch is None else min(len(train_loader), args.max_steps_per_epoch)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=args.epochs * steps_per_epoch,
-        lr_min=args.min_lr,
-        warmup_t=args.warmup_epochs * steps_per_epoch,
-        warmup_lr_init=args.warmup_lr,
-        t_in_epochs=False,
-    )
-    ema = ModelEmaV2(model, decay=args.ema_decay) if args.ema_decay > 0 else None
-    mixup = None
-    if args.mixup > 0 or args.cutmix > 0:
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing, num_classes=len(classes))
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    elif args.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(args.smoothing)
-    else:
-        criterion = nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    recipe = _recipe(args, model, device, len(classes), global_batch, len(train_loader))
 
     start_epoch, best, log_rows, elapsed_before = 0, {"top1": -1.0}, [], 0.0
     if args.resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.module.load_state_dict(state["ema"])
-        start_epoch, best, elapsed_before = state["epoch"] + 1, state["best"], state["elapsed"]
-        torch.set_rng_state(state["rng"])
-        log_rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-        log_rows = [r for r in log_rows if r["epoch"] < start_epoch]
+        start_epoch, best, log_rows, elapsed_before = _resume(state_path, model, recipe, out / "log.jsonl")
         if ddp.main:
             print(f"resuming {out} at epoch {start_epoch}")
 
-    forward_model: nn.Module = model
-    if args.compile:
-        forward_model = torch.compile(model)
+    forward_model: nn.Module = torch.compile(model) if args.compile else model
     if ddp.enabled:
         forward_model = nn.parallel.DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
     command = (
         "python -m models.train " + " ".join(sys.argv[1:])
         if sys.argv and sys.argv[0].endswith("train.py")
@@ -270,69 +405,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         t0 = time.time()
-        seen = loss_sum = correct = 0.0
-        bar = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not ddp.main, leave=False, dynamic_ncols=True
-        )
-        for step, (images, targets) in enumerate(train_loader):
-            if step >= steps_per_epoch:
-                break
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            hard_targets = targets
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            with _autocast(device, args.amp):
-                logits = forward_model(images)
-                loss = criterion(logits.float(), targets)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower --lr or disable --amp")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if args.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            if ema is not None:
-                ema.update(model)
-            n = images.shape[0]
-            seen += n
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == hard_targets).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-            bar.update(1)
-        bar.close()
-        seen, loss_sum, correct = ddp.all_sum([seen, loss_sum, correct], device)
+        counts = _train_epoch(args, epoch, forward_model, model, recipe, train_loader, device, ddp.main)
+        seen, loss_sum, correct = ddp.all_sum(list(counts), device)
         train_seconds = time.time() - t0
         row: dict[str, Any] = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": recipe.optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / seen,
             "train_acc_mixed": correct / seen,
             "train_img_s": seen / train_seconds,
             "epoch_seconds": train_seconds,
         }
-        candidates = []
-        if val_loader is not None:
-            metrics = evaluate_model(model, val_loader, device, args.amp, ddp)
-            row.update(val_top1=metrics["top1"], val_top5=metrics["top5"], val_loss=metrics["loss"])
-            candidates.append((metrics, model, "model"))
-            if ema is not None:
-                ema_metrics = evaluate_model(ema.module, val_loader, device, args.amp, ddp)
-                row.update(val_top1_ema=ema_metrics["top1"], val_top5_ema=ema_metrics["top5"])
-                candidates.append((ema_metrics, ema.module, "ema"))
+        candidates = _validate(model, recipe, val_loader, device, args, ddp, row)
         row["elapsed"] = elapsed_before + time.time() - t_run
         log_rows.append(row)
-
         if ddp.main:
             provenance = {
                 "command": command,
@@ -342,41 +428,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "processes": ddp.world,
                 "global_batch": global_batch,
-                "lr": lr,
+                "lr": recipe.lr,
                 "torch": torch.__version__,
                 "note": args.note,
             }
-            save_checkpoint(
-                ema.module if ema is not None else model,
-                out / "last.safetensors",
-                {**provenance, "weights": "ema" if ema is not None else "model"},
-            )
-            if candidates:
-                metrics, best_model, which = max(candidates, key=lambda c: c[0]["top1"])
-                if metrics["top1"] > best["top1"]:
-                    best = {"top1": metrics["top1"], "top5": metrics["top5"], "epoch": epoch, "weights": which}
-                    save_checkpoint(best_model, out / "best.safetensors", {**provenance, "weights": which, "val": best})
-            with atomic_path(state_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "ema": ema.module.state_dict() if ema is not None else None,
-                        "epoch": epoch,
-                        "best": best,
-                        "elapsed": row["elapsed"],
-                        "rng": torch.get_rng_state(),
-                    },
-                    tmp,
-                )
+            best = _save_epoch(out, model, recipe, epoch, best, row, candidates, provenance)
             atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in log_rows))
             _plot(log_rows, out / "curves.png")
-            msg = f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}, {row['train_img_s']:.0f} img/s"
-            if "val_top1" in row:
-                msg += f", val top-1 {row['val_top1']:.4f}"
-            if "val_top1_ema" in row:
-                msg += f" (EMA {row['val_top1_ema']:.4f})"
-            print(msg, flush=True)
+            print(_epoch_line(args, epoch, row), flush=True)
     ddp.close()
     summary = {"epochs": args.epochs, "best": best, "last": log_rows[-1] if log_rows else None, "output": str(out)}
     if ddp.main:
@@ -388,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (OSError, ValueError, CheckpointError, FloatingPointError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt(f"the last completed epoch is saved in {args.output}; continue with --resume")

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .fileio import atomic_write_json
+from common.fileio import atomic_write_json
+
 from .s2mlpv2 import create_model, list_models
 
 

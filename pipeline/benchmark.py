@@ -32,15 +32,20 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.cli import report_error, report_interrupt
-from models.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.cli import report_error, report_interrupt
+from common.errors import EXPECTED_ERRORS
+from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.versions import tool_versions
+from models.args import ModelArgs
+
+MODEL_ARGS = ModelArgs(model_help="variant for the torch rows (speed does not depend on the weights)")
 
 __all__ = ["time_fn", "gemm_ceilings", "model_macs", "profile_onnx", "main"]
 
@@ -169,16 +174,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("onnxruntime", "onnx", "tensorrt"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return out
-
-
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = new_figure(figsize=(7, 4))
     for backend in dict.fromkeys(r["backend"] for r in rows):
@@ -284,8 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default="s2mlpv2_small7", choices=list_models())
-    p.add_argument("--checkpoint", type=Path, help="weights for the torch rows (speed does not depend on them)")
+    MODEL_ARGS.add_to_parser(p)
     p.add_argument("--onnx", type=Path, nargs="*", default=[], help="ONNX artifacts to time with ONNX Runtime")
     p.add_argument(
         "--reference-onnx",
@@ -319,28 +313,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time every row that ``args`` asks for and write the JSON, Markdown and figure (all or none); returns the result.
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How rows are timed: batches, warm-up, calls and seconds per row, threads, the ceilings' size, rounds."""
 
-    Errors and Ctrl-C propagate: ``main`` turns them into one line, and ``build_engine.py`` reports them as its own.
-    """
-    from .onnx_runtime import OnnxRuntimeRunner
-    from .verify import VerifyError, artifact_precision, load_runner
+    batches: tuple[int, ...] = (1, 8, 32)
+    warmup: int = 3
+    iters: int = 10
+    min_seconds: float = 1.0
+    threads: int = os.cpu_count() or 1
+    gemm_size: int = 2048
+    rounds: int = 1
+    eager: bool = True
+    compile: bool = False
+    profile: bool = False
 
-    torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.checkpoint) if args.checkpoint else create_model(args.model).eval()
-    for path in [*args.onnx, *args.plan, *([args.reference_onnx] if args.reference_onnx else [])]:
-        if not path.is_file():
-            raise VerifyError(f"artifact not found: {path}")
+
+def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[tuple[str, str, Callable]]:
+    from .verify import artifact_precision
+
     runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
-    if not args.no_eager:
+    if settings.eager:
 
         def eager(x, _m=model):
             with torch.inference_mode():
                 return _m(torch.from_numpy(x))
 
         runners.append(("torch eager fp32", "fp32", eager))
-        wants_fp16 = any(artifact_precision(p) == "fp16" for p in [*args.onnx, *args.plan])
+        wants_fp16 = any(artifact_precision(p) == "fp16" for p in artifacts)
         if wants_fp16 and torch.cuda.is_available():  # on a CPU PyTorch has no fast fp16 path: no honest fp16 eager row
             half = _half_copy(model)
 
@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     return _m(torch.from_numpy(x).cuda().half()).float().cpu()
 
             runners.append(("torch eager fp16 (cuda)", "fp16", eager_fp16))
-    if args.compile:
+    if settings.compile:
         compiled = torch.compile(model)
 
         def comp(x, _m=compiled):
@@ -357,16 +357,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return _m(torch.from_numpy(x))
 
         runners.append(("torch.compile fp32", "fp32", comp))
+    return runners
+
+
+def benchmark(
+    model,
+    out: Path,
+    settings: BenchmarkSettings = BenchmarkSettings(),
+    onnx: Sequence[Path] = (),
+    plans: Sequence[Path] = (),
+    reference_onnx: Path | None = None,
+) -> dict[str, Any]:
+    """Time ``model`` in torch and every artifact, write ``out`` (JSON) with its .md and .png (all or none); returns the result.
+
+    ``reference_onnx``, the fp32 graph the artifacts came from, is timed on ONNX Runtime too and
+    every row is compared with it. Errors and Ctrl-C propagate to the caller's one-line reporter.
+    """
+    from .onnx_runtime import OnnxRuntimeRunner
+    from .verify import VerifyError, artifact_precision, load_runner
+
+    torch.set_num_threads(settings.threads)
+    for path in [*onnx, *plans, *([reference_onnx] if reference_onnx else [])]:
+        if not Path(path).is_file():
+            raise VerifyError(f"artifact not found: {path}")
+    runners = _torch_runners(model, settings, [*onnx, *plans])
     onnx_rows = []
-    reference = [args.reference_onnx] if args.reference_onnx and args.reference_onnx not in args.onnx else []
-    for path in [*reference, *args.onnx]:
+    reference = [reference_onnx] if reference_onnx and reference_onnx not in onnx else []
+    for path in [*reference, *onnx]:
         precision = artifact_precision(path)
         onnx_rows.append((path, precision))
-        runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=args.threads)))
-    for path in args.plan:
+        runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=settings.threads)))
+    for path in plans:
         runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
-    result = _measure(args, model, runners, onnx_rows)
-    out = args.out
+    reference_name = f"onnxruntime fp32 ({reference_onnx.name})" if reference_onnx else None
+    result = _measure(settings, model, runners, onnx_rows, reference_name)
     with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
         atomic_write_json(json_path, result)
         atomic_write_text(md_path, _markdown(result))
@@ -374,9 +398,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .verify import VerifyError
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's ``args`` -> :func:`benchmark`."""
+    settings = BenchmarkSettings(
+        batches=tuple(args.batches), warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds, threads=args.threads,
+        gemm_size=args.gemm_size, rounds=args.rounds, eager=not args.no_eager, compile=args.compile, profile=args.profile,
+    )  # fmt: skip
+    model = MODEL_ARGS.load(args, "the benchmark's torch model")
+    return benchmark(model, args.out, settings, args.onnx, args.plan, args.reference_onnx)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
@@ -385,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{flag} must be at least {least}, got {value}")
     try:
         result = run(args)
-    except (CheckpointError, VerifyError, OSError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt()
@@ -395,29 +427,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, Any]:
-    """Ceilings, timed rows and (with ``--profile``) per-op profiles, as the JSON result."""
+def _time_rounds(settings: BenchmarkSettings, runners, inputs: dict[int, np.ndarray], gflops) -> list:
+    """``[(ceilings, {(row, batch): latencies ms})]``, one entry per round.
 
-    macs = model_macs(model)
-
-    def gflops(batch: int, ms: float) -> float:
-        """The model's GFLOP/s (2 per multiply-add) at ``batch`` images per ``ms`` milliseconds."""
-        return 2 * macs * batch / ms / 1e6
-
-    c, h, w = model.config.preprocessing.input_size
-    inputs = {batch: np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32) for batch in args.batches}
-    # Each round measures the ceilings and then every row, so a ratio within a round shares the
-    # machine's state at that time; the medians over rounds are what the table reports.
-    by_round: list[tuple[dict[str, float], dict[tuple[str, int], np.ndarray]]] = []
-    for round_ in range(args.rounds):
-        tag = f" (round {round_ + 1} of {args.rounds})" if args.rounds > 1 else ""
-        print(f"measuring GEMM ceilings ({args.gemm_size}^3) with {args.threads} threads{tag} ...", flush=True)
-        ceil = gemm_ceilings(args.gemm_size, threads=args.threads, min_seconds=args.min_seconds)
+    Each round measures the ceilings and then every row, so a ratio within a round shares the
+    machine's state at that time; the medians over rounds are what the table reports.
+    """
+    by_round = []
+    for round_ in range(settings.rounds):
+        tag = f" (round {round_ + 1} of {settings.rounds})" if settings.rounds > 1 else ""
+        print(f"measuring GEMM ceilings ({settings.gemm_size}^3) with {settings.threads} threads{tag} ...", flush=True)
+        ceil = gemm_ceilings(settings.gemm_size, threads=settings.threads, min_seconds=settings.min_seconds)
         print(f"  fp32 MatMul {ceil['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceil['int8']:.0f} GOP/s", flush=True)
         times = {}
         for batch, x in inputs.items():
             for name, _, run in runners:
-                ms = time_fn(lambda: run(x), args.warmup, args.iters, args.min_seconds)
+                ms = time_fn(lambda: run(x), settings.warmup, settings.iters, settings.min_seconds)
                 times[name, batch] = ms
                 p50 = float(np.percentile(ms, 50))
                 ips = batch / (p50 / 1e3)
@@ -426,80 +451,100 @@ def _measure(args: argparse.Namespace, model, runners, onnx_rows) -> dict[str, A
                     flush=True,
                 )
         by_round.append((ceil, times))
-    ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
-    rows = []
-    for batch in args.batches:
-        for name, precision, _ in runners:
-            key = "int8" if precision == "int8" else "fp32"
-            p50s = [float(np.percentile(times[name, batch], 50)) for _, times in by_round]
-            fractions = [gflops(batch, p50) / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
-            samples = np.concatenate([times[name, batch] for _, times in by_round])
-            p50 = float(np.median(p50s))
-            ips = batch / (p50 / 1e3)
-            # interference only slows a machine down: the fastest round of the row against the highest ceiling
-            # compares the two at their least disturbed
-            best = gflops(batch, min(p50s)) / max(ceil[key] for ceil, _ in by_round)
-            rows.append(
-                {
-                    "backend": name,
-                    "precision": precision,
-                    "batch": batch,
-                    "iters": len(samples),
-                    "p50_ms": p50,
-                    "p90_ms": max(p50, float(np.percentile(samples, 90))),
-                    "p99_ms": max(p50, float(np.percentile(samples, 99))),
-                    "images_per_s": ips,
-                    "gflops": gflops(batch, p50),
-                    "fraction_of_ceiling": float(np.median(fractions)),
-                    "fraction_of_ceiling_by_round": fractions,
-                    "fraction_of_ceiling_best": best,
-                    "p50_ms_by_round": p50s,
-                }
-            )
-    reference_name = next(
-        (name for name, _, _ in runners if args.reference_onnx and name.endswith(f"({args.reference_onnx.name})")), None
-    )
+    return by_round
+
+
+def _row(name: str, precision: str, batch: int, by_round: list, gflops) -> dict[str, Any]:
+    key = "int8" if precision == "int8" else "fp32"
+    p50s = [float(np.percentile(times[name, batch], 50)) for _, times in by_round]
+    fractions = [gflops(batch, p50) / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
+    samples = np.concatenate([times[name, batch] for _, times in by_round])
+    p50 = float(np.median(p50s))
+    # interference only slows a machine down: the fastest round of the row against the highest ceiling
+    # compares the two at their least disturbed
+    best = gflops(batch, min(p50s)) / max(ceil[key] for ceil, _ in by_round)
+    return {
+        "backend": name,
+        "precision": precision,
+        "batch": batch,
+        "iters": len(samples),
+        "p50_ms": p50,
+        "p90_ms": max(p50, float(np.percentile(samples, 90))),
+        "p99_ms": max(p50, float(np.percentile(samples, 99))),
+        "images_per_s": batch / (p50 / 1e3),
+        "gflops": gflops(batch, p50),
+        "fraction_of_ceiling": float(np.median(fractions)),
+        "fraction_of_ceiling_by_round": fractions,
+        "fraction_of_ceiling_best": best,
+        "p50_ms_by_round": p50s,
+    }
+
+
+def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: dict[str, float]) -> None:
+    """Each row against eager fp32, eager in its own precision, and the fp32 graph on the same runtime; plus its note."""
+
+    def find(batch: int, backend: str | None):
+        return next((b for b in rows if b["batch"] == batch and b["backend"] == backend), None)
+
     for r in rows:
-        base = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == "torch eager fp32"), None)
+        base = find(r["batch"], "torch eager fp32")
         r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
-        same = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == f"torch eager {r['precision']}"), None)
+        same = find(r["batch"], f"torch eager {r['precision']}")
         r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
-        ref = next((b for b in rows if b["batch"] == r["batch"] and b["backend"] == reference_name), None)
+        ref = find(r["batch"], reference_name)
         r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if ref and ref is not r else None
         r["note"] = _row_note(r, ceilings)
+
+
+def _profiles(settings: BenchmarkSettings, onnx_rows, inputs, ceilings, gflops) -> list[dict[str, Any]]:
+    print("profiling ONNX Runtime per op ...", flush=True)
     profiles = []
-    if args.profile:
-        print("profiling ONNX Runtime per op ...", flush=True)
-        for path, precision in onnx_rows:
-            for batch, x in inputs.items():
-                prof = profile_onnx(path, x, args.threads)
-                gemm_gflops = gflops(batch, prof["gemm_ms"])
-                ceiling = ceilings["int8" if precision == "int8" else "fp32"]
-                prof.update(artifact=path.name, precision=precision, batch=batch, gemm_gflops=gemm_gflops,
-                            gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
-                profiles.append(prof)
-                print(
-                    f"  {path.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
-                    f"({prof['gemm_ms'] / prof['kernel_ms']:.0%}), at {gemm_gflops:.0f} GFLOP/s = {gemm_gflops / ceiling:.0%} of the ceiling",
-                    flush=True,
-                )
-    result = {
+    for path, precision in onnx_rows:
+        for batch, x in inputs.items():
+            prof = profile_onnx(path, x, settings.threads)
+            gemm_gflops = gflops(batch, prof["gemm_ms"])
+            ceiling = ceilings["int8" if precision == "int8" else "fp32"]
+            prof.update(artifact=path.name, precision=precision, batch=batch, gemm_gflops=gemm_gflops,
+                        gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
+            profiles.append(prof)
+            print(
+                f"  {path.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
+                f"({prof['gemm_ms'] / prof['kernel_ms']:.0%}), at {gemm_gflops:.0f} GFLOP/s = {gemm_gflops / ceiling:.0%} of the ceiling",
+                flush=True,
+            )
+    return profiles
+
+
+def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_name: str | None) -> dict[str, Any]:
+    """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result."""
+    macs = model_macs(model)
+
+    def gflops(batch: int, ms: float) -> float:
+        """The model's GFLOP/s (2 per multiply-add) at ``batch`` images per ``ms`` milliseconds."""
+        return 2 * macs * batch / ms / 1e6
+
+    c, h, w = model.config.preprocessing.input_size
+    inputs = {batch: np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32) for batch in settings.batches}
+    by_round = _time_rounds(settings, runners, inputs, gflops)
+    ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
+    rows = [_row(name, precision, batch, by_round, gflops) for batch in settings.batches for name, precision, _ in runners]
+    _compare(rows, reference_name, ceilings)
+    return {
         "model": model.config.name,
         "gmacs_per_image": macs / 1e9,
         "ceilings_gflops": ceilings,
         "ceilings_gflops_by_round": [ceil for ceil, _ in by_round],
         "rows": rows,
-        "profiles": profiles,
+        "profiles": _profiles(settings, onnx_rows, inputs, ceilings, gflops) if settings.profile else [],
         "provenance": {
             "cpu": _cpu_name(),
-            "threads": args.threads,
-            "versions": _versions(),
-            "cuda_graphs": bool(args.plan),
+            "threads": settings.threads,
+            "versions": tool_versions(),
+            "cuda_graphs": any(name.startswith("tensorrt") for name, _, _ in runners),
             "host_device_copies_included": True,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }
-    return result
 
 
 if __name__ == "__main__":

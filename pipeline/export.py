@@ -2,7 +2,7 @@
 
 ``python -m pipeline.export --model s2mlpv2_small7 [--checkpoint P] --out model.onnx``
 
-Two forms of the spatial shift (SPEC §1, §3):
+Two forms of the spatial shift (docs/ARCHITECTURE.md):
 
 * ``--shift-impl onnx`` (default): standard ops only. Each mixer's expansion is two GEMMs: the
   ``(B, H, W, 2c)`` part that is shifted, viewed as rows of c/4 channels, and the third branch,
@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -41,22 +40,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import CheckpointError, create_model, list_models, load_checkpoint
+from common.cli import report_error, report_interrupt
+from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.fileio import atomic_path, atomic_write_json
+from common.onnx_meta import CARD_KEY, MODEL_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
+from models.args import ModelArgs, load_model
 from models.checkpoint import ModelCard
-from models.cli import report_error, report_interrupt
-from models.fileio import atomic_path, atomic_write_json
 from models.layers import shift_lowering
 from models.s2mlpv2 import S2MLPv2
 
 __all__ = ["ExportSettings", "ExportResult", "ExportError", "export_onnx", "read_onnx_card", "main"]
 
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
-CARD_KEY = "s2mlpv2.card"
-SHIFT_IMPL_KEY = "s2mlpv2.shift_impl"
 _TWO_GB = 2**31
 
 
-class ExportError(RuntimeError):
+class ExportError(S2MLPv2Error, RuntimeError):
     """The export failed or its result does not match PyTorch; the message says what to do."""
 
 
@@ -70,9 +69,9 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         if self.shift_impl not in ("onnx", "plugin"):
-            raise ValueError(f"shift_impl must be 'onnx' or 'plugin', got {self.shift_impl!r}")
+            raise UsageError(f"shift_impl must be 'onnx' or 'plugin', got {self.shift_impl!r}")
         if self.opset < 20:
-            raise ValueError(f"opset must be >= 20 (native Gelu and LayerNormalization), got {self.opset}")
+            raise UsageError(f"opset must be >= 20 (native Gelu and LayerNormalization), got {self.opset}")
 
 
 @dataclass
@@ -160,28 +159,16 @@ def card_for(model: S2MLPv2) -> ModelCard:
     return card if card is not None else ModelCard(model.config, {"weights": "random init"})
 
 
-def export_onnx(
-    model: S2MLPv2,
-    out: str | os.PathLike,
-    settings: ExportSettings = ExportSettings(),
-    check_inputs: Sequence[tuple[str, torch.Tensor]] = (),
-) -> ExportResult:
-    """Export ``model`` to ``out``; raises ``ExportError`` (and writes nothing) if ORT disagrees with eager."""
-    import onnx
-    import onnxslim
+def _trace(model: S2MLPv2, settings: ExportSettings):
+    """torch's dynamo exporter under the chosen shift lowering: the raw ``ModelProto``."""
+    from engines.shift_node import onnx_translation_table, register_onnx_schema
 
-    from models.shift_op import onnx_translation_table, register_onnx_schema
-
-    from .onnx_runtime import make_session
-
-    model = model.eval()
     c, h, w = model.config.preprocessing.input_size
     example = torch.randn(2, c, h, w)
     extra: dict[str, Any] = {}
     if settings.shift_impl == "plugin":
         register_onnx_schema()
         extra["custom_translation_table"] = onnx_translation_table()
-    t0 = time.perf_counter()
     try:
         with shift_lowering(settings.shift_impl), _quiet_exporter():
             program = torch.onnx.export(
@@ -197,34 +184,14 @@ def export_onnx(
             )
     except Exception as e:  # the exporter raises many types; all mean the same to the user
         raise ExportError(f"torch.onnx.export failed for {model.config.name}: {str(e).splitlines()[0][:300]}") from e
-    proto = program.model_proto
-    seconds_export = time.perf_counter() - t0
-    nodes_exported = len(proto.graph.node)
+    return program.model_proto
 
-    t0 = time.perf_counter()
-    if settings.cleanup:
-        with _quiet_exporter():
-            proto = onnxslim.slim(proto)
-    seconds_cleanup = time.perf_counter() - t0
-    _rename_batch_dim(proto)
-    card = card_for(model)
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(
-        proto,
-        {CARD_KEY: json.dumps(card.to_dict()), SHIFT_IMPL_KEY: settings.shift_impl, "s2mlpv2.model": model.config.name},
-    )
-    proto.producer_name = "s2mlpv2-deploy"
-    onnx.checker.check_model(proto, full_check=True)
 
-    result = ExportResult(
-        Path(out),
-        nodes_exported,
-        len(proto.graph.node),
-        _histogram(proto),
-        seconds_export,
-        seconds_cleanup,
-        rel_tolerance=settings.rel_tolerance,
-    )
+def _check_parity(model: S2MLPv2, proto, settings: ExportSettings, check_inputs, result: ExportResult) -> None:
+    """Run ONNX Runtime on random batches (and ``check_inputs``) against eager; ``ExportError`` past the tolerance."""
+    from .onnx_runtime import make_session
+
+    c, h, w = model.config.preprocessing.input_size
     session = make_session(proto)
     generator = torch.Generator().manual_seed(0)
     inputs = [("random", torch.randn(b, c, h, w, generator=generator)) for b in settings.check_batches]
@@ -243,6 +210,47 @@ def export_onnx(
             f"at batch {worst.batch} ({worst.rel:.1e} x max |logit|, limit {settings.rel_tolerance:.0e}); nothing was written"
         )
 
+
+def export_onnx(
+    model: S2MLPv2,
+    out: str | os.PathLike,
+    settings: ExportSettings = ExportSettings(),
+    check_inputs: Sequence[tuple[str, torch.Tensor]] = (),
+) -> ExportResult:
+    """Export ``model`` to ``out``; raises ``ExportError`` (and writes nothing) if ORT disagrees with eager."""
+    import onnx
+    import onnxslim
+
+    model = model.eval()
+    t0 = time.perf_counter()
+    proto = _trace(model, settings)
+    seconds_export = time.perf_counter() - t0
+    nodes_exported = len(proto.graph.node)
+
+    t0 = time.perf_counter()
+    if settings.cleanup:
+        with _quiet_exporter():
+            proto = onnxslim.slim(proto)
+    seconds_cleanup = time.perf_counter() - t0
+    _rename_batch_dim(proto)
+    card = card_for(model)
+    write_metadata(
+        proto, {CARD_KEY: json.dumps(card.to_dict()), SHIFT_IMPL_KEY: settings.shift_impl, MODEL_KEY: model.config.name}
+    )
+    proto.producer_name = "s2mlpv2-deploy"
+    onnx.checker.check_model(proto, full_check=True)
+
+    result = ExportResult(
+        Path(out),
+        nodes_exported,
+        len(proto.graph.node),
+        _histogram(proto),
+        seconds_export,
+        seconds_cleanup,
+        rel_tolerance=settings.rel_tolerance,
+    )
+    _check_parity(model, proto, settings, check_inputs, result)
+
     with atomic_path(out) as tmp:
         if proto.ByteSize() > _TWO_GB:
             onnx.save(proto, str(tmp), save_as_external_data=True, location=Path(out).name + ".data")
@@ -253,13 +261,7 @@ def export_onnx(
 
 def read_onnx_card(path: str | os.PathLike) -> ModelCard:
     """The model card stored in an exported graph's ``metadata_props``."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ExportError(f"{path} is not a readable ONNX file ({str(e)[:160]}); re-run the export stage") from None
-    props = {p.key: p.value for p in model.metadata_props}
+    props = read_metadata(load_onnx(path, ExportError))
     if CARD_KEY not in props:
         raise ExportError(
             f"{path} was not written by this project's export stage (no {CARD_KEY} metadata); export it with python -m pipeline.export"
@@ -268,14 +270,10 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
 
 
 def load_images(folder: str | os.PathLike, model: S2MLPv2, limit: int) -> torch.Tensor:
-    """Up to ``limit`` images of ``folder`` (any layout ``calibration.sources`` reads), preprocessed by the model card."""
-    from calibration.dataset import preprocess
-    from calibration.images import load_rgb
-    from calibration.sources import discover
+    """The first ``limit`` images of ``folder`` (any layout ``calibration.sources`` reads), preprocessed by the card."""
+    from calibration.dataset import load_images as load
 
-    samples = discover(folder)[:limit]
-    pre = model.config.preprocessing
-    return torch.stack([torch.from_numpy(preprocess(load_rgb(s.path), pre)) for s in samples])
+    return torch.from_numpy(load(folder, model.config.preprocessing, limit, stratified=False)[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,12 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Prints the node count, the op histogram and the seconds taken.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--model", default="s2mlpv2_small7", choices=list_models(), help="variant (ignored when the checkpoint's card names one)"
-    )
-    p.add_argument(
-        "--checkpoint", type=Path, help="weights (.safetensors with card, or a PyTorch state dict); random init when omitted"
-    )
+    ModelArgs().add_to_parser(p)
     p.add_argument(
         "--shift-impl", choices=("onnx", "plugin"), default="onnx", help="standard ops, or one TensorRT plugin node per shift"
     )
@@ -311,15 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = ExportSettings(shift_impl=args.shift_impl, opset=args.opset, cleanup=not args.no_cleanup)
-        if args.checkpoint is not None:
-            model = load_checkpoint(args.checkpoint)
-        else:
-            print(
-                f"WARNING: no --checkpoint: exporting {args.model} with RANDOM weights; accuracy numbers mean nothing",
-                file=sys.stderr,
-            )
-            torch.manual_seed(0)
-            model = create_model(args.model)
+        model = load_model(args.checkpoint, args.model, "the exported model")
         checks = []
         if args.check_images is not None:
             checks.append((f"images from {args.check_images}", load_images(args.check_images, model, args.check_limit)))
@@ -328,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result)
         if args.json:
             atomic_write_json(args.json, result.to_dict())
-    except (CheckpointError, ExportError, FileNotFoundError, ValueError, OSError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt()

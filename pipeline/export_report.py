@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from common.fileio import atomic_write_json
 from models import create_model, list_models
-from models.fileio import atomic_write_json
 
 from .export import ExportError, ExportSettings, export_onnx, load_images
 

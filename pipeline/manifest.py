@@ -15,14 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.fileio import atomic_write_json, sha256_file
+from common.errors import S2MLPv2Error
+from common.fileio import atomic_write_json, sha256_file
 
 __all__ = ["Manifest", "OutputLock", "LockedError", "StageRecord"]
 
 StageRecord = dict[str, Any]
 
 
-class LockedError(RuntimeError):
+class LockedError(S2MLPv2Error, RuntimeError):
     """Another run holds the output directory."""
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from engines.runtime import check_array
-from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME
+from engines.shift_node import ONNX_DOMAIN, PLUGIN_NAME
 
-__all__ = ["OnnxRuntimeRunner", "make_session", "has_plugin_nodes"]
+__all__ = ["OnnxRuntimeRunner", "make_session", "build_optimized_graph", "has_plugin_nodes"]
 
 _ORTX_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -37,7 +37,7 @@ def _register_python_shift() -> None:
 
     from models.layers import shift_reference
 
-    # float32 only: precision-converted graphs are made from the standard form (SPEC §3).
+    # float32 only: precision-converted graphs are made from the standard form (plugin nodes are swapped in after quantizing).
     @onnx_op(
         op_type=PLUGIN_NAME,
         inputs=[PyCustomOpDef.dt_float],
@@ -107,6 +107,15 @@ def make_session(
     if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable():
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers)
+
+
+def build_optimized_graph(graph: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """The ONNX Runtime "build": ``graph`` optimized for this machine (all graph optimizations), written atomically to ``target``."""
+    from common.fileio import atomic_path
+
+    with atomic_path(target) as tmp:
+        make_session(graph, optimized_model_path=str(tmp))
+    return Path(target)
 
 
 def _cuda_usable() -> bool:

@@ -1,9 +1,22 @@
 """The whole pipeline, stage by stage, into one output directory (what ``build_engine.py`` runs).
 
-export -> precision (fp16/int8) -> build (TensorRT plan, or an ONNX Runtime-optimized graph)
--> verify -> benchmark, each recorded in ``manifest.json`` and skipped when its inputs and
-settings are unchanged. Every file is written atomically, a lock keeps concurrent runs out, and
-a failed or interrupted stage is never marked done.
+The flow is the table ``STAGES``; every stage is a function of one shape, ``(Run) -> (outputs,
+record)``: it reads its settings and input paths from the ``Run`` and returns the files it
+wrote plus a record for the manifest. ``run_pipeline`` is a loop over that table, which alone
+handles the manifest (a stage whose inputs and settings are unchanged is skipped), the lock
+(two runs never share a directory) and the progress lines. Every file is written atomically,
+and a failed or interrupted stage is never marked done.
+
+========== ======================================= ==========================================
+stage      reads                                   writes
+========== ======================================= ==========================================
+export     the model                               ``model.onnx``
+precision  ``model.onnx``, calibration images      ``model-{fp16,int8}.onnx``, ``precision-*.json``
+build      the graph                               ``model.plan`` + sidecar, report, log; or
+                                                   ``model.ort.onnx`` (ONNX Runtime)
+verify     the artifact, evaluation images         ``verify.{json,md,png}``
+benchmark  the artifact, ``model.onnx``            ``benchmark.{json,md,png}``
+========== ======================================= ==========================================
 
 The backend (``choose_backend``), for ``auto`` in this order:
 
@@ -20,22 +33,32 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import platform
-import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from models import create_model, load_checkpoint
-from models.fileio import atomic_path, atomic_write_json
+from common.errors import S2MLPv2Error
+from common.fileio import atomic_write_json
+from common.versions import tool_versions
+from models.args import load_model
 
 from .manifest import Manifest, OutputLock
 
-__all__ = ["Backend", "BuildOptions", "PipelineError", "run_pipeline", "choose_backend", "TENSORRT_HINT"]
+__all__ = [
+    "Backend",
+    "BuildOptions",
+    "PipelineError",
+    "Run",
+    "Stage",
+    "STAGES",
+    "run_pipeline",
+    "choose_backend",
+    "TENSORRT_HINT",
+]
 
 TENSORRT_HINT = (
     "no TensorRT flavour is installed (TensorRT for RTX: `pip install tensorrt-rtx` on Linux or Windows x86_64; "
@@ -43,7 +66,7 @@ TENSORRT_HINT = (
 )
 
 
-class PipelineError(RuntimeError):
+class PipelineError(S2MLPv2Error, RuntimeError):
     """A stage cannot run with these options; the message says what to change."""
 
 
@@ -59,6 +82,8 @@ class BuildOptions:
     calib_method: str = "entropy"
     qdq_placement: str = "gemm-inputs"
     calib_holdout: int = 64
+    calib_seed: int = 0
+    labels: Path | None = None
     eval_data: Path | None = None
     eval_limit: int | None = 500
     batch: tuple[int, int, int] = (1, 8, 32)
@@ -72,15 +97,17 @@ class BuildOptions:
     def out_dir(self, model_name: str) -> Path:
         return self.out or Path("build") / f"{model_name}-{self.precision}"
 
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "onnxslim", "modelopt", "tensorrt"):
-        try:
-            out[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            pass
-    return out
+    def check(self) -> None:
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise PipelineError(f"--precision must be fp32, fp16 or int8, got {self.precision!r}")
+        if self.precision == "int8" and self.calib_data is None:
+            raise PipelineError(
+                "--precision int8 needs --calib-data: a folder of a few hundred representative images "
+                "(an ImageNet-style class-folder tree, a flat folder with synsets in the file names, or a list file)"
+            )
+        lo, opt, hi = self.batch
+        if not 1 <= lo <= opt <= hi:
+            raise PipelineError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -111,285 +138,318 @@ def choose_backend(requested: str) -> tuple[Backend, str | None]:
     return Backend(fl.name, runs), None
 
 
-class _Printer:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+@dataclass
+class Run:
+    """What every stage reads: the options, the model, the output directory, the backend, the calibration set.
 
-    def stage(self, name: str, skipped: bool, seconds: float, detail: str = "") -> None:
-        state = "unchanged, skipped" if skipped else f"{seconds:6.1f} s"
-        print(f"[{name:9s}] {state}{'  ' + detail if detail else ''}", flush=True)
+    Every path a stage reads or writes follows from the options, so no stage hands a path to the next.
+    """
+
+    opts: BuildOptions
+    model: Any
+    out: Path
+    backend: Backend
+    calib: Any  # calibration.dataset.CalibrationSet | None
+    weights_id: str
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def fp32_graph(self) -> Path:
+        return self.out / "model.onnx"
+
+    @property
+    def graph(self) -> Path:
+        """The graph of the deployed precision (what the build stage reads)."""
+        return self.fp32_graph if self.opts.precision == "fp32" else self.out / f"model-{self.opts.precision}.onnx"
+
+    @property
+    def artifact(self) -> Path:
+        """What verify and benchmark run: the plan where it runs here, its graph where it does not, or ORT's graph."""
+        if self.backend.runs_plan:
+            return self.out / "model.plan"
+        return self.graph if self.backend.builds_plan else self.out / "model.ort.onnx"
+
+    def digest(self, path: Path) -> str | None:
+        return Manifest.hashes({"p": path})["p"]
 
 
-def _load_model(opts: BuildOptions):
-    if opts.checkpoint is not None:
-        return load_checkpoint(opts.checkpoint)
-    torch.manual_seed(0)
-    return create_model(opts.model).eval()
+StageOutput = tuple[list[str], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the flow: its function, what decides whether it reruns, and its progress line."""
+
+    name: str
+    run: Callable[[Run], StageOutput]
+    inputs: Callable[[Run], dict[str, Any]]
+    settings: Callable[[Run], dict[str, Any]]
+    describe: Callable[[Run, dict[str, Any]], str]
+    applies: Callable[[Run], bool] = lambda run: True
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def export_stage(run: Run) -> StageOutput:
+    from .export import ExportSettings, export_onnx
+
+    result = export_onnx(run.model, run.fp32_graph, ExportSettings(shift_impl=run.opts.shift_impl, opset=run.opts.opset))
+    return [run.fp32_graph.name], {"nodes": result.nodes}
+
+
+def precision_stage(run: Run) -> StageOutput:
+    from .precision import calibration_inputs, convert_precision
+
+    opts = run.opts
+    report = convert_precision(
+        run.fp32_graph,
+        run.graph,
+        opts.precision,
+        **calibration_inputs(run.calib),
+        calib_method=opts.calib_method,
+        qdq_placement=opts.qdq_placement,
+    )
+    report_name = f"precision-{opts.precision}.json"
+    atomic_write_json(run.out / report_name, report.to_dict())
+    return [run.graph.name, report_name], {"summary": str(report).splitlines()[0]}
+
+
+def build_stage(run: Run) -> StageOutput:
+    if not run.backend.builds_plan:
+        from .onnx_runtime import build_optimized_graph
+
+        target = build_optimized_graph(run.graph, run.out / "model.ort.onnx")
+        return [target.name], None
+    from engines.build import BuildSettings, build_plan, log_path, report_path
+
+    settings = BuildSettings(
+        run.opts.batch,
+        timing_cache=run.out / "timing.cache",
+        flavour=run.backend.name,
+        compute_capabilities=run.opts.compute_capabilities,
+    )
+    result = build_plan(run.graph, run.out / "model.plan", settings)
+    names = [result.plan.name, "model.json", report_path(result.plan).name, log_path(result.plan).name]
+    return names, {"plan": _plan_facts(result)}
+
+
+def _build_settings(run: Run) -> dict[str, Any]:
+    settings: dict[str, Any] = {"backend": run.backend.name, "batch": list(run.opts.batch)}
+    if run.backend.builds_plan:
+        from engines.trt import flavour
+
+        fl = flavour(run.backend.name)
+        settings.update(
+            version=fl.version(),
+            compute_capabilities=list(fl.targets(run.opts.compute_capabilities, fl.gpu_here())),
+            plugin=fl.plugin_sha256() if run.opts.shift_impl == "plugin" else None,
+        )
+    return settings
+
+
+def _describe_build(run: Run, rec: dict[str, Any]) -> str:
+    if not run.backend.builds_plan:
+        return f"{run.artifact.name} for onnxruntime"
+    line = _plan_line(rec["plan"])
+    if not run.backend.runs_plan:  # a plan this machine cannot run is checked through the exact graph it was built from
+        line += f"\n[build    ] {_not_executed_line(rec['plan'], run.graph.name)}"
+    return line
+
+
+def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
+    """(images, labels, paths, source): the evaluation set, else the calibration set's held-out slice, else random inputs."""
+    from calibration.dataset import load_images
+
+    opts, model, calib = run.opts, run.model, run.calib
+    if opts.eval_data is not None:
+        images, labels, paths = load_images(opts.eval_data, model.config.preprocessing, opts.eval_limit, model.config.class_names)
+        return images, labels, paths, str(opts.eval_data)
+    if calib is not None and len(calib.holdout):
+        index = {n: i for i, n in enumerate(model.config.class_names or ())}
+        found = [index.get(x) for x in calib.holdout_labels]
+        labels = np.array(found) if found and all(x is not None for x in found) else None
+        return calib.holdout, labels, calib.files[calib.size :], f"held-out slice of {opts.calib_data}"
+    c, h, w = model.config.preprocessing.input_size
+    images = np.random.default_rng(0).standard_normal((16, c, h, w)).astype(np.float32)
+    return images, None, [f"random-{i}" for i in range(16)], "16 random inputs"
+
+
+def verify_stage(run: Run) -> StageOutput:
+    from .verify import artifact_precision, load_runner, verify_arrays, write_report
+
+    images, labels, paths, source = _verify_data(run)
+    print(f"[verify   ] on {source}", flush=True)
+    precision = run.opts.precision if run.opts.precision != "fp32" else artifact_precision(run.graph)
+    result = verify_arrays(run.model, load_runner(run.artifact), images, labels, paths, precision)
+    result.provenance.update(data=source, artifact=str(run.artifact))
+    write_report(result, run.out / "verify.json")
+    return ["verify.json", "verify.md", "verify.png"], {"passed": result.passed, "line": str(result).splitlines()[0]}
+
+
+def benchmark_stage(run: Run) -> StageOutput:
+    from .benchmark import BenchmarkSettings, benchmark
+
+    artifact = run.artifact
+    settings = BenchmarkSettings(batches=_bench_batches(run), iters=5, min_seconds=run.opts.bench_seconds, gemm_size=1024)
+    plans = [artifact] if artifact.suffix == ".plan" else []
+    graphs = [] if plans else [artifact]
+    # every row is also compared with the fp32 graph on the same runtime
+    reference = run.fp32_graph if artifact != run.fp32_graph else None
+    with contextlib.redirect_stdout(io.StringIO()):  # the stage line says it; benchmark.md holds the table
+        benchmark(run.model, run.out / "benchmark.json", settings, graphs, plans, reference)
+    return ["benchmark.json", "benchmark.md", "benchmark.png"], None
+
+
+def _bench_batches(run: Run) -> tuple[int, ...]:
+    lo, opt, _ = run.opts.batch
+    return tuple(sorted({lo, opt}))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "export",
+        export_stage,
+        inputs=lambda run: {"weights": run.weights_id},
+        settings=lambda run: {"shift_impl": run.opts.shift_impl, "opset": run.opts.opset, "model": run.model.config.name},
+        describe=lambda run, rec: f"model.onnx, {rec.get('nodes')} nodes",
+    ),
+    Stage(
+        "precision",
+        precision_stage,
+        inputs=lambda run: {"graph": run.digest(run.fp32_graph), "calibration": run.calib.content_hash if run.calib else None},
+        settings=lambda run: {
+            "precision": run.opts.precision,
+            "calib_method": run.opts.calib_method,
+            "qdq_placement": run.opts.qdq_placement,
+        },
+        describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
+        applies=lambda run: run.opts.precision != "fp32",
+    ),
+    Stage(
+        "build",
+        build_stage,
+        inputs=lambda run: {"graph": run.digest(run.graph)},
+        settings=_build_settings,
+        describe=_describe_build,
+    ),
+    Stage(
+        "verify",
+        verify_stage,
+        inputs=lambda run: {
+            "artifact": run.digest(run.artifact),
+            "eval": str(run.opts.eval_data),
+            "calibration": run.calib.content_hash if run.calib else None,
+        },
+        settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision},
+        describe=lambda run, rec: rec.get("line", ""),
+    ),
+    Stage(
+        "benchmark",
+        benchmark_stage,
+        inputs=lambda run: {"artifact": run.digest(run.artifact)},
+        settings=lambda run: {"batches": list(_bench_batches(run)), "reference": "model.onnx", "seconds": run.opts.bench_seconds},
+        describe=lambda run, rec: "benchmark.md",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
-    """Run every stage for ``opts``; returns the summary (also written to ``summary.json``)."""
-    from calibration.dataset import build_calibration_set, check_disjoint
-
-    if opts.precision not in ("fp32", "fp16", "int8"):
-        raise PipelineError(f"--precision must be fp32, fp16 or int8, got {opts.precision!r}")
-    if opts.precision == "int8" and opts.calib_data is None:
-        raise PipelineError(
-            "--precision int8 needs --calib-data: a folder of a few hundred representative images "
-            "(an ImageNet-style class-folder tree, a flat folder with synsets in the file names, or a list file)"
-        )
-    lo, opt, hi = opts.batch
-    if not 1 <= lo <= opt <= hi:
-        raise PipelineError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {opts.batch}")
+    """Run every stage of ``STAGES`` for ``opts``; returns the summary (also written to ``summary.json``)."""
+    opts.check()
     backend, note = choose_backend(opts.backend)
     if note:
         print(note, flush=True)
-    versions = _versions()
-    printer = _Printer()
+    t0 = time.perf_counter()
+    model = load_model(opts.checkpoint, opts.model, "the model")
+    out = opts.out_dir(model.config.name)
+    weights_id = Manifest.hashes({"c": opts.checkpoint})["c"] if opts.checkpoint else f"random-init:{opts.model}:seed0"
+    versions = tool_versions()
+    with OutputLock(out):
+        manifest = Manifest(out)
+        run = Run(opts, model, out, backend, _calibration(opts, model, out), weights_id)
+        for stage in STAGES:
+            if not stage.applies(run):
+                continue
+            rec, skipped = manifest.run(
+                stage.name, stage.inputs(run), stage.settings(run), versions, lambda stage=stage: stage.run(run), opts.force
+            )
+            run.records[stage.name] = rec
+            state = "unchanged, skipped" if skipped else f"{rec['seconds']:6.1f} s"
+            print(f"[{stage.name:9s}] {state}  {stage.describe(run, rec)}", flush=True)
+        if opts.triton_repo is not None:
+            _write_triton_repository(run)
+    summary = _summary(run, time.perf_counter() - t0)
+    atomic_write_json(out / "summary.json", summary)
+    _print_summary(out, summary)
+    return summary
+
+
+def _calibration(opts: BuildOptions, model, out: Path):
+    """The calibration set (cached under OUT/calibration) for int8, fp16's range check and verify's held-out slice."""
+    if opts.calib_data is None:
+        return None
+    from calibration.dataset import build_calibration_set, check_disjoint, eval_samples
+    from calibration.sources import discover
+
+    found = len(discover(opts.calib_data, opts.labels))
+    holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
+    if holdout < opts.calib_holdout:
+        print(
+            f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "
+            f"(asked for {opts.calib_holdout})",
+            flush=True,
+        )
+    calib = build_calibration_set(
+        opts.calib_data,
+        model.config.preprocessing,
+        opts.calib_size,
+        holdout=holdout,
+        seed=opts.calib_seed,
+        cache_dir=out / "calibration",
+        labels_file=opts.labels,
+    )
+    if opts.eval_data is not None:  # before any stage runs, not after an int8 build
+        check_disjoint(calib, [s.path for s in eval_samples(opts.eval_data, opts.eval_limit)])
+    return calib
+
+
+def _write_triton_repository(run: Run) -> None:
+    from .triton_repo import write_model_repository
+
+    # Triton's TensorRT backend runs TensorRT 11 plans only: a TensorRT for RTX build serves its ONNX graph
+    served = run.graph if run.backend.name == "tensorrt-rtx" else run.artifact
+    config = run.model.config
+    repo = write_model_repository(
+        run.opts.triton_repo,
+        f"{config.name}_{run.opts.precision}",
+        served,
+        run.opts.batch,
+        tuple(config.preprocessing.input_size),
+        config.num_classes,
+    )
+    print(f"[triton   ] model repository {repo} ({served.name})", flush=True)
+
+
+def _summary(run: Run, seconds: float) -> dict[str, Any]:
+    opts, out, backend = run.opts, run.out, run.backend
+    verify_report = json.loads((out / "verify.json").read_text())
+    bench = json.loads((out / "benchmark.json").read_text())
+    keys = ("backend", "precision", "batch", "p50_ms", "images_per_s", "speedup_vs_eager", "speedup_vs_eager_same_precision",
+            "speedup_vs_fp32_graph", "note")  # fmt: skip
     summary: dict[str, Any] = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "backend": backend.name,
     }
-
-    model = _load_model(opts)
-    out = opts.out_dir(model.config.name)
-    if opts.checkpoint is None:
-        print(
-            f"WARNING: no --checkpoint: {opts.model} has RANDOM weights; accuracy numbers mean nothing "
-            "and the verify gates are reported, not enforced",
-            file=sys.stderr,
-            flush=True,
-        )
-    weights_id = (
-        Manifest.hashes({"checkpoint": opts.checkpoint})["checkpoint"] if opts.checkpoint else f"random-init:{opts.model}:seed0"
-    )
-
-    with OutputLock(out):
-        manifest = Manifest(out)
-
-        # calibration set (cached under OUT/calibration), used by int8, fp16's range check and verify's held-out slice
-        calib = None
-        if opts.calib_data is not None:
-            from calibration.sources import discover
-
-            found = len(discover(opts.calib_data))
-            holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
-            if holdout < opts.calib_holdout:
-                print(
-                    f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "
-                    f"(asked for {opts.calib_holdout})",
-                    flush=True,
-                )
-            calib = build_calibration_set(
-                opts.calib_data, model.config.preprocessing, opts.calib_size, holdout=holdout, cache_dir=out / "calibration"
-            )
-            if opts.eval_data is not None:
-                from .verify import eval_samples
-
-                # before any stage runs, not after an int8 build
-                check_disjoint(calib, [s.path for s in eval_samples(opts.eval_data, opts.eval_limit)])
-
-        # 1. export
-        def do_export():
-            from .export import ExportSettings, export_onnx
-
-            result = export_onnx(model, out / "model.onnx", ExportSettings(shift_impl=opts.shift_impl, opset=opts.opset))
-            return ["model.onnx"], {"nodes": result.nodes}
-
-        rec, skipped = manifest.run(
-            "export",
-            {"weights": weights_id},
-            {"shift_impl": opts.shift_impl, "opset": opts.opset, "model": model.config.name},
-            versions,
-            do_export,
-            opts.force,
-        )
-        printer.stage("export", skipped, rec["seconds"], f"model.onnx, {rec.get('nodes')} nodes")
-        graph = out / "model.onnx"
-
-        # 2. precision
-        if opts.precision != "fp32":
-            name = f"model-{opts.precision}.onnx"
-
-            def do_precision():
-                from .precision import convert_precision
-
-                report = convert_precision(
-                    graph,
-                    out / name,
-                    opts.precision,
-                    None if calib is None else calib.calibration,
-                    holdout=None if calib is None else calib.holdout,
-                    holdout_labeled=calib is not None and calib.holdout_labeled,
-                    calib_method=opts.calib_method,
-                    qdq_placement=opts.qdq_placement,
-                )
-                atomic_write_json(out / f"precision-{opts.precision}.json", report.to_dict())
-                return [name, f"precision-{opts.precision}.json"], {"summary": str(report).splitlines()[0]}
-
-            inputs = {"graph": Manifest.hashes({"g": graph})["g"], "calibration": calib.content_hash if calib else None}
-            rec, skipped = manifest.run(
-                "precision",
-                inputs,
-                {"precision": opts.precision, "calib_method": opts.calib_method, "qdq_placement": opts.qdq_placement},
-                versions,
-                do_precision,
-                opts.force,
-            )
-            printer.stage("precision", skipped, rec["seconds"], f"{name}: {rec.get('summary', '')}")
-            graph = out / name
-
-        # 3. build
-        def do_build():
-            if backend.builds_plan:
-                from engines.build import BuildSettings, build_plan, log_path, report_path
-
-                settings = BuildSettings(
-                    opts.batch,
-                    timing_cache=out / "timing.cache",
-                    flavour=backend.name,
-                    compute_capabilities=opts.compute_capabilities,
-                )
-                result = build_plan(graph, out / "model.plan", settings)
-                names = ["model.plan", "model.json", report_path(result.plan).name, log_path(result.plan).name]
-                return names, {"plan": _plan_facts(result)}
-            from .onnx_runtime import make_session
-
-            target = out / "model.ort.onnx"
-            with atomic_path(target) as tmp:
-                make_session(graph, optimized_model_path=str(tmp))
-            return ["model.ort.onnx"], None
-
-        build_settings: dict[str, Any] = {"backend": backend.name, "batch": list(opts.batch)}
-        if backend.builds_plan:
-            from engines.trt import flavour
-
-            fl = flavour(backend.name)
-            build_settings.update(
-                version=fl.version(),
-                compute_capabilities=list(fl.targets(opts.compute_capabilities, fl.gpu_here())),
-                plugin=fl.plugin_sha256() if opts.shift_impl == "plugin" else None,
-            )
-        rec, skipped = manifest.run(
-            "build", {"graph": Manifest.hashes({"g": graph})["g"]}, build_settings, versions, do_build, opts.force
-        )
-        if backend.builds_plan:
-            plan_facts = rec["plan"]
-            summary["plan"] = plan_facts
-            printer.stage("build", skipped, rec["seconds"], _plan_line(plan_facts))
-            # a plan this machine cannot run is checked through the exact graph it was built from
-            artifact = out / "model.plan" if backend.runs_plan else graph
-            if not backend.runs_plan:
-                print(f"[build    ] {_not_executed_line(plan_facts, graph.name)}", flush=True)
-        else:
-            artifact = out / "model.ort.onnx"
-            printer.stage("build", skipped, rec["seconds"], f"{artifact.name} for onnxruntime")
-
-        # 4. verify
-        def do_verify():
-            from .verify import artifact_precision, load_eval_images, load_runner, verify_arrays, write_report
-
-            if opts.eval_data is not None:
-                images, labels, paths = load_eval_images(opts.eval_data, model, opts.eval_limit)
-                source = str(opts.eval_data)
-            elif calib is not None and len(calib.holdout):
-                images = calib.holdout
-                index = {n: i for i, n in enumerate(model.config.class_names or ())}
-                labels_list = [index.get(x) for x in calib.holdout_labels]
-                labels = np.array(labels_list) if labels_list and all(x is not None for x in labels_list) else None
-                paths = calib.files[calib.size :]
-                source = f"held-out slice of {opts.calib_data}"
-            else:
-                c, h, w = model.config.preprocessing.input_size
-                images = np.random.default_rng(0).standard_normal((16, c, h, w)).astype(np.float32)
-                labels, paths, source = None, [f"random-{i}" for i in range(16)], "16 random inputs"
-            print(f"[verify   ] on {source}", flush=True)
-            result = verify_arrays(
-                model,
-                load_runner(artifact),
-                images,
-                labels,
-                paths,
-                opts.precision if opts.precision != "fp32" else artifact_precision(graph),
-            )
-            result.provenance.update(data=source, artifact=str(artifact))
-            write_report(result, out / "verify.json")
-            return ["verify.json", "verify.md", "verify.png"], {"passed": result.passed, "line": str(result).splitlines()[0]}
-
-        inputs = {
-            "artifact": Manifest.hashes({"a": artifact})["a"],
-            "eval": str(opts.eval_data),
-            "calibration": calib.content_hash if calib else None,
-        }
-        rec, skipped = manifest.run(
-            "verify", inputs, {"eval_limit": opts.eval_limit, "precision": opts.precision}, versions, do_verify, opts.force
-        )
-        printer.stage("verify", skipped, rec["seconds"], rec.get("line", ""))
-        verify_report = json.loads((out / "verify.json").read_text())
-
-        # 5. benchmark
-        bench_batches = sorted({lo, opt})
-
-        def do_bench():
-            from .benchmark import build_parser as bench_parser
-            from .benchmark import run as bench_run
-
-            args = [
-                "--model",
-                model.config.name,
-                "--batches",
-                *map(str, bench_batches),
-                "--iters",
-                "5",
-                "--min-seconds",
-                str(opts.bench_seconds),
-                "--gemm-size",
-                "1024",
-                "--out",
-                str(out / "benchmark.json"),
-            ]
-            args += ["--plan", str(artifact)] if artifact.suffix == ".plan" else ["--onnx", str(artifact)]
-            if artifact != out / "model.onnx":  # every row is also compared with the fp32 graph on the same runtime
-                args += ["--reference-onnx", str(out / "model.onnx")]
-            bench_run(bench_parser().parse_args(args))  # errors and Ctrl-C reach build_engine.py's one-line reporter
-            return ["benchmark.json", "benchmark.md", "benchmark.png"], None
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            rec, skipped = manifest.run(
-                "benchmark",
-                {"artifact": Manifest.hashes({"a": artifact})["a"]},
-                {"batches": bench_batches, "reference": "model.onnx"},
-                versions,
-                do_bench,
-                opts.force,
-            )
-        printer.stage("benchmark", skipped, rec["seconds"], "benchmark.md")
-        bench = json.loads((out / "benchmark.json").read_text())
-
-        # serving export
-        if opts.triton_repo is not None:
-            from .triton_repo import write_model_repository
-
-            # Triton's TensorRT backend runs TensorRT 11 plans only: a TensorRT for RTX build serves its ONNX graph
-            served = graph if backend.name == "tensorrt-rtx" else artifact
-            repo = write_model_repository(
-                opts.triton_repo,
-                f"{model.config.name}_{opts.precision}",
-                served,
-                opts.batch,
-                tuple(model.config.preprocessing.input_size),
-                model.config.num_classes,
-            )
-            print(f"[triton   ] model repository {repo} ({served.name})", flush=True)
-
     if backend.builds_plan:
-        summary.update(plan_executed=backend.runs_plan, verified_artifact=artifact.name)
-    keys = ("backend", "precision", "batch", "p50_ms", "images_per_s", "speedup_vs_eager", "speedup_vs_eager_same_precision",
-            "speedup_vs_fp32_graph", "note")  # fmt: skip
+        summary.update(plan=run.records["build"]["plan"], plan_executed=backend.runs_plan, verified_artifact=run.artifact.name)
     summary.update(
-        model={"name": model.config.name, "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
+        model={"name": run.model.config.name, "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
         precision=opts.precision,
-        artifact=artifact.name,
+        artifact=run.artifact.name,
         artifacts={p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")},
         verified_on={
             "data": verify_report["provenance"].get("data"),
@@ -402,11 +462,12 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         gates_enforced=opts.checkpoint is not None,
         latency=[{k: r.get(k) for k in keys} for r in bench["rows"]],
         cpu=bench["provenance"]["cpu"],
-        seconds=round(time.perf_counter() - printer.t0, 1),
+        seconds=round(seconds, 1),
     )
-    atomic_write_json(out / "summary.json", summary)
-    _print_summary(out, summary)
     return summary
+
+
+# ----------------------------------------------------------------------------- what a person reads
 
 
 def _plan_facts(result) -> dict[str, Any]:

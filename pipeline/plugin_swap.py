@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.errors import S2MLPv2Error
+from engines.shift_node import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from models.layers import SHIFT_PATTERNS, shift_rows
-from models.shift_op import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 __all__ = ["PluginSwapError", "swap_in_plugin_nodes", "lower_plugin_nodes", "find_shifts", "graph_links"]
 
 
-class PluginSwapError(ValueError):
+class PluginSwapError(S2MLPv2Error, ValueError):
     """The graph has no shift to swap, or a shift node cannot be lowered; the message says why."""
 
 

@@ -3,7 +3,8 @@
 ``python -m pipeline.precision --onnx model.onnx --precision fp16 --out model-fp16.onnx``
 ``python -m pipeline.precision --onnx model.onnx --precision int8 --calib-data DIR --out model-int8.onnx``
 
-In TensorRT 11 an engine's precision is what its ONNX graph says (SPEC §3), so this stage is
+In TensorRT 11 and TensorRT for RTX an engine's precision is what its ONNX graph says (networks
+are strongly typed: no FP16 or INT8 builder flags, no calibrator), so this stage is
 where FP16 and INT8 are decided:
 
 * **fp16**: ModelOpt AutoCast with ``keep_io_types`` (the graph still takes and returns
@@ -41,11 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from models.cli import report_error, report_interrupt
-from models.fileio import atomic_path, atomic_write_json
+from calibration.args import CalibrationArgs
+from common.cli import report_error, report_interrupt
+from common.errors import EXPECTED_ERRORS, S2MLPv2Error
+from common.fileio import atomic_path, atomic_write_json
+from common.onnx_meta import PRECISION_KEY, load_onnx, read_metadata, write_metadata
+from engines.shift_node import ONNX_DOMAIN
 
-from .export import ExportError, read_onnx_card
-from .plugin_swap import PluginSwapError, graph_links, lower_plugin_nodes, swap_in_plugin_nodes
+from .export import read_onnx_card
+from .plugin_swap import graph_links, lower_plugin_nodes, swap_in_plugin_nodes
 
 __all__ = [
     "PrecisionError",
@@ -76,7 +81,7 @@ QDQ_PLACEMENTS = ("gemm-inputs", "modelopt")
 MIN_GEMM_DIM = 16
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(S2MLPv2Error, RuntimeError):
     """The conversion failed or missed its gate; the message says what to do."""
 
 
@@ -319,12 +324,7 @@ def qdq_summary(model) -> tuple[list[str], list[str]]:
 
 
 def _copy_metadata(src, dst, precision: str) -> None:
-    import onnx
-
-    props = {p.key: p.value for p in src.metadata_props}
-    props["s2mlpv2.precision"] = precision
-    del dst.metadata_props[:]
-    onnx.helper.set_model_props(dst, props)
+    write_metadata(dst, {**read_metadata(src), PRECISION_KEY: precision})
 
 
 def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -336,12 +336,17 @@ def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[str, float, float]:
-    """(name, value, threshold) of the int8 gate on the held-out slice (SPEC: agreement if labeled, else cosine)."""
+    """(name, value, threshold) of the int8 gate on the held-out slice: top-1 agreement if labeled, else the
+    minimum logits cosine, with the threshold of ``verify.GATES``' int8 gate of that name."""
+    from .verify import GATES
+
+    metric = "top1_agreement" if labeled else "cosine_min"
+    threshold = next(g.threshold for g in GATES["int8"]["labeled" if labeled else "unlabeled"] if g.metric == metric)
     if labeled:
-        return "top1_agreement", float((reference.argmax(1) == deployed.argmax(1)).mean()), 0.99
+        return metric, float((reference.argmax(1) == deployed.argmax(1)).mean()), threshold
     a, b = reference.astype(np.float64), deployed.astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return "cosine_min", float(cos.min()), 0.99
+    return metric, float(cos.min()), threshold
 
 
 def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates: Sequence[str], top: int) -> list[str]:
@@ -365,6 +370,68 @@ def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates:
         scores.append((float(np.linalg.norm(r - g) / (np.linalg.norm(r) + 1e-12)), n))
     scores.sort(reverse=True)
     return [n for _, n in scores[:top]]
+
+
+def _to_fp16(standard: Path, fp32, calibration: np.ndarray | None, fp16_data_max: float, report: PrecisionReport):
+    """AutoCast, after measuring the activations it will range-check (recorded in ``report``)."""
+    if calibration is not None:
+        t_measure = time.perf_counter()
+        report.activation_max = measure_activations(fp32, calibration[:64])
+        report.settings["seconds_measuring_activations"] = round(time.perf_counter() - t_measure, 2)
+    t_convert = time.perf_counter()
+    converted, report.kept_fp32 = convert_fp16(standard, calibration, fp16_data_max)
+    report.settings["seconds_autocast"] = round(time.perf_counter() - t_convert, 2)
+    return converted
+
+
+@dataclass(frozen=True)
+class _Fallback:
+    """The held-out gate of an int8 conversion, and how many sensitive nodes each round keeps in fp32."""
+
+    holdout: np.ndarray | None
+    labeled: bool
+    max_rounds: int
+    nodes_per_round: int
+
+
+def _to_int8(standard: Path, fp32, int8_path: Path, calibration, calib_method: str, placement: str, fallback: _Fallback, report):
+    """Quantize; with a held-out slice, keep the most sensitive nodes in fp32, round by round, until its gate passes."""
+    import onnx
+
+    excluded: list[str] = []
+    t_quant = time.perf_counter()
+    quantize_int8(standard, int8_path, calibration, calib_method, placement=placement)
+    report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
+    holdout = fallback.holdout
+    if holdout is not None and len(holdout):
+        reference = _logits(fp32, holdout)
+        for round_ in range(fallback.max_rounds + 1):
+            name, value, threshold = _gate(reference, _logits(str(int8_path), holdout), fallback.labeled)
+            report.fallback_rounds.append(
+                {"round": round_, "excluded": list(excluded), "gate": name, "value": value, "threshold": threshold,
+                 "passed": value >= threshold}
+            )  # fmt: skip
+            if value >= threshold or round_ == fallback.max_rounds:
+                break
+            quantized, _ = qdq_summary(onnx.load(str(int8_path)))
+            excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, fallback.nodes_per_round)
+            quantize_int8(standard, int8_path, calibration, calib_method, excluded, placement)
+        if not report.fallback_rounds[-1]["passed"]:
+            last = report.fallback_rounds[-1]
+            raise PrecisionError(
+                f"int8 graph misses its gate on the held-out slice ({last['gate']} {last['value']:.4f} < {last['threshold']}) "
+                f"even with {len(excluded)} nodes kept in fp32; use more calibration images, try --calib-method max, or deploy fp16"
+            )
+    converted = onnx.load(str(int8_path))
+    report.quantized, report.not_quantized = qdq_summary(converted)
+    return converted
+
+
+def calibration_inputs(calib) -> dict:
+    """``convert_precision``'s calibration arguments from a ``calibration.CalibrationSet`` (none: fp16, fp32)."""
+    if calib is None:
+        return {}
+    return {"calibration": calib.calibration, "holdout": calib.holdout, "holdout_labeled": calib.holdout_labeled}
 
 
 def convert_precision(
@@ -391,10 +458,7 @@ def convert_precision(
         raise PrecisionError(
             "int8 needs calibration images: pass --calib-data DIR (an ImageNet-style folder, a few hundred images)"
         )
-    try:
-        source = onnx.load(str(onnx_in))
-    except Exception as e:
-        raise PrecisionError(f"{onnx_in} is not a readable ONNX file ({str(e)[:120]}); re-run the export stage") from None
+    source = load_onnx(onnx_in, PrecisionError, load_external_data=True)
     read_onnx_card(onnx_in)  # ours, or a clear error
     t0 = time.perf_counter()
     report = PrecisionReport(
@@ -410,50 +474,16 @@ def convert_precision(
     )
     with tempfile.TemporaryDirectory() as tmp:
         standard = Path(tmp) / "standard.onnx"
-        plugin_form = any(n.domain == "s2mlpv2" for n in source.graph.node)
+        plugin_form = any(n.domain == ONNX_DOMAIN for n in source.graph.node)
         onnx.save(lower_plugin_nodes(source) if plugin_form else source, str(standard))
         fp32 = onnx.load(str(standard))
         if precision == "fp16":
-            if calibration is not None:
-                t_measure = time.perf_counter()
-                report.activation_max = measure_activations(fp32, calibration[:64])
-                report.settings["seconds_measuring_activations"] = round(time.perf_counter() - t_measure, 2)
-            t_convert = time.perf_counter()
-            converted, report.kept_fp32 = convert_fp16(standard, calibration, fp16_data_max)
-            report.settings["seconds_autocast"] = round(time.perf_counter() - t_convert, 2)
+            converted = _to_fp16(standard, fp32, calibration, fp16_data_max, report)
         else:
-            int8_path = Path(tmp) / "int8.onnx"
-            excluded: list[str] = []
-            t_quant = time.perf_counter()
-            quantize_int8(standard, int8_path, calibration, calib_method, placement=qdq_placement)
-            report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
-            if holdout is not None and len(holdout):
-                reference = _logits(fp32, holdout)
-                for round_ in range(max_fallback_rounds + 1):
-                    name, value, threshold = _gate(reference, _logits(str(int8_path), holdout), holdout_labeled)
-                    report.fallback_rounds.append(
-                        {
-                            "round": round_,
-                            "excluded": list(excluded),
-                            "gate": name,
-                            "value": value,
-                            "threshold": threshold,
-                            "passed": value >= threshold,
-                        }
-                    )
-                    if value >= threshold or round_ == max_fallback_rounds:
-                        break
-                    quantized, _ = qdq_summary(onnx.load(str(int8_path)))
-                    excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, nodes_per_round)
-                    quantize_int8(standard, int8_path, calibration, calib_method, excluded, qdq_placement)
-                if not report.fallback_rounds[-1]["passed"]:
-                    last = report.fallback_rounds[-1]
-                    raise PrecisionError(
-                        f"int8 graph misses its gate on the held-out slice ({last['gate']} {last['value']:.4f} < {last['threshold']}) "
-                        f"even with {len(excluded)} nodes kept in fp32; use more calibration images, try --calib-method max, or deploy fp16"
-                    )
-            converted = onnx.load(str(int8_path))
-            report.quantized, report.not_quantized = qdq_summary(converted)
+            fallback = _Fallback(holdout, holdout_labeled, max_fallback_rounds, nodes_per_round)
+            converted = _to_int8(
+                standard, fp32, Path(tmp) / "int8.onnx", calibration, calib_method, qdq_placement, fallback, report
+            )
         if plugin_form:
             converted = swap_in_plugin_nodes(converted)
         _copy_metadata(source, converted, precision)
@@ -483,43 +513,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, help="fp32 graph written by pipeline.export")
     p.add_argument("--precision", choices=("fp16", "int8"), required=True)
     p.add_argument("--out", type=Path, required=True, help="output .onnx")
-    g = p.add_argument_group("calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)")
-    g.add_argument(
-        "--calib-data", type=Path, help="ImageFolder tree, flat folder (synset in file names) or a text file of image paths"
-    )
-    g.add_argument("--calib-size", type=int, default=512, help="images used to calibrate")
-    g.add_argument("--calib-holdout", type=int, default=0, help="extra images held out to gate int8 (sensitivity fallback)")
-    g.add_argument("--calib-method", choices=("entropy", "max"), default="entropy")
-    add_qdq_placement_argument(g)
-    g.add_argument("--calib-seed", type=int, default=0)
-    g.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
-    g.add_argument(
-        "--cache-dir", type=Path, default=Path("build/calibration-cache"), help="where preprocessed calibration sets are cached"
-    )
+    add_qdq_placement_argument(
+        CalibrationArgs(title="calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)",
+                        cache_dir=True).add_to_parser(p)
+    )  # fmt: skip
     p.add_argument("--fp16-data-max", type=float, default=512.0, help="fp16: nodes whose measured |values| exceed this stay fp32")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from calibration.dataset import CalibrationError, build_calibration_set
-    from calibration.sources import SourceError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         card = read_onnx_card(args.onnx)
-        calib = None
-        if args.calib_data is not None:
-            calib = build_calibration_set(
-                args.calib_data,
-                card.preprocessing,
-                args.calib_size,
-                holdout=args.calib_holdout,
-                seed=args.calib_seed,
-                cache_dir=args.cache_dir,
-                labels_file=args.labels,
-            )
+        calib = CalibrationArgs.build(args, card.preprocessing)
+        if calib is not None:
             print(
                 f"calibration: {calib.size} images (+{len(calib.holdout)} held out) from {args.calib_data}"
                 f"{' (cached)' if calib.from_cache else ''}",
@@ -529,9 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.onnx,
             args.out,
             args.precision,
-            None if calib is None else calib.calibration,
-            holdout=None if calib is None else calib.holdout,
-            holdout_labeled=calib is not None and calib.holdout_labeled,
+            **calibration_inputs(calib),
             calib_method=args.calib_method,
             qdq_placement=args.qdq_placement,
             fp16_data_max=args.fp16_data_max,
@@ -539,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report)
         if args.report:
             atomic_write_json(args.report, report.to_dict())
-    except (PrecisionError, ExportError, PluginSwapError, CalibrationError, SourceError, OSError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt()

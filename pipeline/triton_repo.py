@@ -22,12 +22,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from models.fileio import atomic_path, atomic_write_text
+from common.errors import S2MLPv2Error, UsageError
+from common.fileio import atomic_path, atomic_write_text
 
 __all__ = ["write_model_repository", "config_text", "read_config", "validate_config", "TritonRepoError"]
 
 
-class TritonRepoError(ValueError):
+class TritonRepoError(S2MLPv2Error, ValueError):
     """The artifact cannot be served by Triton as it is; the message says what to serve instead."""
 
 
@@ -65,7 +66,7 @@ def write_model_repository(
     repo: Path, name: str, artifact: Path, batch: tuple[int, int, int], input_dims: tuple[int, ...], num_classes: int
 ) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"Triton model names take letters, digits, '_', '.' and '-'; got {name!r}")
+        raise UsageError(f"Triton model names take letters, digits, '_', '.' and '-'; got {name!r}")
     is_plan = artifact.suffix in (".plan", ".engine")
     _check_servable(artifact, is_plan)
     preferred = sorted({b for b in batch[1:] if b > 1}) or [batch[2]]

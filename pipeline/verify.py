@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import CheckpointError, create_model, list_models, load_checkpoint
-from models.cli import report_error
-from models.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.cli import report_error
+from common.errors import EXPECTED_ERRORS, S2MLPv2Error
+from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from models.args import ModelArgs
+
+MODEL_ARGS = ModelArgs(
+    model_default=None, exclusive=True, model_help="random-init reference (seed 0, as pipeline.export uses)",
+    checkpoint_help="reference weights (.safetensors with card, or a state dict)",
+)  # fmt: skip
 
 __all__ = [
     "GATES",
@@ -39,8 +44,6 @@ __all__ = [
     "verify_arrays",
     "write_report",
     "load_runner",
-    "eval_samples",
-    "load_eval_images",
     "main",
 ]
 
@@ -68,7 +71,7 @@ GATES: dict[str, dict[str, tuple[Gate, ...]]] = {
 }  # fmt: skip
 
 
-class VerifyError(RuntimeError):
+class VerifyError(S2MLPv2Error, RuntimeError):
     """Verification could not run (bad artifact, data or model); the message says what to do."""
 
 
@@ -267,61 +270,13 @@ def load_runner(artifact: str | os.PathLike):
 def artifact_precision(artifact: str | os.PathLike) -> str:
     path = Path(artifact)
     if path.suffix == ".onnx":
-        import onnx
+        from common.onnx_meta import graph_precision, load_onnx
 
-        try:
-            graph = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # protobuf's DecodeError and friends, for a truncated or foreign file
-            raise VerifyError(
-                f"{path} is not a readable ONNX file ({' '.join(str(e).split())[:160]}); re-run the export stage"
-            ) from None
-        props = {p.key: p.value for p in graph.metadata_props}
-        return props.get("s2mlpv2.precision", "fp32")
+        return graph_precision(load_onnx(path, VerifyError))
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         return json.loads(sidecar.read_text()).get("precision", "fp32")
     return "fp32"
-
-
-def eval_samples(data: str | os.PathLike, limit: int | None, labels_file=None) -> list:
-    """The images of ``data`` that evaluation uses: all of them, or ``limit`` spread evenly over classes."""
-    from calibration.dataset import stratified_order
-    from calibration.sources import discover
-
-    samples = discover(data, labels_file)
-    return samples if limit is None else stratified_order(samples, seed=0)[:limit]
-
-
-def load_eval_images(
-    data: str | os.PathLike, model, limit: int | None, labels_file=None
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Images (preprocessed by the card), label indices when the data's labels are class names of the model, and paths."""
-    from tqdm import tqdm
-
-    from calibration.dataset import preprocess
-    from calibration.images import ImageError, load_rgb
-
-    samples = eval_samples(data, limit, labels_file)
-    pre = model.config.preprocessing
-    names = model.config.class_names
-    index = {n: i for i, n in enumerate(names)} if names else {}
-    images, labels, paths, skipped = [], [], [], 0
-    for s in tqdm(samples, desc="images", unit="img", leave=False, file=sys.stderr):
-        try:
-            images.append(preprocess(load_rgb(s.path), pre))
-        except ImageError as e:
-            skipped += 1
-            print(f"warning: skipped {e}", file=sys.stderr)
-            continue
-        labels.append(index.get(s.label) if s.label is not None else None)
-        paths.append(str(s.path))
-    if not images:
-        raise VerifyError(
-            f"no usable images in {data} ({len(samples)} found, {skipped} unreadable: see the warnings above); "
-            "give a folder of readable images"
-        )
-    have_labels = all(label is not None for label in labels)
-    return np.stack(images).astype(np.float32), (np.array(labels) if have_labels else None), paths
 
 
 def _figure(result: VerifyResult, path: Path) -> None:
@@ -381,9 +336,11 @@ def verify(
     batch: int = 32,
     out: str | os.PathLike | None = None,
 ) -> VerifyResult:
+    from calibration.dataset import load_images
+
     runner = load_runner(artifact)
     precision = precision or artifact_precision(artifact)
-    images, labels, paths = load_eval_images(data, model, limit)
+    images, labels, paths = load_images(data, model.config.preprocessing, limit, model.config.class_names)
     result = verify_arrays(model, runner, images, labels, paths, precision, batch)
     result.provenance.update(artifact=str(artifact), data=str(data))
     if out is not None:
@@ -397,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="reference weights (.safetensors with card, or a state dict)")
-    src.add_argument("--model", choices=list_models(), help="random-init reference (seed 0, as pipeline.export uses)")
+    MODEL_ARGS.add_to_parser(p, "reference model (exactly one)")
     p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder or list file of images")
     p.add_argument("--limit", type=int, help="use at most N images (spread over classes)")
@@ -412,21 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from calibration.sources import SourceError
-
     args = build_parser().parse_args(argv)
     try:
-        if args.checkpoint is not None:
-            model = load_checkpoint(args.checkpoint)
-        else:
-            print(
-                f"WARNING: no --checkpoint: the reference is {args.model} with RANDOM weights; accuracy numbers mean nothing",
-                file=sys.stderr,
-            )
-            torch.manual_seed(0)
-            model = create_model(args.model).eval()
+        model = MODEL_ARGS.load(args, "the reference")
         result = verify(model, args.artifact, args.data, args.limit, args.precision, args.batch, args.out)
-    except (VerifyError, CheckpointError, SourceError, OSError, ValueError) as e:
+    except EXPECTED_ERRORS as e:
         return report_error(e)
     print(result)
     print(f"wrote {args.out}, {args.out.with_suffix('.md')}, {args.out.with_suffix('.png')}")

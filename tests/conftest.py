@@ -113,3 +113,22 @@ class Graphs:
 @pytest.fixture(scope="session")
 def graphs(tmp_path_factory) -> Graphs:
     return Graphs(tmp_path_factory.mktemp("graphs"))
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """The tiny model's checkpoint, a finished fp32 build_engine directory (ONNX Runtime), and 2 x 4 images."""
+    import torch
+
+    import models
+    from pipeline.orchestrate import BuildOptions, run_pipeline
+    from tests.failures import TINY, Shared
+
+    root = tmp_path_factory.mktemp("shared")
+    torch.manual_seed(0)
+    checkpoint = models.save_checkpoint(models.create_model(TINY).eval(), root / "tiny.safetensors")
+    build = root / "build"
+    # the same settings as FP32_BUILD, so that command finds every stage done
+    opts = BuildOptions(precision="fp32", model=TINY, batch=(1, 2, 4), backend="onnxruntime", out=build, bench_seconds=0.05)
+    run_pipeline(opts)
+    return Shared(checkpoint, build / "model.onnx", build, make_image_folder(root / "images", classes=2, per_class=4))

@@ -1,16 +1,26 @@
+from __future__ import annotations
+
+import importlib
+import importlib.util
 import json
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 import models
+from engines.sidecar import Sidecar
 from engines.trt import TENSORRT_RTX
-from pipeline.manifest import LockedError, Manifest, OutputLock
+from pipeline.manifest import Manifest, OutputLock
 from pipeline.triton_repo import TritonRepoError, read_config, validate_config, write_model_repository
 from tests.conftest import DATA, ROOT, make_image_folder, missing
+from tests.failures import FP32_BUILD, TINY, Fails, Shared, assert_fails_cleanly, files_under
 
-TINY = ["--model", "s2mlpv2_tiny_test", "--batch", "1,2,4"]
+TINY_ARGS = ["--model", "s2mlpv2_tiny_test", "--batch", "1,2,4", "--bench-seconds", "0.05"]
 
 
 def _run(*args, timeout=900):
@@ -35,11 +45,12 @@ def test_help_shows_groups_and_defaults():
         assert text in proc.stdout
 
 
+@pytest.mark.slow
 def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_path):
     if not TENSORRT_RTX.importable():
         missing("needs TensorRT for RTX (`pip install tensorrt-rtx`), which --backend auto builds with on a CPU-only machine")
     out = tmp_path / "out"
-    first = _run("--precision", "fp16", *TINY, "--out", out)
+    first = _run("--precision", "fp16", *TINY_ARGS, "--out", out)
     assert first.returncode == 0, first.stderr
     assert "RANDOM weights" in first.stderr and "gates: not judged (random weights)" in first.stdout
     # no GPU here: a TensorRT for RTX plan, built and not executed, checked through its ONNX graph
@@ -67,9 +78,9 @@ def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_
     assert list(manifest) == ["export", "precision", "build", "verify", "benchmark"]
     for record in manifest.values():
         assert {"inputs", "settings", "outputs", "seconds", "tool_versions"} <= set(record)
-    second = _run("--precision", "fp16", *TINY, "--out", out)
+    second = _run("--precision", "fp16", *TINY_ARGS, "--out", out)
     assert second.returncode == 0 and second.stdout.count("unchanged, skipped") == 5
-    forced = _run("--precision", "fp16", *TINY, "--out", out, "--force")
+    forced = _run("--precision", "fp16", *TINY_ARGS, "--out", out, "--force")
     assert forced.returncode == 0 and "unchanged, skipped" not in forced.stdout
 
 
@@ -77,10 +88,11 @@ def _summary_block(stdout: str, title: str) -> str:
     return stdout.split(f"== {title}", 1)[1].split("\n== ", 1)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_first_run_builds_the_shipped_model_and_judges_it_on_bundled_images(precision, tmp_path):
     out = tmp_path / "out"
-    proc = _run("--precision", precision, "--out", out)
+    proc = _run("--precision", precision, "--bench-seconds", "0.1", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RANDOM" not in proc.stderr
     # top-down: what was built, whether it is right, how fast
@@ -102,7 +114,7 @@ def test_first_run_builds_the_shipped_model_and_judges_it_on_bundled_images(prec
     assert "onnxruntime fp32 (model.onnx)" in fast and "the fp32 graph" in fast
     if precision == "fp16":
         assert "computes fp16 by casting to fp32: no speed-up is possible here" in fast
-    again = _run("--precision", precision, "--out", out)
+    again = _run("--precision", precision, "--bench-seconds", "0.1", "--out", out)
     assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 5
 
 
@@ -124,8 +136,9 @@ def test_bundled_sets_are_real_labeled_and_disjoint():
     assert sum(s.path.stat().st_size for s in verify + calibrate) < 2_000_000  # small on disk
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_builds_an_optimized_graph(tmp_path):
-    proc = _run("--precision", "fp32", *TINY, "--backend", "onnxruntime", "--out", tmp_path / "o")
+    proc = _run("--precision", "fp32", *TINY_ARGS, "--backend", "onnxruntime", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "model.ort.onnx").is_file() and not (tmp_path / "o" / "model.plan").exists()
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["backend"] == "onnxruntime"
@@ -136,7 +149,7 @@ def test_forcing_tensorrt_11_where_it_is_missing_is_one_line(tmp_path):
 
     if TENSORRT.importable():
         pytest.skip("TensorRT 11 is installed here; this case is a machine without it")
-    proc = _run("--precision", "fp32", *TINY, "--backend", "tensorrt", "--out", tmp_path / "o")
+    proc = _run("--precision", "fp32", *TINY_ARGS, "--backend", "tensorrt", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --backend tensorrt: TensorRT 11 is not installed")
     assert not (tmp_path / "o").exists()
@@ -152,7 +165,6 @@ def test_triton_configs_fit_tritons_own_schema_and_rtx_plans_are_refused(tmp_pat
         validate_config(text.replace("max_batch_size", "max_batchsize"))
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"plan")
-    from engines.sidecar import Sidecar
 
     Sidecar("tensorrt-rtx", "1.7.1", None, ("8.6",), "a" * 64, None, (1, 4, 8), (3, 32, 32), "fp16").write(plan)
     with pytest.raises(
@@ -169,15 +181,16 @@ def test_triton_repository_refuses_a_plugin_form_graph(graphs, tmp_path):
 
 
 def test_int8_without_calibration_data_says_what_is_needed(tmp_path):
-    proc = _run("--precision", "int8", *TINY, "--out", tmp_path / "o")
+    proc = _run("--precision", "int8", *TINY_ARGS, "--out", tmp_path / "o")
     assert proc.returncode == 2 and "--calib-data" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_int8_with_calibration_folder_and_triton_repository(tmp_path):
     calib = make_image_folder(tmp_path / "calib", classes=3, per_class=12)
     out, repo = tmp_path / "out", tmp_path / "repo"
-    proc = _run("--precision", "int8", *TINY, "--calib-data", calib, "--calib-size", "24", "--calib-holdout", "20",
+    proc = _run("--precision", "int8", *TINY_ARGS, "--calib-data", calib, "--calib-size", "24", "--calib-holdout", "20",
                 "--out", out, "--triton-repo", repo)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "held-out slice" in proc.stdout
@@ -191,6 +204,7 @@ def test_int8_with_calibration_folder_and_triton_repository(tmp_path):
     assert (repo / "s2mlpv2_tiny_test_int8" / "1" / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_passes_fp16_gates_on_labeled_eval_folder(tmp_path):
     proc = _run("--precision", "fp16", "--checkpoint", "models/weights/s2mlpv2_cifar10.safetensors", "--batch", "1,8,16",
                 "--eval-data", DATA / "cifar10-val", "--out", tmp_path / "o")  # fmt: skip
@@ -199,35 +213,54 @@ def test_trained_checkpoint_passes_fp16_gates_on_labeled_eval_folder(tmp_path):
     assert report["passed"] and report["deployed"]["top1"] is not None and report["n_images"] == 200
 
 
-def test_eval_set_overlapping_calibration_is_refused(tmp_path):
-    proc = _run("--precision", "int8", *TINY, "--calib-data", DATA / "cifar10-val", "--calib-size", "40", "--calib-holdout", "0",
-                "--eval-data", DATA / "cifar10-val", "--out", tmp_path / "o")  # fmt: skip
-    assert proc.returncode == 2 and "also calibration images" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_second_run_into_a_locked_directory_fails_clearly(tmp_path):
-    out = tmp_path / "o"
+def test_second_run_on_a_locked_output_directory(tmp_path: Path, capsys):
+    out = tmp_path / "out"
     with OutputLock(out):
-        proc = _run("--precision", "fp32", *TINY, "--out", out)
-        with pytest.raises(LockedError):
-            OutputLock(out).__enter__()
-    assert proc.returncode == 2 and "being written by another build" in proc.stderr
+        before = files_under(out)
+        status = importlib.import_module("build_engine").main([*FP32_BUILD, "--out", str(out)])
+    assert_fails_cleanly(
+        status,
+        capsys.readouterr().err,
+        Fails(r"is being written by another build \(pid \d+\)", "wait for it to finish or pass another --out"),
+    )
+    assert files_under(out) == before == {".lock"}
 
 
-def test_interrupted_stage_is_not_marked_done_and_rerun_completes(tmp_path, monkeypatch):
-    import pipeline.precision as precision
-    from pipeline.orchestrate import BuildOptions, run_pipeline
+def test_eval_set_overlapping_calibration_is_refused_before_any_stage(shared: Shared, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["--precision", "int8", "--model", TINY, "--batch", "1,2,4", "--backend", "onnxruntime", "--calib-data", str(shared.images),
+            "--calib-size", "4", "--calib-holdout", "0", "--eval-data", str(shared.images), "--out", str(out)]  # fmt: skip
+    status = importlib.import_module("build_engine").main(argv)
+    assert_fails_cleanly(
+        status,
+        capsys.readouterr().err,
+        Fails("4 evaluation images are also calibration images", "evaluate on images the calibration never saw"),
+    )
+    assert Manifest(out).stages == {}
+    # only the lock and the (complete, reusable) calibration cache: no stage ran
+    assert {p for p in files_under(out) if not p.startswith("calibration/calib-")} == {".lock"}
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
 
-    opts = BuildOptions(precision="fp16", model="s2mlpv2_tiny_test", batch=(1, 2, 4), backend="onnxruntime", out=tmp_path / "o")
-    monkeypatch.setattr(precision, "convert_precision", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(opts)
-    assert list(Manifest(tmp_path / "o").stages) == ["export"]
-    assert not (tmp_path / "o" / "model-fp16.onnx").exists()
-    monkeypatch.undo()
-    summary = run_pipeline(opts)
-    assert list(Manifest(tmp_path / "o").stages) == ["export", "precision", "build", "verify", "benchmark"]
-    assert summary["verify_passed"] is True and (tmp_path / "o" / "model-fp16.onnx").is_file()
+@pytest.mark.slow
+def test_interrupt_mid_stage_is_not_marked_done_and_rerun_completes(shared: Shared, tmp_path: Path, capsys):
+    out = shutil.copytree(shared.build, tmp_path / "out", ignore=shutil.ignore_patterns(".lock"))
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        (out / name).unlink()  # every earlier stage is done, the benchmark (a few seconds) runs again
+    argv = [*FP32_BUILD, "--out", str(out)]
+    slow_benchmark = [*argv, "--bench-seconds", "30"]  # long enough that the interrupt lands inside the stage
+    proc = subprocess.Popen(
+        [sys.executable, "build_engine.py", *slow_benchmark], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while "benchmark" in Manifest(out).stages:  # a stage's record leaves the manifest when the stage starts
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    before = files_under(out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert_fails_cleanly(proc.returncode, stderr, Fails("interrupted", "run the same command again to continue", status=130))
+    assert list(Manifest(out).stages) == ["export", "build", "verify"]
+    assert files_under(out) == before and not any(name.startswith("benchmark") for name in before)
+    assert importlib.import_module("build_engine").main(argv) == 0
+    assert list(Manifest(out).stages) == ["export", "build", "verify", "benchmark"]
+    assert capsys.readouterr().out.count("unchanged, skipped") == 3

@@ -1,17 +1,40 @@
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
 import logging
 import os
+import shutil
 import struct
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+import models
 from calibration.dataset import CalibrationError, OverlapError, build_calibration_set, check_disjoint
-from calibration.images import ImageError, load_rgb
 from calibration.sources import SourceError, discover
+from common.images import ImageError, load_rgb
 from models.s2mlpv2 import Preprocessing
 from tests.conftest import make_image_folder
+from tests.failures import (
+    TINY,
+    Case,
+    Fails,
+    Shared,
+    calibration_on,
+    only_corrupt,
+    png_declaring,
+    run_case,
+    write_bytes,
+)
 
 PRE = Preprocessing(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear")
 
@@ -210,3 +233,146 @@ def test_overlap_between_eval_and_calibration_is_an_error(tmp_path):
     other = tmp_path / "eval" / "new.png"
     Image.new("RGB", (32, 32), (1, 1, 1)).save(other)
     check_disjoint(s, [other])  # no overlap: no error
+
+
+# ----------------------------------------------------------------------------- bad input, through the tools
+
+
+CLEAN_FAILURES = [
+    Case("data-folder-empty", "calibration.__main__",
+         lambda tmp, s: calibration_on(write_bytes(tmp / "data" / ".keep", b"").parent, tmp),
+         Fails("no images found", "give an ImageFolder tree")),
+    Case("data-folder-without-images", "calibration.__main__",
+         lambda tmp, s: calibration_on(write_bytes(tmp / "data" / "notes.txt", b"hello").parent, tmp),
+         Fails("no images found", "give an ImageFolder tree")),
+    Case("data-only-corrupt-images", "calibration.__main__", only_corrupt,
+         Fails(r"only 0 usable images .*3 skipped as unreadable, first: .*corrupt or truncated", "add images")),
+    Case("data-list-of-missing-files", "calibration.__main__",
+         lambda tmp, s: calibration_on(write_bytes(tmp / "list.txt", b"gone/a.png\ngone/b.png\n"), tmp),
+         Fails(r"only 0 usable images .*gone/[ab]\.png: does not exist", "add images")),
+    Case("data-binary-file-as-list", "calibration.__main__",
+         lambda tmp, s: calibration_on(write_bytes(tmp / "data.bin", bytes(range(256))), tmp),
+         Fails("is a binary file", "give a folder of images or a text file listing image paths")),
+    Case("data-decompression-bomb", "calibration.__main__",
+         lambda tmp, s: calibration_on(png_declaring(tmp / "data" / "bomb.png", 100_000, 100_000).parent, tmp, size=1),
+         Fails(r"only 0 usable .*bomb\.png: over Pillow's pixel limit .*10000000000 pixels.*decompression bomb", "add images")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
+def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
+    run_case(case, shared, tmp_path, capsys)
+
+
+def _white_images(folder: Path) -> list[str]:
+    """A white image in every mode the decoder converts, plus images smaller than the model's crop."""
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "white").save(folder / "rgb.png")
+    Image.new("L", (32, 32), 255).save(folder / "gray.png")
+    Image.new("LA", (32, 32), (255, 255)).save(folder / "gray-alpha.png")
+    Image.new("RGBA", (32, 32), (10, 20, 30, 0)).save(folder / "transparent.png")  # hidden colour: shown as white
+    Image.new("CMYK", (32, 32), (0, 0, 0, 0)).save(folder / "cmyk.tiff")
+    Image.new("1", (32, 32), 1).save(folder / "bilevel.png")
+    palette = Image.new("P", (32, 32), 1)
+    palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    palette.save(folder / "palette.png")
+    Image.fromarray(np.full((32, 32), 65535, np.uint16)).save(folder / "gray16.png")
+    Image.new("RGB", (2, 2), "white").save(folder / "tiny.png")  # smaller than the 32 x 32 crop: resized up
+    Image.new("RGB", (1, 40), "white").save(folder / "sliver.png")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_every_image_mode_and_size_becomes_the_same_input(tmp_path: Path, capsys):
+    names = _white_images(tmp_path / "data")
+    status = importlib.import_module("calibration.__main__").main(calibration_on(tmp_path / "data", tmp_path, len(names)))
+    assert status == 0 and f"{len(names)} images ({len(names)} calibration" in capsys.readouterr().out
+    (meta,) = (tmp_path / "out").glob("calib-*.json")
+    images = np.load(meta.with_suffix(".npy"))
+    files = [Path(f).name for f in json.loads(meta.read_text())["files"]]
+    assert sorted(files) == names and images.shape == (len(names), 3, 32, 32)
+    white = images[files.index("rgb.png")]
+    for name, image in zip(files, images):
+        np.testing.assert_allclose(image, white, atol=1e-5, err_msg=name)
+
+
+def test_symlink_loops_end_and_count_every_image_once(shared: Shared, tmp_path: Path, capsys):
+    data = shutil.copytree(shared.images, tmp_path / "data")
+    os.symlink(data, data / "class_0" / "loop")  # a folder inside itself
+    (data / "links").mkdir()
+    os.symlink("self.png", data / "links" / "self.png")  # a file link to itself
+    status = importlib.import_module("calibration.__main__").main(calibration_on(data, tmp_path, size=8))
+    assert status == 0 and "8 images (8 calibration + 0 held out) from 2 classes" in capsys.readouterr().out
+    (meta,) = (tmp_path / "out").glob("calib-*.json")
+    record = json.loads(meta.read_text())
+    assert len(set(record["files"])) == 8 and all("/loop/" not in f for f in record["files"])
+    assert len(record["skipped"]) == 1 and "self.png" in record["skipped"][0]
+
+
+FORMATS = {"PNG": ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"), "JPEG": ("RGB", "L", "CMYK"), "TIFF": ("RGB", "CMYK", "I;16", "F"),
+           "BMP": ("RGB", "P"), "GIF": ("P", "L"), "WEBP": ("RGB", "RGBA")}  # fmt: skip
+ENCODINGS = [(fmt, mode) for fmt, modes in FORMATS.items() for mode in modes]
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory) -> Callable[[bytes, str], Path]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    return lambda data, suffix: write_bytes(folder / f"image{suffix}", data)
+
+
+def _decode_and_preprocess(path: Path, max_pixels: int = 1_000_000) -> None:
+    """Decode and preprocess ``path`` as calibration does; only ``ImageError`` may escape."""
+    from common.images import preprocess
+
+    try:
+        image = load_rgb(path, max_pixels)
+    except ImageError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+        return
+    assert preprocess(image, models.get_variant(TINY).preprocessing).shape == (3, 32, 32)
+
+
+def _encode(fmt: str, mode: str, width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert("L" if mode in ("I;16", "F") else mode)
+    if mode in ("I;16", "F"):
+        image = Image.fromarray(np.asarray(image).astype(np.uint16 if mode == "I;16" else np.float32) * 257)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the damage it is handed
+@FUZZ
+@given(data=st.binary(max_size=4096), suffix=st.sampled_from([".jpg", ".png", ".tiff", ".gif", ".bmp", ".webp"]))
+def test_fuzz_random_bytes(fuzz_file, data: bytes, suffix: str):
+    _decode_and_preprocess(fuzz_file(data, suffix))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@FUZZ
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    width=st.integers(1, 48),
+    height=st.integers(1, 48),
+    seed=st.integers(0, 2**16),
+    keep=st.floats(0.0, 1.0),
+    damage=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), max_size=4),
+)
+def test_fuzz_truncated_and_damaged_encodings(fuzz_file, encoding, width, height, seed, keep, damage):
+    fmt, mode = encoding
+    data = bytearray(_encode(fmt, mode, width, height, seed))
+    data = data[: max(1, int(len(data) * keep))]
+    for offset, value in damage:
+        data[offset % len(data)] = value
+    _decode_and_preprocess(fuzz_file(bytes(data), f".{fmt.lower()}"))
+
+
+@FUZZ
+@given(width=st.integers(0, 2**31 - 1), height=st.integers(0, 2**31 - 1))
+def test_fuzz_declared_sizes(fuzz_file, width: int, height: int):
+    path = png_declaring(fuzz_file(b"", ".png"), width, height)
+    try:
+        load_rgb(path, max_pixels=1_000_000)
+    except ImageError as e:
+        assert width * height <= 1_000_000 or "pixel limit" in str(e)

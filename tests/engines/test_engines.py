@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +17,9 @@ from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sid
 from engines.trt import TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
 from models.layers import shift_reference
 from pipeline.export import ExportSettings, export_onnx
+from pipeline.onnx_runtime import OnnxRuntimeRunner
 from tests.conftest import ROOT
+from tests.failures import Fails, Shared, assert_api_error_is_one_clean_line, trt11_sidecar
 
 
 def _gpu_for(name: str) -> bool:
@@ -65,11 +70,11 @@ def test_block_shape_covers_the_quarter():
     assert launch_grid(1000, 32) == (32,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
     # a subprocess without TRITON_INTERPRET: the interpreter (used by the other kernel tests) cannot compile
-    import os
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json; from engines.shift_kernel import compile_ptx; "
@@ -209,12 +214,8 @@ def test_parse_batch_and_settings():
         BuildSettings(batch=(8, 1, 32))
 
 
-def test_planned_sidecar_reads_the_graph(tmp_path):
-    torch.manual_seed(0)
-    model = models.create_model("s2mlpv2_tiny_test").eval()
-    std, plug = tmp_path / "std.onnx", tmp_path / "plug.onnx"
-    export_onnx(model, std, ExportSettings())
-    export_onnx(model, plug, ExportSettings(shift_impl="plugin"))
+def test_planned_sidecar_reads_the_graph(graphs):
+    std, plug = graphs.get("tiny"), graphs.get("tiny", "plugin")
     a = planned_sidecar(std, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
     b = planned_sidecar(plug, BuildSettings(timing_cache=None), "11.4.0", ("GPU", "9.0"))
     assert a.input_shape == (3, 32, 32) and a.precision == "fp32" and a.plugin_sha256 is None
@@ -256,3 +257,36 @@ def test_build_and_run_plan_matches_onnx_runtime(flavour, tmp_path):  # pragma: 
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(runner(x), OnnxRuntimeRunner(onnx_path)(x), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(runner.cuda_graph(4)(x), runner(x), rtol=0, atol=0)
+
+
+def _batches() -> list[tuple[str, np.ndarray | torch.Tensor, Fails]]:
+    ok = np.zeros((2, 3, 32, 32), np.float32)
+    nan, inf = ok.copy(), torch.zeros(2, 3, 32, 32)
+    nan[1, 2, 3, 4] = np.nan
+    inf[0, 0, 0, 0] = float("-inf")
+    return [
+        ("wrong-dtype", ok.astype(np.uint8), Fails("dtype uint8 is not a float type", "pass float32 images")),
+        ("wrong-rank", ok[0], Fails("got rank 3", "add the batch dimension")),
+        ("wrong-channels", ok[:, :1], Fails("input has 1 channels", "convert images to RGB")),
+        ("wrong-size", np.zeros((2, 3, 64, 64), np.float32), Fails("input images are 64x64", "preprocess them with the card")),
+        ("nan", nan, Fails("input contains NaN or Inf", "check the preprocessing")),
+        ("inf", inf, Fails("input contains NaN or Inf", "check the preprocessing")),
+    ]
+
+
+@pytest.mark.parametrize("runner", ["onnxruntime", "tensorrt-checks"])
+@pytest.mark.parametrize("bad", _batches(), ids=[b[0] for b in _batches()])
+def test_bad_batches_are_refused_before_running(runner, bad, shared: Shared, capsys):
+    _, batch, expected = bad
+    run = OnnxRuntimeRunner(shared.onnx) if runner == "onnxruntime" else (lambda x: check_input(x, trt11_sidecar()))
+    with pytest.raises(InputError) as info:
+        run(batch)
+    assert_api_error_is_one_clean_line(info.value, expected, capsys)
+
+
+def test_batch_outside_the_plan_profile_is_refused(capsys):
+    with pytest.raises(ProfileError) as info:
+        check_input(np.zeros((33, 3, 32, 32), np.float32), trt11_sidecar())
+    assert_api_error_is_one_clean_line(
+        info.value, Fails(r"batch 33 is outside the plan's profile \[1, 32\]", "rebuild with --batch"), capsys
+    )

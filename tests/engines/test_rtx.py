@@ -45,7 +45,7 @@ GRAPHS = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["tiny", "cifar10"])
+@pytest.mark.parametrize("variant", ["tiny", pytest.param("cifar10", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("form,precision,placement", GRAPHS, ids=["-".join(g) for g in GRAPHS])
 def test_real_plan_from_every_graph(variant, form, precision, placement, graphs, tmp_path):
     graph = graphs.get(variant, form, precision, placement)

@@ -1,12 +1,28 @@
+from __future__ import annotations
+
 import json
 import os
 import pickle
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import models
 from models import CheckpointError, load_checkpoint, save_checkpoint
+from tests.failures import (
+    FP32_BUILD,
+    Case,
+    Fails,
+    Shared,
+    edited_card,
+    other_variant,
+    pickle_running_code,
+    run_case,
+    truncated,
+    write_bytes,
+)
 
 
 @pytest.fixture
@@ -144,3 +160,46 @@ def test_failed_save_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(tiny, tmp_path / "tiny.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad input, through the tools
+
+
+CLEAN_FAILURES = [
+    Case("checkpoint-missing", "build_engine",
+         lambda tmp, s: [*FP32_BUILD, "--checkpoint", str(tmp / "nope.safetensors"), "--out", str(tmp / "out")],
+         Fails("checkpoint not found", "check the path")),
+    Case("checkpoint-empty", "pipeline.export",
+         lambda tmp, s: ["--checkpoint", str(write_bytes(tmp / "empty.safetensors", b"")), "--out", str(tmp / "out" / "m.onnx")],
+         Fails(r"empty \(0 bytes\)", "re-copy or re-save")),
+    Case("checkpoint-truncated", "pipeline.verify",
+         lambda tmp, s: ["--checkpoint", str(truncated(s.checkpoint, tmp / "t.safetensors")), "--artifact", str(s.onnx),
+                         "--data", str(s.images), "--out", str(tmp / "out" / "report.json")],
+         Fails("not a readable safetensors file", "truncated or corrupt: re-copy or re-save")),
+    Case("checkpoint-random-bytes", "pipeline.verify",
+         lambda tmp, s: ["--checkpoint", str(write_bytes(tmp / "r.pt", np.random.default_rng(0).bytes(4096))),
+                         "--artifact", str(s.onnx), "--data", str(s.images), "--out", str(tmp / "out" / "report.json")],
+         Fails("not a readable PyTorch checkpoint", "re-copy or re-save")),
+    Case("checkpoint-unsupported-type", "build_engine",
+         lambda tmp, s: [*FP32_BUILD, "--checkpoint", str(write_bytes(tmp / "w.h5", b"HDF")), "--out", str(tmp / "out")],
+         Fails(r"unsupported checkpoint type '\.h5'", r"use \.safetensors or a PyTorch state dict")),
+    Case("checkpoint-for-another-variant", "calibration.__main__", other_variant,
+         Fails(r"does not fit s2mlpv2_tiny_test \(\d+ mismatches: .* vs model", "s2mlpv2_cifar10 checkpoint .* delete the stale card")),
+    Case("checkpoint-pickle-runs-code", "build_engine", pickle_running_code,
+         Fails("could run code when unpickled; refused", r"Re-save it as a plain state_dict")),
+    Case("card-disagrees-with-weights", "pipeline.export",
+         lambda tmp, s: ["--checkpoint", str(edited_card(s.checkpoint, tmp, lambda c: c["config"].update(embed_dims=[16, 64]))),
+                         "--out", str(tmp / "out" / "m.onnx")],
+         Fails("disagrees with the card inside", "delete the stale JSON or re-save")),
+    Case("card-with-zero-std", "build_engine",
+         lambda tmp, s: [*FP32_BUILD, "--checkpoint",
+                         str(edited_card(s.checkpoint, tmp, lambda c: c["preprocessing"].update(std=[0, 0, 0]))),
+                         "--out", str(tmp / "out")],
+         Fails("std must be positive", "re-save it")),
+    # ONNX files,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
+def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
+    run_case(case, shared, tmp_path, capsys)

@@ -1,4 +1,4 @@
-"""Parameter and MAC counts against SPEC §1 (the paper's numbers)."""
+"""Parameter and MAC counts against the paper's numbers (docs/ARCHITECTURE.md)."""
 
 import pytest
 import torch

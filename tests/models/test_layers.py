@@ -15,7 +15,7 @@ from models.layers import (
     spatial_shift2,
 )
 
-# (move along D1, move along D2) for each channel quarter, straight from SPEC §1.
+# (move along D1, move along D2) for each channel quarter, straight from the paper's definition (docs/ARCHITECTURE.md).
 MOVES = {1: [(1, 0), (-1, 0), (0, 1), (0, -1)], 2: [(0, 1), (0, -1), (1, 0), (-1, 0)]}
 
 

@@ -1,11 +1,20 @@
+from __future__ import annotations
+
+import importlib
+import importlib.util
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import models
 from pipeline.benchmark import gemm_ceilings, model_macs, time_fn
 from pipeline.export import ExportSettings, export_onnx
+from pipeline.manifest import Manifest
+from tests.failures import FP32_BUILD, TINY, Case, Fails, Shared, assert_fails_cleanly, files_under, run_case, truncated
 
 
 def test_time_fn_runs_warmup_plus_at_least_iters():
@@ -23,6 +32,7 @@ def test_gemm_ceilings_are_positive_for_both_precisions():
     assert c["fp32"] > 0 and c["int8"] > 0
 
 
+@pytest.mark.slow
 def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     torch.manual_seed(0)
     onnx_path = tmp_path / "tiny.onnx"
@@ -74,3 +84,41 @@ def test_cli_rejects_zero_rounds(tmp_path, run_cli):
     proc = run_cli("pipeline.benchmark", "--rounds", "0", "--out", tmp_path / "b.json")
     assert proc.returncode == 2 and "--rounds must be at least 1, got 0" in proc.stderr.splitlines()[-1]
     assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- bad input, through the tools
+
+
+CLEAN_FAILURES = [
+    Case("onnx-truncated-benchmark", "pipeline.benchmark",
+         lambda tmp, s: ["--model", TINY, "--onnx", str(truncated(s.onnx, tmp / "t.onnx")), "--threads", "1",
+                         "--out", str(tmp / "out" / "b.json")],
+         Fails("not a readable ONNX file", "re-run the export stage")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
+def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
+    run_case(case, shared, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("where", ["_measure", "_plot"])
+def test_interrupt_inside_the_benchmark_is_one_line(shared: Shared, tmp_path: Path, capsys, monkeypatch, where: str):
+    """Where the signal lands in a stage is up to timing; the subprocess test above cannot choose, this one does."""
+    import pipeline.benchmark
+
+    out = shutil.copytree(shared.build, tmp_path / "out", ignore=shutil.ignore_patterns(".lock"))
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        (out / name).unlink()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.benchmark, where, interrupted)
+    before = files_under(out)
+    status = importlib.import_module("build_engine").main([*FP32_BUILD, "--out", str(out)])
+    assert_fails_cleanly(
+        status, capsys.readouterr().err, Fails("interrupted", "run the same command again to continue", status=130)
+    )
+    assert list(Manifest(out).stages) == ["export", "build", "verify"]
+    assert files_under(out) - {".lock"} == before  # the lock file stays; its lock does not

@@ -1,5 +1,8 @@
+from __future__ import annotations
+
 import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +22,7 @@ from pipeline.precision import (
     small_gemms,
 )
 from tests.conftest import DATA
+from tests.failures import Case, Fails, Shared, foreign_onnx, run_case, write_bytes
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,14 @@ def tiny(tmp_path_factory):
     export_onnx(model, plug, ExportSettings(shift_impl="plugin"))
     images = load_images(DATA / "cifar10-val", model, 64).numpy()
     return model, std, plug, images
+
+
+@pytest.fixture(scope="module")
+def int8(tiny, tmp_path_factory):
+    """The tiny standard graph in int8, converted once for the tests that read it (ModelOpt is slow)."""
+    _, std, _, images = tiny
+    out = tmp_path_factory.mktemp("int8") / "int8.onnx"
+    return out, convert_precision(std, out, "int8", images[:32])
 
 
 def _cosine(a, b):
@@ -59,10 +71,9 @@ def test_fp16_keeps_nodes_over_data_max_in_fp32(tiny, tmp_path):
     assert len(report.kept_fp32) > len(strict.kept_fp32)
 
 
-def test_int8_graph_has_symmetric_qdq_and_reports_nodes(tiny, tmp_path):
+def test_int8_graph_has_symmetric_qdq_and_reports_nodes(tiny, int8):
     _, std, _, images = tiny
-    out = tmp_path / "int8.onnx"
-    report = convert_precision(std, out, "int8", images[:32])
+    out, report = int8
     graph = onnx.load(str(out)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
     zero_points = [t for t in graph.initializer if "zero_point" in t.name]
@@ -111,13 +122,11 @@ def test_small_gemm_exclusions_match_whole_names_only(tmp_path):
     assert sorted(plain) == ["Gemm:node_linear_2", "MatMul:node_linear_3", "MatMul:node_linear_4"]
 
 
-def test_every_quantized_matmul_runs_as_one_integer_kernel_in_onnx_runtime(tiny, tmp_path):
+def test_every_quantized_matmul_runs_as_one_integer_kernel_in_onnx_runtime(int8, tmp_path):
     # the mixer's two expansion GEMMs share their input; one shared Q/DQ pair left both as fp32 MatMuls in ORT
     from pipeline.onnx_runtime import make_session
 
-    _, std, _, images = tiny
-    out, optimized = tmp_path / "int8.onnx", tmp_path / "int8-ort.onnx"
-    report = convert_precision(std, out, "int8", images[:32])
+    (out, report), optimized = int8, tmp_path / "int8-ort.onnx"
     make_session(out, optimized_model_path=str(optimized), optimization="extended")
     nodes = onnx.load(str(optimized)).graph.node
     ops = collections.Counter(n.op_type for n in nodes)
@@ -128,15 +137,14 @@ def test_every_quantized_matmul_runs_as_one_integer_kernel_in_onnx_runtime(tiny,
     assert {n.op_type for n in nodes if dequantized & set(n.input)} <= {"Conv"}  # ORT has no float-output int8 Conv
 
 
-def test_plugin_graph_is_quantized_through_its_standard_twin(tiny, tmp_path):
-    _, std, plug, images = tiny
+def test_plugin_graph_is_quantized_through_its_standard_twin(tiny, int8, tmp_path):
+    _, _, plug, images = tiny
     out = tmp_path / "plug-int8.onnx"
     convert_precision(plug, out, "int8", images[:32])
     graph = onnx.load(str(out)).graph
     assert sum(n.op_type == "SpatialShift" for n in graph.node) == 4
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
-    std_out = tmp_path / "std-int8.onnx"
-    convert_precision(std, std_out, "int8", images[:32])
+    std_out, _ = int8
     np.testing.assert_allclose(OnnxRuntimeRunner(out)(images), OnnxRuntimeRunner(std_out)(images), rtol=0, atol=1e-6)
 
 
@@ -164,15 +172,15 @@ def test_swap_on_graph_without_shifts_is_an_error():
         swap_in_plugin_nodes(onnx.helper.make_model(graph))
 
 
-def test_sensitive_nodes_ranks_quantized_nodes(tiny, tmp_path):
+def test_sensitive_nodes_ranks_quantized_nodes(tiny, int8):
     _, std, _, images = tiny
-    out = tmp_path / "int8.onnx"
-    convert_precision(std, out, "int8", images[:32])
+    out, _ = int8
     quantized, _ = qdq_summary(onnx.load(str(out)))
     top = sensitive_nodes(onnx.load(str(std)), out, images[:8], quantized, 3)
     assert len(top) == 3 and all(any(q.endswith(":" + t) for q in quantized) for t in top)
 
 
+@pytest.mark.slow
 def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
     _, std, _, _ = tiny
     out = tmp_path / "int8.onnx"
@@ -192,3 +200,22 @@ def test_cli_int8_without_calib_data_fails_cleanly(tiny, tmp_path, run_cli):
     _, std, _, _ = tiny
     proc = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--out", tmp_path / "x.onnx")
     assert proc.returncode == 2 and "--calib-data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- bad input, through the tools
+
+
+CLEAN_FAILURES = [
+    Case("onnx-corrupt", "pipeline.precision",
+         lambda tmp, s: ["--onnx", str(write_bytes(tmp / "c.onnx", np.random.default_rng(1).bytes(3000))), "--precision", "fp16",
+                         "--out", str(tmp / "out" / "m.onnx")],
+         Fails("not a readable ONNX file", "re-run the export stage")),
+    Case("onnx-of-another-project", "pipeline.precision",
+         lambda tmp, s: ["--onnx", str(foreign_onnx(tmp / "f.onnx")), "--precision", "fp16", "--out", str(tmp / "out" / "m.onnx")],
+         Fails("not written by this project's export stage", "export it with python -m pipeline.export")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
+def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
+    run_case(case, shared, tmp_path, capsys)

@@ -1,4 +1,10 @@
+from __future__ import annotations
+
+import importlib
+import importlib.util
 import json
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +13,20 @@ import torch
 import models
 from pipeline.export import ExportSettings, export_onnx
 from pipeline.precision import convert_precision
-from pipeline.verify import GATES, compare_logits, verify
+from pipeline.verify import compare_logits, verify
 from tests.conftest import DATA
+from tests.failures import (
+    Case,
+    Fails,
+    Shared,
+    assert_fails_cleanly,
+    foreign_onnx,
+    run_case,
+    trt11_sidecar,
+    truncated,
+    verify_on,
+    write_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +38,27 @@ def cifar(tmp_path_factory):
     return ckpt, path
 
 
-def test_gates_live_in_one_table_for_each_precision():
-    assert set(GATES) == {"fp32", "fp16", "int8"}
-    assert GATES["int8"]["unlabeled"][0].metric == "cosine_min"
+def test_int8_gates_judge_the_top1_drop_and_the_agreement():
+    labels = np.arange(1000) % 10
+    reference = np.eye(10)[labels] * 5.0  # every image right
+    deployed = reference.copy()
+    deployed[:4] = np.roll(reference[:4], 1, axis=1)  # 4 flips: top-1 drop 0.004, agreement 0.996
+    assert compare_logits(reference, deployed, labels, "int8")
+    deployed[:6] = np.roll(reference[:6], 1, axis=1)  # 6 flips: drop 0.006 > 0.005
+    result = compare_logits(reference, deployed, labels, "int8")
+    assert not result and not result.gates["top1_drop"]["passed"] and result.gates["top1_agreement"]["passed"]
+
+
+def test_the_precision_stage_gates_int8_with_the_same_table(monkeypatch):
+    from pipeline import precision, verify
+
+    logits = np.eye(10)[np.arange(100) % 10]
+    flipped = logits.copy()
+    flipped[:2] = np.roll(logits[:2], 1, axis=1)  # agreement 0.98
+    assert precision._gate(logits, flipped, labeled=True) == ("top1_agreement", 0.98, 0.99)
+    looser = (verify.Gate("top1_drop", "<=", 0.005), verify.Gate("top1_agreement", ">=", 0.95))
+    monkeypatch.setitem(verify.GATES["int8"], "labeled", looser)
+    assert precision._gate(logits, flipped, labeled=True)[2] == 0.95
 
 
 def test_identical_logits_pass_fp32_gates():
@@ -53,6 +89,7 @@ def test_nonfinite_outputs_fail_every_gate():
     assert result.gates["finite_outputs"]["passed"] is False
 
 
+@pytest.mark.slow
 def test_report_keys_other_scripts_read(cifar, tmp_path):
     model, onnx_path = cifar
     out = tmp_path / "report.json"
@@ -78,6 +115,7 @@ def test_report_keys_other_scripts_read(cifar, tmp_path):
     assert bool(result)
 
 
+@pytest.mark.slow
 def test_planted_wrong_artifact_is_caught(cifar, tmp_path):
     """Export a copy of the model with perturbed weights: the gates must fail."""
     model, _ = cifar
@@ -93,6 +131,7 @@ def test_planted_wrong_artifact_is_caught(cifar, tmp_path):
     assert result.gates["cosine_min"]["passed"] is False
 
 
+@pytest.mark.slow
 def test_fp16_and_int8_of_trained_model_pass_on_labeled_sample(cifar, tmp_path):
     model, onnx_path = cifar
     from calibration.dataset import build_calibration_set
@@ -108,6 +147,7 @@ def test_fp16_and_int8_of_trained_model_pass_on_labeled_sample(cifar, tmp_path):
     assert result.metrics["top1_agreement"] >= 0.95  # a 200-image sample: the gate proper is measured on the full split
 
 
+@pytest.mark.slow
 def test_cli_exits_1_on_failed_gate_and_2_on_bad_input(cifar, tmp_path, run_cli):
     model, onnx_path = cifar
     ok = run_cli("pipeline.verify", "--checkpoint", "models/weights/s2mlpv2_cifar10.safetensors", "--artifact", onnx_path,
@@ -120,3 +160,75 @@ def test_cli_exits_1_on_failed_gate_and_2_on_bad_input(cifar, tmp_path, run_cli)
     missing = run_cli("pipeline.verify", "--model", "s2mlpv2_cifar10", "--artifact", tmp_path / "none.onnx",
                       "--data", DATA / "cifar10-val", "--out", tmp_path / "m.json")  # fmt: skip
     assert missing.returncode == 2 and "error: artifact not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# ----------------------------------------------------------------------------- bad input, through the tools
+
+
+CLEAN_FAILURES = [
+    Case("onnx-truncated", "pipeline.verify",
+         lambda tmp, s: verify_on(truncated(s.onnx, tmp / "t.onnx"), s.images, tmp),
+         Fails("cannot load .*t.onnx", "re-run the export stage")),
+    Case("onnx-of-another-model", "pipeline.verify",
+         lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx"), s.images, tmp),
+         Fails(r"logits of shape \(8, 3\), the reference model \(8, 5\)", "verify the artifact against the checkpoint")),
+    Case("onnx-for-another-input-size", "pipeline.verify",
+         lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx", size=64), s.images, tmp),
+         Fails("input images are 32x32, the graph expects 64x64", "preprocess them with the card of the model")),
+    # calibration and evaluation data,
+    Case("data-text-named-jpg", "pipeline.verify",
+         lambda tmp, s: verify_on(s.onnx, write_bytes(tmp / "data" / "photo.jpg", b"not an image").parent, tmp),
+         Fails(r"no usable images .*1 unreadable", "give a folder of readable images")),
+    Case("plan-without-sidecar", "pipeline.verify",
+         lambda tmp, s: verify_on(write_bytes(tmp / "m.plan", b"plan"), s.images, tmp),
+         Fails(r"m\.json is missing", "rebuild the plan")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
+def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
+    run_case(case, shared, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "runtime_version,gpu,expected",
+    [
+        (
+            "11.6.1",
+            "9.0",
+            Fails(r"built with TensorRT 11\.4\.0, but this machine has TensorRT 11\.6\.1", "rebuild the plan here"),
+        ),
+        (
+            "11.4.0",
+            "8.9",
+            Fails(r"compute capability 9\.0 \(NVIDIA H100\), but this GPU is 8\.9", "rebuild the plan on this GPU"),
+        ),
+    ],
+    ids=["plan-from-another-tensorrt", "plan-from-another-gpu"],
+)
+def test_plan_from_elsewhere_is_refused_before_loading(runtime_version, gpu, expected, shared, tmp_path, monkeypatch, capsys):
+    import engines.runtime
+    from engines.trt import Flavour
+
+    # this machine, as far as the runtime can tell, without TensorRT 11 being installed: a fake
+    # module stands in (only a version), and the header check that would need the real one is skipped
+    monkeypatch.setattr(Flavour, "module", lambda self: types.SimpleNamespace(__version__=runtime_version))
+    monkeypatch.setattr(engines.runtime, "_check_header", lambda *args: None)
+    monkeypatch.setattr(engines.runtime, "cuda_device", lambda: ("a GPU", gpu))
+    trt11_sidecar().write(write_bytes(tmp_path / "m.plan", b"plan"))
+    status = importlib.import_module("pipeline.verify").main(verify_on(tmp_path / "m.plan", shared.images, tmp_path))
+    assert_fails_cleanly(status, capsys.readouterr().err, expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_on_a_machine_without_tensorrt(shared: Shared, tmp_path: Path, capsys):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("the tensorrt package is installed here; this case is a machine without it")
+    trt11_sidecar().write(write_bytes(tmp_path / "m.plan", b"plan"))
+    status = importlib.import_module("pipeline.verify").main(verify_on(tmp_path / "m.plan", shared.images, tmp_path))
+    assert_fails_cleanly(
+        status,
+        capsys.readouterr().err,
+        Fails("cannot run .*m.plan: TensorRT 11 is not installed", r"pip install -e \.\[tensorrt\]"),
+    )
+    assert not (tmp_path / "out").exists()

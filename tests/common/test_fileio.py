@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-import models.fileio as fileio
-from models.fileio import atomic_path, atomic_paths
+import common.fileio as fileio
+from common.fileio import atomic_path, atomic_paths
 
 
 def _report(folder: Path) -> list[Path]:

@@ -1,40 +1,37 @@
-"""The spatial shift as one opaque op, for the plugin form of the ONNX export.
+"""The SpatialShift node of the plugin-form export: the names TensorRT finds our plugin by, and its ONNX schema.
 
-``torch.ops.s2mlpv2.spatial_shift(x, pattern)`` computes exactly ``layers.shift_reference``.
-Traced under ``layers.shift_lowering("plugin")``, it stays one node, which the exporter turns
-into one ONNX node that TensorRT's parser maps to our plugin:
+The plugin-form export writes each spatial shift as one node that TensorRT's ONNX parser maps
+to our plugin (``engines.plugin`` for TensorRT 11, ``engines.plugin_rtx`` for TensorRT for RTX):
 
 * ``op_type`` = ``PLUGIN_NAME``; attributes ``plugin_namespace`` = ``PLUGIN_NAMESPACE`` and
-  ``plugin_version`` = ``PLUGIN_VERSION`` (how TensorRT 11 finds a plugin creator, SPEC §3);
+  ``plugin_version`` = ``PLUGIN_VERSION``. TensorRT's parser falls back to a plugin for an op
+  type it does not know: the creator's name is the ``op_type``, its version the node's
+  ``plugin_version`` attribute (default "1"), its namespace the ``plugin_namespace`` attribute;
+  the node's domain is ignored.
 * attribute ``pattern`` (1 = SS1, 2 = SS2).
 
-These names are the single source for the exporter, the TensorRT plugin and ONNX Runtime's
-stand-in (``pipeline.ort_ops``).
+These names are the single source for the exporter, both TensorRT plugins and ONNX Runtime's
+stand-in (``pipeline.onnx_runtime``). The torch op the exporter traces,
+``torch.ops.s2mlpv2.spatial_shift``, is defined beside the shift itself in ``models.layers``.
 """
 
 from __future__ import annotations
 
-import torch
-
-from .layers import shift_reference
-
-__all__ = ["PLUGIN_NAME", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "ONNX_DOMAIN", "onnx_schema", "onnx_translation_table"]
+__all__ = [
+    "PLUGIN_NAME",
+    "PLUGIN_NAMESPACE",
+    "PLUGIN_VERSION",
+    "ONNX_DOMAIN",
+    "onnx_schema",
+    "register_onnx_schema",
+    "onnx_translation_table",
+]
 
 PLUGIN_NAMESPACE = "s2mlpv2"
 PLUGIN_NAME = "SpatialShift"
 PLUGIN_VERSION = "1"
 # The node's domain: TensorRT ignores it; ONNX needs a non-standard one for a custom op.
 ONNX_DOMAIN = "s2mlpv2"
-
-
-@torch.library.custom_op("s2mlpv2::spatial_shift", mutates_args=())
-def spatial_shift_op(x: torch.Tensor, pattern: int) -> torch.Tensor:
-    return shift_reference(x, pattern)
-
-
-@spatial_shift_op.register_fake
-def _(x: torch.Tensor, pattern: int) -> torch.Tensor:
-    return torch.empty_like(x)
 
 
 def onnx_schema():
@@ -67,6 +64,9 @@ def register_onnx_schema() -> None:
 def onnx_translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: one node per shift."""
     import onnxscript
+    import torch
+
+    import models.layers  # noqa: F401  (defines torch.ops.s2mlpv2.spatial_shift)
 
     register_onnx_schema()  # onnxscript looks the op up by schema
     domain = onnxscript.values.Opset(ONNX_DOMAIN, 1)

@@ -1,9 +1,13 @@
-"""Decoding untrusted image files into RGB, safely.
+"""Images, in one place: which files count as images, decoding untrusted files into RGB, and the card's preprocessing.
 
-Every failure is an ``ImageError`` with a one-line reason: unreadable or truncated files,
-files that are not images, and decompression bombs (a declared size over ``max_pixels``,
-checked from the header before any pixel is decoded). Grayscale, CMYK, RGBA, LA, palette
-and 16-bit images all come out as 8-bit RGB.
+* ``IMAGE_SUFFIXES``: what every folder reader (training, evaluation, calibration) takes.
+* ``load_rgb``: every failure is an ``ImageError`` with a one-line reason: unreadable or
+  truncated files, files that are not images, and decompression bombs (a declared size over
+  ``max_pixels``, checked from the header before any pixel is decoded). Grayscale, CMYK,
+  RGBA, LA, palette and 16-bit images all come out as 8-bit RGB.
+* ``eval_transform`` / ``preprocess``: resize, center-crop and normalise exactly as a model
+  card's preprocessing says (any object with ``input_size``, ``interpolation``, ``mean``,
+  ``std`` and ``crop_pct``), with timm's eval transform.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ImageError", "DEFAULT_MAX_PIXELS", "load_rgb"]
+from .errors import S2MLPv2Error
 
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "DEFAULT_MAX_PIXELS", "load_rgb", "eval_transform", "preprocess"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ImageNet's largest images are far below this
 
 
-class ImageError(ValueError):
+class ImageError(S2MLPv2Error, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
@@ -68,3 +75,22 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
         # PIL reports truncated data, bad headers and decoder errors with these types
         reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise ImageError(f"{name}: corrupt or truncated image ({reason})") from None
+
+
+def eval_transform(pre):
+    """Resize, center-crop and normalise exactly as the card says (timm's eval transform)."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=pre.input_size,
+        is_training=False,
+        interpolation=pre.interpolation,
+        mean=pre.mean,
+        std=pre.std,
+        crop_pct=pre.crop_pct,
+    )
+
+
+def preprocess(image, pre) -> np.ndarray:
+    """One RGB PIL image -> the model's input ``(3, H, W)`` float32, exactly as the card says."""
+    return eval_transform(pre)(image).numpy()
