@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder (synset in file names) or list file")
     ModelArgs(
+        exclusive=True,
         checkpoint_help="take the preprocessing from this checkpoint's card",
         model_help="take the preprocessing from this variant",
     ).add_to_parser(p, "preprocessing from")

@@ -39,14 +39,15 @@ class ModelArgs:
     """``--model`` and ``--checkpoint``: either a checkpoint (its card names the variant) or a variant with random weights."""
 
     model_default: str | None = "s2mlpv2_small7"
-    exclusive: bool = False  # exactly one of the two must be given
+    exclusive: bool = False  # at most one of the two may be given
+    one_required: bool = False  # with ``exclusive``: exactly one must be given
     checkpoint_required: bool = False
     model_help: str = "variant with RANDOM weights when no --checkpoint is given (a checkpoint's card names its own)"
     checkpoint_help: str = "weights: .safetensors (with its card) or a PyTorch state dict"
 
     def add_to_parser(self, parser: argparse.ArgumentParser, title: str = "model") -> None:
         group = parser.add_argument_group(title)
-        target = group.add_mutually_exclusive_group(required=True) if self.exclusive else group
+        target = group.add_mutually_exclusive_group(required=self.one_required) if self.exclusive else group
         if not self.checkpoint_required:
             target.add_argument("--model", choices=list_models(), default=self.model_default, help=self.model_help)
         target.add_argument("--checkpoint", type=Path, required=self.checkpoint_required, help=self.checkpoint_help)

@@ -389,7 +389,9 @@ def benchmark(
         runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=settings.threads)))
     for path in plans:
         runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
-    reference_name = f"onnxruntime fp32 ({reference_onnx.name})" if reference_onnx else None
+    reference_name = next(
+        (name for name, _, _ in runners if reference_onnx and name.endswith(f"({Path(reference_onnx).name})")), None
+    )
     result = _measure(settings, model, runners, onnx_rows, reference_name)
     with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
         atomic_write_json(json_path, result)

@@ -30,7 +30,7 @@ from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, a
 from models.args import ModelArgs
 
 MODEL_ARGS = ModelArgs(
-    model_default=None, exclusive=True, model_help="random-init reference (seed 0, as pipeline.export uses)",
+    model_default=None, exclusive=True, one_required=True, model_help="random-init reference (seed 0, as pipeline.export uses)",
     checkpoint_help="reference weights (.safetensors with card, or a state dict)",
 )  # fmt: skip
 
