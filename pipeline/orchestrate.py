@@ -396,7 +396,12 @@ def _calibration(opts: BuildOptions, model, out: Path):
     from calibration.sources import discover
 
     found = len(discover(opts.calib_data, opts.labels))
-    holdout = min(opts.calib_holdout, max(0, found - opts.calib_size))
+    if found < opts.calib_size:
+        raise PipelineError(
+            f"{opts.calib_data} has {found} images, fewer than the {opts.calib_size} to calibrate on; "
+            f"pass --calib-size {found} or less, or add images"
+        )
+    holdout = min(opts.calib_holdout, found - opts.calib_size)
     if holdout < opts.calib_holdout:
         print(
             f"[calib    ] {opts.calib_data} has {found} images: {opts.calib_size} calibrate, {holdout} are held out "

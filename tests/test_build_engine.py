@@ -241,6 +241,17 @@ def test_eval_set_overlapping_calibration_is_refused_before_any_stage(shared: Sh
     assert {p for p in files_under(out) if not p.startswith("calibration/calib-")} == {".lock"}
 
 
+def test_too_few_calibration_images_name_the_option_before_any_stage(shared: Shared, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["--precision", "int8", "--model", TINY, "--batch", "1,2,4", "--backend", "onnxruntime",
+            "--calib-data", str(shared.images), "--calib-size", "16", "--out", str(out)]  # fmt: skip
+    status = importlib.import_module("build_engine").main(argv)
+    assert_fails_cleanly(
+        status, capsys.readouterr().err, Fails("has 8 images, fewer than the 16 to calibrate on", "pass --calib-size 8 or less")
+    )
+    assert Manifest(out).stages == {} and files_under(out) == {".lock"}
+
+
 @pytest.mark.slow
 def test_interrupt_mid_stage_is_not_marked_done_and_rerun_completes(shared: Shared, tmp_path: Path, capsys):
     out = shutil.copytree(shared.build, tmp_path / "out", ignore=shutil.ignore_patterns(".lock"))
