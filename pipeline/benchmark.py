@@ -195,10 +195,15 @@ def _half_copy(model):
     return copy.deepcopy(model).half().cuda()
 
 
-def _row_note(row: dict[str, Any], ceilings: dict[str, float]) -> str | None:
-    """What a reader must know to judge the row, where its precision cannot pay off on its runtime."""
+def _row_note(row: dict[str, Any], ceilings: dict[str, float], python_shift: bool = False) -> str | None:
+    """What a reader must know to judge the row: a stand-in op in it, or a precision that cannot pay off on its runtime."""
     if not row["backend"].startswith("onnxruntime"):
         return None
+    if python_shift:
+        return (
+            "the SpatialShift plugin nodes run through a Python stand-in on ONNX Runtime: this row says nothing "
+            "about the plugin's speed, which only a TensorRT plan on a GPU shows"
+        )
     if row["precision"] == "fp16":
         return (
             "ONNX Runtime's CPU provider computes fp16 by casting to fp32: no speed-up is possible here; "
@@ -392,7 +397,8 @@ def benchmark(
     reference_name = next(
         (name for name, _, _ in runners if reference_onnx and name.endswith(f"({Path(reference_onnx).name})")), None
     )
-    result = _measure(settings, model, runners, onnx_rows, reference_name)
+    stand_ins = frozenset(name for name, _, run in runners if getattr(run, "python_shift", False))
+    result = _measure(settings, model, runners, onnx_rows, reference_name, stand_ins)
     with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
         atomic_write_json(json_path, result)
         atomic_write_text(md_path, _markdown(result))
@@ -482,7 +488,7 @@ def _row(name: str, precision: str, batch: int, by_round: list, gflops) -> dict[
     }
 
 
-def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: dict[str, float]) -> None:
+def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: dict[str, float], stand_ins=frozenset()) -> None:
     """Each row against eager fp32, eager in its own precision, and the fp32 graph on the same runtime; plus its note."""
 
     def find(batch: int, backend: str | None):
@@ -495,7 +501,7 @@ def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: d
         r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
         ref = find(r["batch"], reference_name)
         r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if ref and ref is not r else None
-        r["note"] = _row_note(r, ceilings)
+        r["note"] = _row_note(r, ceilings, r["backend"] in stand_ins)
 
 
 def _profiles(settings: BenchmarkSettings, onnx_rows, inputs, ceilings, gflops) -> list[dict[str, Any]]:
@@ -517,8 +523,11 @@ def _profiles(settings: BenchmarkSettings, onnx_rows, inputs, ceilings, gflops) 
     return profiles
 
 
-def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_name: str | None) -> dict[str, Any]:
-    """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result."""
+def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_name, stand_ins=frozenset()) -> dict[str, Any]:
+    """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result.
+
+    ``stand_ins``: the rows whose graph runs SpatialShift plugin nodes through ONNX Runtime's Python stand-in.
+    """
     macs = model_macs(model)
 
     def gflops(batch: int, ms: float) -> float:
@@ -530,7 +539,7 @@ def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_n
     by_round = _time_rounds(settings, runners, inputs, gflops)
     ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
     rows = [_row(name, precision, batch, by_round, gflops) for batch in settings.batches for name, precision, _ in runners]
-    _compare(rows, reference_name, ceilings)
+    _compare(rows, reference_name, ceilings, stand_ins)
     return {
         "model": model.config.name,
         "gmacs_per_image": macs / 1e9,

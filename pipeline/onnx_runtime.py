@@ -133,7 +133,11 @@ class OnnxRuntimeRunner:
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, optimization: str = "all") -> None:
+        import onnx
+
         self.path = Path(path)
+        # plugin-form graphs run their SpatialShift nodes through a Python stand-in (onnxruntime-extensions)
+        self.python_shift = has_plugin_nodes(onnx.load(str(self.path), load_external_data=False))
         self.session = make_session(self.path, threads=threads, optimization=optimization)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

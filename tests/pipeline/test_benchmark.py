@@ -122,3 +122,13 @@ def test_interrupt_inside_the_benchmark_is_one_line(shared: Shared, tmp_path: Pa
     )
     assert list(Manifest(out).stages) == ["export", "build", "verify"]
     assert files_under(out) - {".lock"} == before  # the lock file stays; its lock does not
+
+
+def test_rows_of_a_plugin_form_graph_say_their_shift_is_a_stand_in(graphs, tmp_path):
+    from pipeline.benchmark import BenchmarkSettings, benchmark
+
+    settings = BenchmarkSettings(batches=(1,), warmup=0, iters=1, min_seconds=0, gemm_size=64, eager=False)
+    standard, plugin = graphs.get("tiny"), graphs.get("tiny", "plugin")
+    result = benchmark(graphs.model("tiny"), tmp_path / "b.json", settings, [plugin], reference_onnx=standard)
+    notes = {r["backend"].split("(")[1].rstrip(")"): r["note"] for r in result["rows"]}
+    assert "Python stand-in" in notes[plugin.name] and notes[standard.name] is None
