@@ -28,10 +28,10 @@ def main(argv=None) -> int:
         model_help="take the preprocessing from this variant",
     ).add_to_parser(p, "preprocessing from")
     p.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--holdout", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=Path("build/calibration-cache"))
+    p.add_argument("--size", type=int, default=512, help="images that calibrate, spread evenly over classes")
+    p.add_argument("--holdout", type=int, default=0, help="further images held out (to gate int8 and to verify)")
+    p.add_argument("--seed", type=int, default=0, help="selects which images calibrate")
+    p.add_argument("--cache-dir", type=Path, default=Path("build/calibration-cache"), help="where the preprocessed set is cached")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
