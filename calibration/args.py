@@ -50,10 +50,8 @@ class CalibrationArgs:
         return g
 
     @staticmethod
-    def build(
-        args: argparse.Namespace, preprocessing: Preprocessing, cache_dir: Path | None = None, holdout: int | None = None
-    ) -> CalibrationSet | None:
-        """The calibration set the arguments ask for, or None without ``--calib-data``."""
+    def build(args: argparse.Namespace, preprocessing: Preprocessing) -> CalibrationSet | None:
+        """The calibration set the arguments ask for (cached under ``--cache-dir`` where declared), or None without ``--calib-data``."""
         if args.calib_data is None:
             return None
         from .dataset import build_calibration_set
@@ -62,8 +60,8 @@ class CalibrationArgs:
             args.calib_data,
             preprocessing,
             args.calib_size,
-            holdout=args.calib_holdout if holdout is None else holdout,
+            holdout=args.calib_holdout,
             seed=args.calib_seed,
-            cache_dir=cache_dir if cache_dir is not None else getattr(args, "cache_dir", None),
+            cache_dir=getattr(args, "cache_dir", None),
             labels_file=args.labels,
         )

@@ -40,6 +40,8 @@ from .s2mlpv2 import S2MLPv2, get_variant, list_models
 
 __all__ = ["main", "build_parser"]
 
+STATE_FILE = "last_state.pt"  # what --resume continues from, in the run's output directory
+
 
 class TrainingError(S2MLPv2Error, FloatingPointError):
     """Training cannot go on (the loss diverged); the message says what to change."""
@@ -334,7 +336,7 @@ def _save_epoch(out: Path, model, recipe: _Recipe, epoch: int, best: dict, row: 
         if metrics["top1"] > best["top1"]:
             best = {"top1": metrics["top1"], "top5": metrics["top5"], "epoch": epoch, "weights": which}
             save_checkpoint(best_model, out / "best.safetensors", {**provenance, "weights": which, "val": best})
-    with atomic_path(out / "last_state.pt") as tmp:
+    with atomic_path(out / STATE_FILE) as tmp:
         torch.save(
             {
                 "model": model.state_dict(),
@@ -366,7 +368,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.set_device(device)
     _seed_all(args.seed + ddp.rank)
     out = args.output
-    state_path = out / "last_state.pt"
+    state_path = out / STATE_FILE
     if args.resume and not state_path.is_file():
         raise FileNotFoundError(f"--resume given but {state_path} does not exist; start without --resume")
     if not args.resume and (out / "log.jsonl").exists():

@@ -136,9 +136,10 @@ class OnnxRuntimeRunner:
         import onnx
 
         self.path = Path(path)
+        model = onnx.load(str(self.path))  # loaded once: the session is made from it too
         # plugin-form graphs run their SpatialShift nodes through a Python stand-in (onnxruntime-extensions)
-        self.python_shift = has_plugin_nodes(onnx.load(str(self.path), load_external_data=False))
-        self.session = make_session(self.path, threads=threads, optimization=optimization)
+        self.python_shift = has_plugin_nodes(model)
+        self.session = make_session(model, threads=threads, optimization=optimization)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(inp.shape[1:])  # (C, H, W); a dynamic size is a name, not an int

@@ -164,7 +164,7 @@ def pickle_running_code(tmp: Path, s: Shared) -> list[str]:
 def only_corrupt(tmp: Path, s: Shared) -> list[str]:
     for path in sorted((s.images / "class_0").iterdir())[:3]:
         truncated(path, tmp / "data" / path.name)
-    return ["--data", str(tmp / "data"), "--model", TINY, "--size", "2", "--cache-dir", str(tmp / "out")]
+    return calibration_on(tmp / "data", tmp)
 
 
 def calibration_on(data: Path, tmp: Path, size: int = 2) -> list[str]:

@@ -15,6 +15,7 @@ from tests.failures import (
     FP32_BUILD,
     Case,
     Fails,
+    RunsCode,
     Shared,
     edited_card,
     other_variant,
@@ -65,15 +66,9 @@ def test_lone_safetensors_file_still_knows_its_config(tiny, tmp_path):
     assert load_checkpoint(path).config == tiny.config
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_that_would_run_code_is_refused_and_code_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    payload = _RunsCode()
-    payload.marker = marker
+    payload = RunsCode(marker)
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"head.weight": payload}, f)

@@ -117,7 +117,6 @@ CLEAN_FAILURES = [
     Case("split-holds-out-too-many", "models.data",
          lambda tmp, s: ["split", "--src", str(s.images), "--out", str(tmp / "out"), "--per-class", "4"],
          Fails("class class_0 has 4 images, not more than the 4 to hold out", "hold out fewer per class")),
-    # plans,
 ]  # fmt: skip
 
 

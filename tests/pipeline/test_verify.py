@@ -175,7 +175,6 @@ CLEAN_FAILURES = [
     Case("onnx-for-another-input-size", "pipeline.verify",
          lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx", size=64), s.images, tmp),
          Fails("input images are 32x32, the graph expects 64x64", "preprocess them with the card of the model")),
-    # calibration and evaluation data,
     Case("data-text-named-jpg", "pipeline.verify",
          lambda tmp, s: verify_on(s.onnx, write_bytes(tmp / "data" / "photo.jpg", b"not an image").parent, tmp),
          Fails(r"no usable images .*1 unreadable", "give a folder of readable images")),
