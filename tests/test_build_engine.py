@@ -48,7 +48,10 @@ def test_help_shows_groups_and_defaults():
 @pytest.mark.slow
 def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_path):
     if not TENSORRT_RTX.importable():
-        missing("needs TensorRT for RTX (`pip install tensorrt-rtx`), which --backend auto builds with on a CPU-only machine")
+        missing(
+            "needs TensorRT for RTX (`pip install tensorrt-rtx`), which --backend auto builds with on a CPU-only machine",
+            "tensorrt-rtx",
+        )
     out = tmp_path / "out"
     first = _run("--precision", "fp16", *TINY_ARGS, "--out", out)
     assert first.returncode == 0, first.stderr

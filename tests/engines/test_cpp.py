@@ -16,11 +16,11 @@ def _toolchain() -> tuple[str, Path, Path]:
     cuda = Path(os.environ.get("CUDA_INCLUDE_DIR", "/usr/local/cuda/include"))
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if not (trt / "NvInferRuntime.h").is_file():
-        missing("set TENSORRT_INCLUDE_DIR to TensorRT 11's include folder (NvInferRuntime.h) to compile the C++ example")
+        missing("set TENSORRT_INCLUDE_DIR to TensorRT 11's include folder (NvInferRuntime.h) to compile the C++ example", "cpp")
     if not (cuda / "cuda_runtime_api.h").is_file():
-        missing("set CUDA_INCLUDE_DIR to CUDA's include folder (cuda_runtime_api.h) to compile the C++ example")
+        missing("set CUDA_INCLUDE_DIR to CUDA's include folder (cuda_runtime_api.h) to compile the C++ example", "cpp")
     if cxx is None:
-        missing("no C++ compiler (g++ or c++) on PATH")
+        missing("no C++ compiler (g++ or c++) on PATH", "cpp")
     return cxx, trt, cuda
 
 

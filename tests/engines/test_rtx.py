@@ -24,7 +24,10 @@ from tests.conftest import ROOT, missing
 @pytest.fixture(autouse=True)
 def _needs_rtx():
     if not TENSORRT_RTX.importable():
-        missing("needs TensorRT for RTX: `pip install tensorrt-rtx` (a default dependency on Linux and Windows x86_64)")
+        missing(
+            "needs TensorRT for RTX: `pip install tensorrt-rtx` (a default dependency on Linux and Windows x86_64)",
+            "tensorrt-rtx",
+        )
 
 
 def _rtx(tmp_path: Path, **overrides) -> BuildSettings:
