@@ -1,7 +1,7 @@
 """Images, in one place: which files count as images, decoding untrusted files into RGB, and the card's preprocessing.
 
 * ``IMAGE_SUFFIXES``: what every folder reader (training, evaluation, calibration) takes.
-* ``load_rgb``: every failure is an ``ImageError`` with a one-line reason: unreadable or
+* ``load_rgb`` (a file) and ``decode_rgb`` (bytes): every failure is an ``ImageError`` with a one-line reason: unreadable or
   truncated files, files that are not images, and decompression bombs (a declared size over
   ``max_pixels``, checked from the header before any pixel is decoded). Grayscale, CMYK,
   RGBA, LA, palette and 16-bit images all come out as 8-bit RGB.
@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import S2MLPv2Error
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "DEFAULT_MAX_PIXELS", "load_rgb", "eval_transform", "preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "DEFAULT_MAX_PIXELS", "load_rgb", "decode_rgb", "to_rgb", "eval_transform", "preprocess"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ImageNet's largest images are far below this
@@ -29,7 +29,8 @@ class ImageError(S2MLPv2Error, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
-def _to_rgb(img):
+def to_rgb(img):
+    """Any PIL image as 8-bit RGB: 16-bit grayscale scaled by its range, transparency over white."""
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -48,13 +49,26 @@ def _to_rgb(img):
 
 def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open ``path`` and return an 8-bit RGB ``PIL.Image``, or raise ``ImageError``."""
+    return _open_rgb(os.fspath(path), os.fspath(path), max_pixels)
+
+
+def decode_rgb(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Encoded image bytes (JPEG, PNG, ...) -> an 8-bit RGB ``PIL.Image``, or ``ImageError`` naming ``name``."""
+    import io
+
+    if not data:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    return _open_rgb(io.BytesIO(bytes(data)), name, max_pixels)
+
+
+def _open_rgb(source, name: str, max_pixels: int):
+    """``load_rgb``'s checks for a file name or a file object; ``name`` is what errors call it."""
     from PIL import Image, UnidentifiedImageError
 
-    name = os.fspath(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(name) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(
@@ -63,9 +77,13 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
                 if w == 0 or h == 0:
                     raise ImageError(f"{name}: has zero size")
                 img.load()
-                return _to_rgb(img)
+                return to_rgb(img)
     except ImageError:
         raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: a directory, not an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         reason = " ".join(str(e).split())[:120]
         raise ImageError(f"{name}: over Pillow's pixel limit ({reason}); refused as a possible decompression bomb") from None

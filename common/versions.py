@@ -1,11 +1,12 @@
-"""The versions of the tools a result depends on, as recorded in manifests and reports."""
+"""The versions of the tools a result depends on, and the CPU it ran on, as recorded in manifests and reports."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
 
-__all__ = ["tool_versions"]
+__all__ = ["tool_versions", "cpu_name"]
 
 # module name -> the distributions that may provide it (the first one installed wins)
 _DISTRIBUTIONS = {
@@ -31,3 +32,14 @@ def tool_versions() -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
     return out
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -117,21 +117,23 @@ def choose_flavour(requested: str = "auto") -> tuple[Flavour, bool]:
     return fl, runs
 
 
-def _graph_facts(onnx_path: Path) -> tuple[tuple[int, int, int], str, bool]:
-    from common.onnx_meta import graph_precision, load_onnx
+def _graph_facts(onnx_path: Path) -> tuple[tuple[int, int, int], str, bool, dict[str, Any] | None]:
+    """(input C, H, W; precision; has plugin nodes; the model card or None) of a graph."""
+    from common.onnx_meta import CARD_KEY, graph_precision, load_onnx, read_metadata
 
     model = load_onnx(onnx_path, EngineBuildError)
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
     if len(dims) != 4 or 0 in dims[1:]:
         raise EngineBuildError(f"{onnx_path}: input must be (batch, C, H, W) with static C, H, W; got {dims}")
     has_plugin = any(n.domain == ONNX_DOMAIN for n in model.graph.node)
-    return tuple(dims[1:]), graph_precision(model), has_plugin  # type: ignore[return-value]
+    card = read_metadata(model).get(CARD_KEY)
+    return tuple(dims[1:]), graph_precision(model), has_plugin, json.loads(card) if card else None  # type: ignore[return-value]
 
 
 def planned_sidecar(onnx_path: Path, settings: BuildSettings, version: str, gpu: tuple[str, str] | None) -> Sidecar:
     """The sidecar a build with these settings would write (its key decides reuse)."""
     fl = flavour(settings.flavour)
-    shape, precision, has_plugin = _graph_facts(onnx_path)
+    shape, precision, has_plugin, card = _graph_facts(onnx_path)
     return Sidecar(
         flavour=fl.name,
         flavour_version=version,
@@ -146,6 +148,7 @@ def planned_sidecar(onnx_path: Path, settings: BuildSettings, version: str, gpu:
         version_compatible=settings.version_compatible,
         hardware_compatible=settings.hardware_compatible and fl.name == "tensorrt",
         workspace_bytes=settings.workspace_mb << 20,
+        card=card,
     )
 
 

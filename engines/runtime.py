@@ -97,6 +97,10 @@ def check_plan_file(plan: str | os.PathLike, flavour_name: str | None = None) ->
 
 
 class TensorRTRunner:
+    """``runner(batch) -> logits`` for a plan. One execution context and stream: not safe to call from two threads at once."""
+
+    thread_safe = False
+
     def __init__(
         self, plan: str | os.PathLike, flavour_name: str | None = None, runtime_cache: str | os.PathLike | None = None
     ) -> None:
@@ -125,6 +129,9 @@ class TensorRTRunner:
         cached = self._cache_path.read_bytes() if self._cache_path and self._cache_path.is_file() else None
         self.context, self._cache = fl.execution_context(self.engine, cached)
         self.input_name, self.output_name = self.sidecar.input_name, self.sidecar.output_name
+        self.input_shape = self.sidecar.input_shape
+        self.batch_range = (self.sidecar.batch_profile[0], self.sidecar.batch_profile[2])
+        self.device = f"{gpu[0]} (compute capability {gpu[1]})"
         self._in_dtype = torch.float16 if self.engine.get_tensor_dtype(self.input_name) == trt.float16 else torch.float32
         self._out_dtype = torch.float16 if self.engine.get_tensor_dtype(self.output_name) == trt.float16 else torch.float32
         self.stream = torch.cuda.Stream()

@@ -59,6 +59,7 @@ class Sidecar:
     output_name: str = "logits"
     plugin_source: str | None = None  # how the shift plugin reaches the plan (engines.trt.Flavour.plugin_source)
     plan_sha256: str | None = None  # the written plan's hash: an output, not part of the key
+    card: dict[str, Any] | None = None  # the model card of the graph (preprocessing, class names); in the graph's hash already
 
     @property
     def title(self) -> str:
@@ -69,6 +70,7 @@ class Sidecar:
         fields = dataclasses.asdict(self)
         fields.pop("gpu_name")  # the architecture decides, not the marketing name
         fields.pop("plan_sha256")
+        fields.pop("card")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:

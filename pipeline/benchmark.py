@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import torch
 from common.cli import report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
-from common.versions import tool_versions
+from common.versions import cpu_name, tool_versions
 from models.args import ModelArgs
 
 MODEL_ARGS = ModelArgs(model_help="variant for the torch rows (speed does not depend on the weights)")
@@ -162,16 +161,6 @@ def model_macs(model) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, c, h, w))
     return counter.get_total_flops() / 2
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -335,7 +324,7 @@ class BenchmarkSettings:
 
 
 def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[tuple[str, str, Callable]]:
-    from .verify import artifact_precision
+    from .deployed import artifact_precision
 
     runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
     if settings.eager:
@@ -378,8 +367,9 @@ def benchmark(
     ``reference_onnx``, the fp32 graph the artifacts came from, is timed on ONNX Runtime too and
     every row is compared with it. Errors and Ctrl-C propagate to the caller's one-line reporter.
     """
+    from .deployed import artifact_precision, load_runner
     from .onnx_runtime import OnnxRuntimeRunner
-    from .verify import VerifyError, artifact_precision, load_runner
+    from .verify import VerifyError
 
     torch.set_num_threads(settings.threads)
     for path in [*onnx, *plans, *([reference_onnx] if reference_onnx else [])]:
@@ -548,7 +538,7 @@ def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_n
         "rows": rows,
         "profiles": _profiles(settings, onnx_rows, inputs, ceilings, gflops) if settings.profile else [],
         "provenance": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "threads": settings.threads,
             "versions": tool_versions(),
             "cuda_graphs": any(name.startswith("tensorrt") for name, _, _ in runners),

@@ -128,9 +128,13 @@ def _cuda_usable() -> bool:
 
 
 class OnnxRuntimeRunner:
-    """Runs a graph with one input and one output: ``runner(batch) -> logits`` (numpy in, numpy out)."""
+    """Runs a graph with one input and one output: ``runner(batch) -> logits`` (numpy in, numpy out).
+
+    Safe to call from several threads at once: ONNX Runtime documents ``InferenceSession.run`` as thread-safe.
+    """
 
     backend = "onnxruntime"
+    thread_safe = True
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, optimization: str = "all") -> None:
         import onnx
@@ -145,10 +149,20 @@ class OnnxRuntimeRunner:
         self.input_shape = tuple(inp.shape[1:])  # (C, H, W); a dynamic size is a name, not an int
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.output_name = self.session.get_outputs()[0].name
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.batch_range = (fixed or 1, fixed)  # (smallest, largest or None): a graph with a dynamic batch takes any
 
     @property
     def providers(self) -> Sequence[str]:
         return self.session.get_providers()
+
+    @property
+    def device(self) -> str:
+        if self.providers[0] == "CUDAExecutionProvider":
+            return "CUDA GPU"
+        from common.versions import cpu_name
+
+        return f"CPU ({cpu_name()})"
 
     def __call__(self, batch) -> np.ndarray:
         if hasattr(batch, "detach"):

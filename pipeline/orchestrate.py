@@ -276,7 +276,8 @@ def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], st
 
 
 def verify_stage(run: Run) -> StageOutput:
-    from .verify import artifact_precision, load_runner, verify_arrays, write_report
+    from .deployed import artifact_precision, load_runner
+    from .verify import verify_arrays, write_report
 
     images, labels, paths, source = _verify_data(run)
     print(f"[verify   ] on {source}", flush=True)

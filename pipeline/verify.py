@@ -13,7 +13,6 @@ marked).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -43,7 +42,6 @@ __all__ = [
     "verify",
     "verify_arrays",
     "write_report",
-    "load_runner",
     "main",
 ]
 
@@ -241,44 +239,6 @@ def compare_logits(
     return VerifyResult(precision, backend, len(ref), labeled, metrics, gates, flips, cos.tolist())
 
 
-def load_runner(artifact: str | os.PathLike):
-    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``."""
-    path = Path(artifact)
-    if not path.is_file():
-        raise VerifyError(f"artifact not found: {path}")
-    if path.suffix in (".plan", ".engine"):
-        from engines.runtime import TensorRTRunner
-        from engines.sidecar import EngineMismatchError
-        from engines.trt import TensorRTUnavailable
-
-        try:
-            return TensorRTRunner(path)
-        except (EngineMismatchError, TensorRTUnavailable) as e:
-            raise VerifyError(f"cannot run {path}: {e}") from None
-    if path.suffix != ".onnx":
-        raise VerifyError(f"unsupported artifact {path.name}: give an .onnx graph or a TensorRT .plan")
-    from .onnx_runtime import OnnxRuntimeRunner
-
-    try:
-        return OnnxRuntimeRunner(path)
-    except Exception as e:  # ORT raises its own exception types for unreadable graphs
-        raise VerifyError(
-            f"ONNX Runtime cannot load {path} ({' '.join(str(e).split())[:200]}); re-run the export stage"
-        ) from None
-
-
-def artifact_precision(artifact: str | os.PathLike) -> str:
-    path = Path(artifact)
-    if path.suffix == ".onnx":
-        from common.onnx_meta import graph_precision, load_onnx
-
-        return graph_precision(load_onnx(path, VerifyError))
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text()).get("precision", "fp32")
-    return "fp32"
-
-
 def _figure(result: VerifyResult, path: Path) -> None:
     cos = np.array(result.cosines)
     fig, ax = new_figure(figsize=(7, 3.5))
@@ -337,6 +297,8 @@ def verify(
     out: str | os.PathLike | None = None,
 ) -> VerifyResult:
     from calibration.dataset import load_images
+
+    from .deployed import artifact_precision, load_runner
 
     runner = load_runner(artifact)
     precision = precision or artifact_precision(artifact)

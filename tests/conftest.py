@@ -133,3 +133,17 @@ def shared(tmp_path_factory):
     opts = BuildOptions(precision="fp32", model=TINY, batch=(1, 2, 4), backend="onnxruntime", out=build, bench_seconds=0.05)
     run_pipeline(opts)
     return Shared(checkpoint, build / "model.onnx", build, make_image_folder(root / "images", classes=2, per_class=4))
+
+
+@pytest.fixture(scope="session")
+def shipped_fp16_build(tmp_path_factory) -> Path:
+    """``python build_engine.py --precision fp16`` (the shipped CIFAR-10 checkpoint, bundled images), into a temporary folder."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("shipped") / "s2mlpv2_cifar10-fp16"
+    proc = subprocess.run(
+        [sys.executable, "build_engine.py", "--precision", "fp16", "--out", str(out), "--bench-seconds", "0.05"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -1,0 +1,479 @@
+"""The deployed model: open what ``build_engine.py`` built, and classify images with it.
+
+.. code-block:: python
+
+    from pipeline.deployed import DeployedModel
+
+    model = DeployedModel.open("build/s2mlpv2_cifar10-fp16")   # a build directory, a .plan or an .onnx
+    print(model.description)                                     # which runner, device and precision
+    for p in model.predict(["cat.jpg", "dog.png"], top_k=3):
+        print(p.image, [(c.label, round(c.probability, 3)) for c in p.top])
+
+Which runner (:func:`choose_artifact`), for ``backend="auto"``:
+
+1. the TensorRT plan, where a GPU that its flavour supports is present;
+2. otherwise the CPU route the build recorded as its fastest that passed its gates
+   (``summary.json``), else the exact ONNX graph the plan was built from (found by the hash in
+   the plan's sidecar), on ONNX Runtime; a build without a plan offers its graph.
+
+Preprocessing (input size, crop, interpolation, mean/std) and class names come from the
+artifact's own model card: the ONNX graph's metadata, or the plan's sidecar. ``predict`` takes
+image file paths, PIL images, uint8 ``(H, W, 3)`` arrays or an already preprocessed float
+``(N, C, H, W)`` batch, and runs them in batches that the plan's profile accepts.
+
+Thread safety: ``predict`` and ``logits`` may be called from several threads at once.
+Preprocessing runs in the calling thread; the runner is called under a lock unless it is
+safe to share (ONNX Runtime's session is: its ``run`` is documented as thread-safe; a TensorRT
+execution context and its stream are not, so TensorRT calls take turns).
+
+This module is also where verify, benchmark, ``pipeline.classify`` and ``pipeline.serve`` get
+their runners (:func:`load_runner`) and an artifact's precision (:func:`artifact_precision`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import S2MLPv2Error, UsageError
+
+__all__ = [
+    "DeployedModel",
+    "Prediction",
+    "TopClass",
+    "DeployedError",
+    "InputImageError",
+    "BACKENDS",
+    "DEFAULT_BATCH",
+    "choose_artifact",
+    "load_runner",
+    "artifact_precision",
+    "read_card",
+]
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+DEFAULT_BATCH = 32  # a graph with a dynamic batch and no build profile beside it runs in batches of this size
+
+
+class DeployedError(S2MLPv2Error, RuntimeError):
+    """An artifact that cannot be opened or run here; the message says what to give instead."""
+
+
+class InputImageError(S2MLPv2Error, ValueError):
+    """An input that is not an image the model can take; the message names the image and the limit."""
+
+
+@dataclass(frozen=True)
+class TopClass:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: its top-k classes, best first, and (on request) its logits."""
+
+    image: str  # the file path, or "image N" for an in-memory input
+    top: tuple[TopClass, ...]
+    logits: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "top": [{"index": c.index, "label": c.label, "probability": c.probability} for c in self.top],
+        }
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def artifact_precision(artifact: str | os.PathLike) -> str:
+    """``fp32``, ``fp16`` or ``int8``: what the precision stage recorded in the graph, or the plan's sidecar."""
+    path = Path(artifact)
+    if path.suffix == ".onnx":
+        from common.onnx_meta import graph_precision, load_onnx
+
+        return graph_precision(load_onnx(path, DeployedError))
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text()).get("precision", "fp32")
+    return "fp32"
+
+
+def load_runner(artifact: str | os.PathLike):
+    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``.
+
+    A runner is called as ``runner(batch) -> logits`` (float32 numpy ``(N, C, H, W)`` in, float32
+    logits out) and has ``path``, ``backend``, ``device``, ``input_shape``, ``batch_range`` (the
+    smallest and largest batch it takes; ``None`` for no limit) and ``thread_safe``.
+    """
+    path = Path(artifact)
+    if not path.is_file():
+        raise DeployedError(f"artifact not found: {path}")
+    if path.suffix in (".plan", ".engine"):
+        from engines.runtime import TensorRTRunner
+        from engines.sidecar import EngineMismatchError
+        from engines.trt import TensorRTUnavailable
+
+        try:
+            return TensorRTRunner(path)
+        except (EngineMismatchError, TensorRTUnavailable) as e:
+            raise DeployedError(f"cannot run {path}: {e}") from None
+    if path.suffix != ".onnx":
+        raise DeployedError(f"unsupported artifact {path.name}: give a build directory, an .onnx graph or a TensorRT .plan")
+    from .onnx_runtime import OnnxRuntimeRunner
+
+    try:
+        return OnnxRuntimeRunner(path)
+    except Exception as e:  # ORT raises its own exception types for unreadable graphs
+        raise DeployedError(
+            f"ONNX Runtime cannot load {path} ({' '.join(str(e).split())[:200]}); re-run the export stage"
+        ) from None
+
+
+def read_card(artifact: str | os.PathLike):
+    """The model card of an artifact (``models.checkpoint.ModelCard``): an ONNX graph's metadata, or a plan's sidecar.
+
+    A plan whose sidecar predates cards falls back to the ONNX graph beside it that the plan was built from.
+    """
+    from models.checkpoint import ModelCard
+
+    path = Path(artifact)
+    if path.suffix == ".onnx":
+        from common.onnx_meta import CARD_KEY, load_onnx, read_metadata
+
+        props = read_metadata(load_onnx(path, DeployedError))
+        if CARD_KEY not in props:
+            raise DeployedError(
+                f"{path} has no model card (no {CARD_KEY} metadata), so its preprocessing and class names are unknown; "
+                "use a graph written by this project's export stage (python -m pipeline.export or build_engine.py)"
+            )
+        return ModelCard.from_dict(json.loads(props[CARD_KEY]), f"the card in {path}")
+    from engines.sidecar import read_sidecar
+
+    sidecar = read_sidecar(path)
+    if sidecar.card is not None:
+        return ModelCard.from_dict(sidecar.card, f"the card in {path.with_suffix('.json')}")
+    graph = _source_graph(path, sidecar.onnx_sha256)
+    if graph is None:
+        raise DeployedError(
+            f"{path}'s sidecar holds no model card and the ONNX graph it was built from is not beside it; "
+            "rebuild the plan with this version of the project"
+        )
+    return read_card(graph)
+
+
+def _source_graph(plan: Path, onnx_sha256: str) -> Path | None:
+    """The ``.onnx`` beside ``plan`` whose content is the one the plan was built from."""
+    from common.fileio import sha256_file
+
+    for candidate in sorted(plan.parent.glob("*.onnx")):
+        if sha256_file(candidate) == onnx_sha256:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which artifact to run and why: ``reason`` completes the description line."""
+
+    artifact: Path
+    reason: str = ""
+
+
+def _plan_runs_here(plan: Path) -> tuple[bool, str]:
+    """(runs, why not): the plan's flavour is installed and this machine has a GPU the plan was built for."""
+    from engines.sidecar import EngineMismatchError, read_sidecar
+    from engines.trt import flavour
+
+    try:
+        sidecar = read_sidecar(plan)
+        fl = flavour(sidecar.flavour)
+    except (EngineMismatchError, UsageError) as e:
+        return False, str(e)
+    if not fl.importable():
+        return False, f"{fl.title} is not installed"
+    gpu = fl.gpu_here()
+    if gpu is None:
+        return False, f"no GPU here of compute capability {', '.join(sidecar.compute_capabilities)}"
+    try:
+        sidecar.check_runtime(fl.name, fl.version(), gpu[1])
+    except EngineMismatchError as e:
+        return False, str(e)
+    return True, ""
+
+
+def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
+    """What to run for ``path`` (a build directory, a plan or a graph) on this machine (the module docstring's order)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    path = Path(path)
+    if not path.exists():
+        raise DeployedError(f"{path} does not exist; give a build directory (build_engine.py --out), a .plan or an .onnx")
+    if path.is_file():
+        if path.suffix in (".plan", ".engine") and backend != "tensorrt":
+            runs, why = _plan_runs_here(path)
+            if not runs:
+                return _plan_graph(path, why)
+        if backend == "tensorrt" and path.suffix not in (".plan", ".engine"):
+            raise DeployedError(f"--backend tensorrt needs a TensorRT plan; {path} is not one")
+        return Choice(path)
+    plan = path / "model.plan"
+    if backend == "tensorrt":
+        if not plan.is_file():
+            raise DeployedError(f"{path} holds no model.plan; build one with build_engine.py (a TensorRT backend)")
+        return Choice(plan)
+    if plan.is_file() and backend == "auto":
+        runs, why = _plan_runs_here(plan)
+        if runs:
+            return Choice(plan)
+        route = _recorded_cpu_route(path)
+        if route is not None:
+            return Choice(route, f"the build's fastest CPU route that passed its gates (model.plan: {why})")
+        return _plan_graph(plan, why)
+    for name in ("model.ort.onnx", "model-int8.onnx", "model-fp16.onnx", "model.onnx"):
+        if (path / name).is_file():
+            return Choice(path / name)
+    raise DeployedError(
+        f"{path} holds no model.plan and no ONNX graph; give the output directory of build_engine.py, a .plan or an .onnx"
+    )
+
+
+def _plan_graph(plan: Path, why: str) -> Choice:
+    from engines.sidecar import read_sidecar
+
+    graph = _source_graph(plan, read_sidecar(plan).onnx_sha256)
+    if graph is None:
+        raise DeployedError(f"cannot run {plan} here ({why}), and the ONNX graph it was built from is not beside it")
+    return Choice(graph, f"the graph {plan.name} was built from ({plan.name}: {why})")
+
+
+def _recorded_cpu_route(build: Path) -> Path | None:
+    """The CPU artifact ``summary.json`` names as the fastest that passed its gates, when it is still there."""
+    try:
+        route = json.loads((build / "summary.json").read_text()).get("cpu_route") or {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    artifact = build / route["artifact"] if route.get("artifact") else None
+    return artifact if artifact is not None and artifact.is_file() else None
+
+
+def _build_batch_limit(build: Path) -> int | None:
+    """The largest batch of the build's profile (``summary.json``), for a graph without a profile of its own."""
+    try:
+        return int(json.loads((build / "summary.json").read_text())["options"]["batch"][2])
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class DeployedModel:
+    """A built artifact with its card: ``predict(images)`` -> top-k classes per image. Thread-safe (module docstring)."""
+
+    def __init__(self, runner, card, choice: Choice | None = None, batch: int | None = None) -> None:
+        self.runner = runner
+        self.card = card
+        self.precision = artifact_precision(runner.path)
+        self.min_batch, high = runner.batch_range
+        wanted = batch or DEFAULT_BATCH
+        self.max_batch = min(wanted, high) if high else wanted
+        if self.max_batch < self.min_batch:
+            raise UsageError(f"batch {self.max_batch} is below the plan's smallest batch {self.min_batch}")
+        self._lock = contextlib.nullcontext() if getattr(runner, "thread_safe", False) else threading.Lock()
+        self._transform = None
+        self._transform_lock = threading.Lock()
+        reason = f", {choice.reason}" if choice and choice.reason else ""
+        self.description = (
+            f"{runner.backend} on {runner.device}, {self.precision}: {Path(runner.path).name}{reason}; "
+            f"batches of {self.min_batch}-{self.max_batch}"
+        )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, backend: str = "auto", batch: int | None = None) -> DeployedModel:
+        """Open a build directory, a ``.plan`` or an ``.onnx``; ``batch`` caps the batch size (default: the build's profile)."""
+        if batch is not None and batch < 1:
+            raise UsageError(f"batch must be at least 1, got {batch}")
+        choice = choose_artifact(path, backend)
+        card = read_card(choice.artifact)
+        runner = load_runner(choice.artifact)
+        if batch is None and Path(path).is_dir():
+            batch = _build_batch_limit(Path(path))
+        return cls(runner, card, choice, batch)
+
+    # --- what the card says
+    @property
+    def name(self) -> str:
+        return self.card.config.name
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.card.preprocessing.input_size)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self.card.class_names
+        return tuple(names) if names else tuple(str(i) for i in range(self.card.config.num_classes))
+
+    # --- inputs
+    def preprocess(self, image, name: str = "image") -> np.ndarray:
+        """One image (file path, encoded bytes, PIL image or uint8 ``(H, W, 3)`` array) -> ``(C, H, W)`` float32, as the card says."""
+        from common.images import ImageError, decode_rgb, load_rgb, to_rgb
+
+        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+            try:
+                rgb = load_rgb(image) if isinstance(image, (str, os.PathLike)) else decode_rgb(image, name)
+            except ImageError as e:
+                raise InputImageError(str(e)) from None
+        elif isinstance(image, np.ndarray):
+            rgb = _array_to_pil(image, name)
+        elif hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image, without importing PIL for the check
+            rgb = to_rgb(image)
+        else:
+            raise InputImageError(
+                f"{name} is a {type(image).__name__}; give a file path, a PIL image, a uint8 (H, W, 3) array "
+                "or a preprocessed float (N, C, H, W) batch"
+            )
+        with self._transform_lock:  # building timm's transform once; applying it is thread-safe
+            if self._transform is None:
+                from common.images import eval_transform
+
+                self._transform = eval_transform(self.card.preprocessing)
+        return self._transform(rgb).numpy()
+
+    def _batches(self, images) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(names, preprocessed batch) chunks of at most ``max_batch`` images, preprocessing chunk by chunk."""
+        if _is_float_batch(images):
+            batch = self._check_batch(images)
+            for i in range(0, len(batch), self.max_batch):
+                yield [f"image {j}" for j in range(i, min(i + self.max_batch, len(batch)))], batch[i : i + self.max_batch]
+            return
+        try:
+            items = [images] if _is_single_image(images) else list(images)
+        except TypeError:  # not a sequence: preprocess names what it is
+            items = [images]
+        for i in range(0, len(items), self.max_batch):
+            chunk = items[i : i + self.max_batch]
+            names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"image {i + k}" for k, x in enumerate(chunk)]
+            yield names, np.stack([self.preprocess(x, n) for x, n in zip(chunk, names)])
+
+    def _check_batch(self, batch, check_finite: bool = True) -> np.ndarray:
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().numpy()
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_size:
+            raise InputImageError(
+                f"a preprocessed batch must be (N, {', '.join(map(str, self.input_size))}) float as the model card says, "
+                f"got shape {tuple(batch.shape)}; or pass images (paths, PIL images, uint8 HxWx3 arrays)"
+            )
+        if check_finite and not np.isfinite(batch).all():
+            raise InputImageError("the preprocessed batch contains NaN or Inf; check the preprocessing")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    # --- running
+    def logits(self, batch, check_finite: bool = True) -> np.ndarray:
+        """Logits ``(N, classes)`` of a preprocessed float ``(N, C, H, W)`` batch, run in batches the artifact accepts.
+
+        ``check_finite=False``: an image with NaN or Inf values gets NaN logits instead of an error, so a
+        server batching many clients' requests does not fail the others' for it.
+        """
+        batch = self._check_batch(batch, check_finite)
+        finite = np.isfinite(batch).all(axis=(1, 2, 3))
+        out = np.full((len(batch), self.card.config.num_classes), np.nan, dtype=np.float32)
+        good = batch[finite]
+        if len(good):
+            out[finite] = np.concatenate([self._run(good[i : i + self.max_batch]) for i in range(0, len(good), self.max_batch)])
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if n < self.min_batch:  # a plan whose profile starts above n: pad with copies, drop their answers
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.min_batch - n, axis=0)])
+        with self._lock:
+            out = self.runner(batch)
+        return np.asarray(out, dtype=np.float32)[:n]
+
+    def predict(self, images, top_k: int = 5, logits: bool = False) -> list[Prediction]:
+        """Each image's ``top_k`` classes as (index, label, probability), best first; with ``logits=True`` its logits too.
+
+        ``images``: one image or a sequence of file paths, PIL images and uint8 ``(H, W, 3)`` arrays, or a
+        preprocessed float ``(N, C, H, W)`` batch. Raises ``InputImageError`` naming the first image that
+        cannot be read or used.
+        """
+        if top_k < 1:
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
+        predictions = []
+        for names, batch in self._batches(images):
+            predictions += self.top_classes(self._run(batch), names, top_k, logits)
+        return predictions
+
+    def top_classes(
+        self, logits: np.ndarray, names: Sequence[str], top_k: int = 5, keep_logits: bool = False
+    ) -> list[Prediction]:
+        """Predictions from logits: softmax probabilities, the ``top_k`` best with their labels."""
+        labels = self.class_names
+        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        k = min(top_k, logits.shape[1])
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        return [
+            Prediction(
+                name,
+                tuple(
+                    TopClass(int(i), labels[i] if i < len(labels) else str(i), float(probabilities[row, i])) for i in order[row]
+                ),
+                logits[row].copy() if keep_logits else None,
+            )
+            for row, name in enumerate(names)
+        ]
+
+
+def _is_float_batch(images) -> bool:
+    dtype = getattr(images, "dtype", None)
+    return getattr(images, "ndim", 0) == 4 and dtype is not None and ("float" in str(dtype))
+
+
+def _is_single_image(images) -> bool:
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (
+        hasattr(images, "mode") and hasattr(images, "convert")
+    ):
+        return True
+    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
+
+
+def _array_to_pil(array: np.ndarray, name: str):
+    from PIL import Image
+
+    if array.dtype != np.uint8:
+        raise InputImageError(
+            f"{name} is a {array.dtype} array; image arrays must be uint8 (H, W, 3) RGB, "
+            "and preprocessed inputs a float (N, C, H, W) batch"
+        )
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        raise InputImageError(f"{name} has shape {array.shape}; image arrays must be uint8 (H, W, 3) RGB")
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files as given, folders walked recursively for images (sorted); what ``pipeline.classify`` takes."""
+    from common.images import IMAGE_SUFFIXES
+
+    for p in map(Path, paths):
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                dirnames.sort()
+                yield from (Path(dirpath) / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield p

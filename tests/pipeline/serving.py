@@ -1,0 +1,121 @@
+"""What the serving tests share: a real ``pipeline.serve`` process, its ``tritonserver`` child, and bounded client load."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import missing
+
+
+def require_pytriton() -> None:
+    try:
+        import pytriton  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ImportError as e:
+        missing(
+            f"serving needs NVIDIA PyTriton and tritonclient ({e}): `pip install nvidia-pytriton 'tritonclient[grpc]'`",
+            "pytriton",
+        )
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """Process ids of ``pid``'s children whose command name is ``name`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == pid and comm == name:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (one that exited and waits for its parent to collect it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def infer_logits(url: str, model: str, x: np.ndarray, dtype: str = "FP32", timeout_s: float = 30):
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("input", list(x.shape), dtype)
+        tensor.set_data_from_numpy(x)
+        return client.infer(model, [tensor], client_timeout=timeout_s).as_numpy("logits")
+
+
+def infer_images(url: str, model: str, images: list[bytes], timeout_s: float = 30):
+    import tritonclient.grpc as grpcclient
+
+    data = np.array([[b] for b in images], dtype=object)
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("image", list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        return client.infer(model, [tensor], client_timeout=timeout_s)
+
+
+@dataclass
+class Load:
+    """Good requests sent by ``clients`` threads until stopped (at most ``limit`` requests): every outcome, timed."""
+
+    started: list[float] = field(default_factory=list)
+    outcomes: list[tuple[float, str | None]] = field(default_factory=list)  # (start time, error or None)
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for _, e in self.outcomes if e is not None]
+
+
+@contextlib.contextmanager
+def good_load(url: str, model: str, x: np.ndarray, clients: int = 2, limit: int = 400, seconds: float = 60) -> Iterator[Load]:
+    """Run bounded good traffic in the background for the duration of the block; the caller checks ``load.errors``."""
+    import tritonclient.grpc as grpcclient
+
+    load, stop, lock = Load(), threading.Event(), threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        with grpcclient.InferenceServerClient(url) as c:
+            while not stop.is_set() and time.monotonic() < deadline:
+                with lock:
+                    if len(load.started) >= limit:
+                        return
+                    load.started.append(time.monotonic())
+                t0 = load.started[-1]
+                tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                try:
+                    c.infer(model, [tensor], client_timeout=30)
+                    error = None
+                except Exception as e:  # tritonclient's InferenceServerException, or the connection going away
+                    error = " ".join(str(e).split())[:300]
+                with lock:
+                    load.outcomes.append((t0, error))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        while len(load.outcomes) < clients and time.monotonic() < deadline:  # the load is really running
+            time.sleep(0.05)
+        yield load
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(40)

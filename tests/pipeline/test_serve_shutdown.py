@@ -1,0 +1,61 @@
+"""Stopping ``pipeline.serve``: SIGTERM under load and Ctrl-C end it with status 0 in under 30 s, requests in flight
+answered, and no ``tritonserver`` left behind. Each test starts its own server and stops it by process id."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from tests.failures import Shared
+from tests.pipeline.serving import alive, children_named, good_load, require_pytriton
+
+pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of seconds
+
+FLOAT = "s2mlpv2_tiny_test_fp32"
+
+
+@pytest.fixture
+def server(shared: Shared):
+    require_pytriton()
+    from pipeline.loadtest import start_server, stop_server
+
+    srv = start_server(shared.build)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)  # only if the test did not stop it
+
+
+def _stop_and_wait(server, sig) -> tuple[int, float, list[int]]:
+    tritonservers = children_named(server.proc.pid, "tritonserver")
+    t0 = time.monotonic()
+    server.proc.send_signal(sig)
+    status = server.proc.wait(timeout=60)
+    return status, time.monotonic() - t0, tritonservers
+
+
+def test_sigterm_during_load_finishes_requests_in_flight_and_exits_0(server, shared: Shared):
+    from pipeline.deployed import DeployedModel
+
+    model = DeployedModel.open(shared.build)
+    x = np.stack([model.preprocess(p) for p in sorted(shared.images.rglob("*.png"))[:4]])
+    with good_load(server.grpc_url, FLOAT, x, clients=4, limit=2000, seconds=90) as load:
+        time.sleep(1.0)
+        signal_at = time.monotonic()
+        status, seconds, tritonservers = _stop_and_wait(server, signal.SIGTERM)
+    assert status == 0, server.proc.stderr.read()
+    assert seconds < 30
+    assert tritonservers and not any(alive(pid) for pid in tritonservers)
+    # every request that had been under way for a moment when the signal came was answered
+    before = [error for started, error in load.outcomes if started < signal_at - 0.05]
+    assert len(before) >= 4 and not [e for e in before if e is not None], [e for e in before if e][:3]
+    assert "stopping: requests in flight finish first" in server.proc.stderr.read()
+
+
+def test_ctrl_c_exits_0_and_leaves_no_tritonserver(server):
+    status, seconds, tritonservers = _stop_and_wait(server, signal.SIGINT)
+    assert status == 0 and seconds < 30
+    assert tritonservers and not any(alive(pid) for pid in tritonservers)
