@@ -1,8 +1,14 @@
 """The output directory's ``manifest.json``: what each stage consumed and produced, and a lock.
 
+A stage's key (:class:`StageKey`) is everything its output depends on: the contents of its
+input files (evaluation and calibration images included, hashed by content), its settings, a
+fingerprint of the project code it runs (``common.fingerprint.code_fingerprint``) and the
+versions of the tools that shape its output. A stage whose key and outputs are unchanged is
+skipped; otherwise :meth:`Manifest.rerun_reason` says why it runs again ("pipeline/export.py
+changed", "1 evaluation image changed", "onnxruntime 1.31.1 -> 1.32.0").
+
 A stage is recorded only after its outputs are completely written, so an interrupted or
-failed stage is never marked done. A stage whose inputs (by content hash), settings and
-outputs are unchanged is skipped. ``OutputLock`` keeps two runs out of one directory.
+failed stage is never marked done. ``OutputLock`` keeps two runs out of one directory.
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_write_json, sha256_file
 
-__all__ = ["Manifest", "OutputLock", "LockedError", "StageRecord"]
+__all__ = ["Manifest", "OutputLock", "LockedError", "StageKey", "StageRecord"]
 
 StageRecord = dict[str, Any]
+MANIFEST_FORMAT = "s2mlpv2-manifest/2"
 
 
 class LockedError(S2MLPv2Error, RuntimeError):
@@ -57,70 +65,122 @@ class OutputLock:
             self._fd = None
 
 
+@dataclass(frozen=True)
+class StageKey:
+    """What a stage's output depends on. An input is a content hash, or ``{file: hash}`` for a set of files."""
+
+    inputs: dict[str, Any]
+    settings: dict[str, Any]
+    code: dict[str, str] = field(default_factory=dict)  # project source file -> sha256
+    tools: dict[str, str] = field(default_factory=dict)  # tool -> version
+
+    def to_record(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "settings": self.settings, "code": self.code, "tools": self.tools}
+
+
+def _count(n: int, noun: str) -> str:
+    singular = noun[:-1] if n == 1 and noun.endswith("s") else noun
+    return f"{n} {singular}"
+
+
+def _input_changes(name: str, old: Any, new: Any) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):  # a set of files: say how many changed
+        changed = sum(1 for k in new if k in old and old[k] != new[k])
+        added, removed = len(new.keys() - old.keys()), len(old.keys() - new.keys())
+        parts = [f"{_count(n, name)} {what}" for n, what in ((changed, "changed"), (added, "added"), (removed, "removed")) if n]
+        return parts
+    return [f"{name} changed"] if old != new else []
+
+
+def _listed(items: list[str], most: int = 3) -> list[str]:
+    return items[:most] + ([f"{len(items) - most} more"] if len(items) > most else [])
+
+
 class Manifest:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / "manifest.json"
         self.stages: dict[str, StageRecord] = {}
+        self._first_reason = "not run before"
         if self.path.is_file():
             try:
-                self.stages = json.loads(self.path.read_text()).get("stages", {})
+                data = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError):
-                self.stages = {}  # an unreadable manifest means every stage runs again
+                data = {}  # an unreadable manifest means every stage runs again
+            if data.get("format") == MANIFEST_FORMAT:
+                self.stages = data.get("stages", {})
+            else:
+                self._first_reason = "manifest.json is unreadable or from an older version of this project"
 
     @staticmethod
     def hashes(paths: dict[str, Path | None]) -> dict[str, str | None]:
         return {name: (sha256_file(p) if p is not None and Path(p).is_file() else None) for name, p in paths.items()}
 
-    def is_current(self, stage: str, inputs: dict[str, str | None], settings: dict[str, Any]) -> bool:
+    def rerun_reason(self, stage: str, key: StageKey) -> str | None:
+        """Why ``stage`` must run again (one line), or None when its record matches ``key`` and its outputs are intact."""
         record = self.stages.get(stage)
-        if not record or record.get("inputs") != inputs or record.get("settings") != settings:
-            return False
-        for name, digest in record.get("outputs", {}).items():
-            path = self.directory / name
-            if not path.is_file() or sha256_file(path) != digest:
-                return False
-        return True
+        if not record:
+            return self._first_reason
+        reasons: list[str] = []
+        old_inputs = record.get("inputs", {})
+        for name in dict.fromkeys([*old_inputs, *key.inputs]):
+            reasons += _input_changes(name, old_inputs.get(name), key.inputs.get(name))
+        old_settings = record.get("settings", {})
+        reasons += [
+            f"{name} {old_settings.get(name)!r} -> {key.settings.get(name)!r}"
+            for name in dict.fromkeys([*old_settings, *key.settings])
+            if old_settings.get(name) != key.settings.get(name)
+        ]
+        old_code = record.get("code", {})
+        reasons += _listed(
+            [f"{path} changed" for path in sorted(key.code.keys() | old_code.keys()) if old_code.get(path) != key.code.get(path)]
+        )
+        old_tools = record.get("tools", {})
+        reasons += [
+            f"{tool} {old_tools.get(tool, 'absent')} -> {key.tools.get(tool, 'absent')}"
+            for tool in dict.fromkeys([*old_tools, *key.tools])
+            if old_tools.get(tool) != key.tools.get(tool)
+        ]
+        if not reasons:
+            for name, digest in record.get("outputs", {}).items():
+                path = self.directory / name
+                if not path.is_file() or sha256_file(path) != digest:
+                    reasons.append(f"{name} was changed or removed")
+        return "; ".join(reasons) or None
 
-    def record(
-        self,
-        stage: str,
-        inputs: dict[str, str | None],
-        settings: dict[str, Any],
-        outputs: list[str],
-        seconds: float,
-        versions: dict[str, str],
-        extra: dict[str, Any] | None = None,
-    ) -> None:
+    def record(self, stage: str, key: StageKey, outputs: list[str], seconds: float, extra: dict[str, Any] | None = None) -> None:
         self.stages[stage] = {
-            "inputs": inputs,
-            "settings": settings,
+            **key.to_record(),
             "outputs": {name: sha256_file(self.directory / name) for name in outputs},
             "seconds": round(seconds, 2),
-            "tool_versions": versions,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             **(extra or {}),
         }
         self._save()
 
     def _save(self) -> None:
-        atomic_write_json(self.path, {"format": "s2mlpv2-manifest/1", "stages": self.stages})
+        atomic_write_json(self.path, {"format": MANIFEST_FORMAT, "stages": self.stages})
 
     def run(
         self,
         stage: str,
-        inputs: dict[str, str | None],
-        settings: dict[str, Any],
-        versions: dict[str, str],
+        key: StageKey,
         work: Callable[[], tuple[list[str], dict[str, Any] | None]],
         force: bool = False,
-    ) -> tuple[StageRecord, bool]:
-        """Run ``work`` unless the stage is current; returns (record, skipped)."""
-        if not force and self.is_current(stage, inputs, settings):
-            return self.stages[stage], True
+        starting: Callable[[str], None] | None = None,
+    ) -> tuple[StageRecord, str | None]:
+        """Run ``work`` unless the stage is current; returns (record, why it ran: None when it was skipped).
+
+        ``starting(reason)`` is called before ``work`` runs.
+        """
+        reason = "--force" if force else self.rerun_reason(stage, key)
+        if reason is None:
+            return self.stages[stage], None
+        if starting is not None:
+            starting(reason)
         if self.stages.pop(stage, None) is not None:
             self._save()  # not done until it finishes again, on disk too
         t0 = time.perf_counter()
         outputs, extra = work()
-        self.record(stage, inputs, settings, outputs, time.perf_counter() - t0, versions, extra)
-        return self.stages[stage], False
+        self.record(stage, key, outputs, time.perf_counter() - t0, extra)
+        return self.stages[stage], reason

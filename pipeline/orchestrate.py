@@ -43,10 +43,11 @@ import numpy as np
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_write_json
+from common.fingerprint import HashCache
 from common.versions import tool_versions
 from models.args import load_model
 
-from .manifest import Manifest, OutputLock
+from .manifest import Manifest, OutputLock, StageKey
 
 __all__ = [
     "Backend",
@@ -150,7 +151,8 @@ class Run:
     out: Path
     backend: Backend
     calib: Any  # calibration.dataset.CalibrationSet | None
-    weights_id: str
+    weights_id: dict[str, str | None]  # the checkpoint's and its card's hashes, or what the random init was
+    hashes: Any = None  # common.fingerprint.HashCache for the evaluation images
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -172,20 +174,46 @@ class Run:
     def digest(self, path: Path) -> str | None:
         return Manifest.hashes({"p": path})["p"]
 
+    def eval_image_hashes(self) -> dict[str, str] | None:
+        """``{image: sha256}`` of the images verify runs on (None without --eval-data): a changed image reruns verify."""
+        if self.opts.eval_data is None:
+            return None
+        from calibration.dataset import eval_samples
+
+        return {str(s.path): self.hashes.sha256(s.path) for s in eval_samples(self.opts.eval_data, self.opts.eval_limit)}
+
 
 StageOutput = tuple[list[str], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One row of the flow: its function, what decides whether it reruns, and its progress line."""
+    """One row of the flow: its function, what decides whether it reruns, and its progress line.
+
+    ``inputs``, ``settings``, ``code`` (the project modules the stage runs: they, every project module
+    they import, and this module are fingerprinted, together with the code of the stages before it,
+    which made its inputs) and ``tools`` (the tools whose versions shape its output) make its key.
+    """
 
     name: str
     run: Callable[[Run], StageOutput]
     inputs: Callable[[Run], dict[str, Any]]
     settings: Callable[[Run], dict[str, Any]]
     describe: Callable[[Run, dict[str, Any]], str]
+    code: Callable[[Run], tuple[str, ...]]
+    tools: Callable[[Run], tuple[str, ...]]
     applies: Callable[[Run], bool] = lambda run: True
+
+    def key(self, run: Run, versions: dict[str, str], earlier_code: tuple[str, ...] = ()) -> StageKey:
+        """The stage's key; ``earlier_code``: the ``code`` of the stages that ran before it."""
+        from common.fingerprint import code_fingerprint, file_fingerprint
+
+        return StageKey(
+            inputs=self.inputs(run),
+            settings=self.settings(run),
+            code={**file_fingerprint(__file__), **code_fingerprint((*earlier_code, *self.code(run)))},
+            tools={tool: versions[tool] for tool in self.tools(run) if tool in versions},
+        )
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -248,6 +276,15 @@ def _build_settings(run: Run) -> dict[str, Any]:
     return settings
 
 
+def _build_code(run: Run) -> tuple[str, ...]:
+    return ("engines.build",) if run.backend.builds_plan else ("pipeline.onnx_runtime",)
+
+
+def _runtime_tools(run: Run) -> tuple[str, ...]:
+    """The tools that build or run the deployed artifact."""
+    return {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx",)}.get(run.backend.name, ()) + ("onnxruntime",)
+
+
 def _describe_build(run: Run, rec: dict[str, Any]) -> str:
     if not run.backend.builds_plan:
         return f"{run.artifact.name} for onnxruntime"
@@ -307,50 +344,72 @@ def _bench_batches(run: Run) -> tuple[int, ...]:
     return tuple(sorted({lo, opt}))
 
 
+def _gates(run: Run) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .verify import GATES
+
+    precision = run.opts.precision
+    return {kind: [asdict(g) for g in gates] for kind, gates in GATES[precision].items()}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "export",
         export_stage,
-        inputs=lambda run: {"weights": run.weights_id},
+        inputs=lambda run: dict(run.weights_id),
         settings=lambda run: {"shift_impl": run.opts.shift_impl, "opset": run.opts.opset, "model": run.model.config.name},
         describe=lambda run, rec: f"model.onnx, {rec.get('nodes')} nodes",
+        code=lambda run: ("pipeline.export",),
+        tools=lambda run: ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime"),
     ),
     Stage(
         "precision",
         precision_stage,
-        inputs=lambda run: {"graph": run.digest(run.fp32_graph), "calibration": run.calib.content_hash if run.calib else None},
+        inputs=lambda run: {
+            "model.onnx": run.digest(run.fp32_graph),
+            "calibration images": run.calib.content_hash if run.calib else None,
+        },
         settings=lambda run: {
             "precision": run.opts.precision,
             "calib_method": run.opts.calib_method,
             "qdq_placement": run.opts.qdq_placement,
         },
         describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
+        code=lambda run: ("pipeline.precision", "calibration.dataset"),
+        tools=lambda run: ("modelopt", "onnx", "onnxruntime", "onnxslim", "numpy", "timm", "pillow"),
         applies=lambda run: run.opts.precision != "fp32",
     ),
     Stage(
         "build",
         build_stage,
-        inputs=lambda run: {"graph": run.digest(run.graph)},
+        inputs=lambda run: {run.graph.name: run.digest(run.graph)},
         settings=_build_settings,
         describe=_describe_build,
+        code=_build_code,
+        tools=_runtime_tools,
     ),
     Stage(
         "verify",
         verify_stage,
         inputs=lambda run: {
-            "artifact": run.digest(run.artifact),
-            "eval": str(run.opts.eval_data),
-            "calibration": run.calib.content_hash if run.calib else None,
+            run.artifact.name: run.digest(run.artifact),
+            "evaluation images": run.eval_image_hashes(),
+            "calibration images": run.calib.content_hash if run.calib else None,
         },
-        settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision},
+        settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision, "gates": _gates(run)},
         describe=lambda run, rec: rec.get("line", ""),
+        code=lambda run: ("pipeline.verify", "pipeline.deployed", "calibration.dataset"),
+        tools=lambda run: ("torch", "numpy", "timm", "pillow", *_runtime_tools(run)),
     ),
     Stage(
         "benchmark",
         benchmark_stage,
-        inputs=lambda run: {"artifact": run.digest(run.artifact)},
+        inputs=lambda run: {run.artifact.name: run.digest(run.artifact)},
         settings=lambda run: {"batches": list(_bench_batches(run)), "reference": "model.onnx", "seconds": run.opts.bench_seconds},
         describe=lambda run, rec: "benchmark.md",
+        code=lambda run: ("pipeline.benchmark",),
+        tools=lambda run: ("torch", "numpy", *_runtime_tools(run)),
     ),
 )
 
@@ -367,19 +426,26 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = load_model(opts.checkpoint, opts.model, "the model")
     out = opts.out_dir(model.config.name)
-    weights_id = Manifest.hashes({"c": opts.checkpoint})["c"] if opts.checkpoint else f"random-init:{opts.model}:seed0"
     versions = tool_versions()
     with OutputLock(out):
         manifest = Manifest(out)
-        run = Run(opts, model, out, backend, _calibration(opts, model, out), weights_id)
+        hashes = HashCache(out / ".hashes.json")
+        run = Run(opts, model, out, backend, _calibration(opts, model, out), _weights_id(opts), hashes)
+        earlier_code: tuple[str, ...] = ()
         for stage in STAGES:
             if not stage.applies(run):
                 continue
-            rec, skipped = manifest.run(
-                stage.name, stage.inputs(run), stage.settings(run), versions, lambda stage=stage: stage.run(run), opts.force
-            )
+            key = stage.key(run, versions, earlier_code)
+            earlier_code += stage.code(run)
+
+            def starting(reason: str, stage=stage) -> None:
+                if reason != "not run before":
+                    print(f"[{stage.name:9s}] reran: {reason}", flush=True)
+
+            rec, reason = manifest.run(stage.name, key, lambda stage=stage: stage.run(run), opts.force, starting)
+            hashes.save()
             run.records[stage.name] = rec
-            state = "unchanged, skipped" if skipped else f"{rec['seconds']:6.1f} s"
+            state = "unchanged, skipped" if reason is None else f"{rec['seconds']:6.1f} s"
             print(f"[{stage.name:9s}] {state}  {stage.describe(run, rec)}", flush=True)
         if opts.triton_repo is not None:
             _write_triton_repository(run)
@@ -387,6 +453,15 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     atomic_write_json(out / "summary.json", summary)
     _print_summary(out, summary)
     return summary
+
+
+def _weights_id(opts: BuildOptions) -> dict[str, str | None]:
+    """The checkpoint and the card beside it, by content (the card decides preprocessing); or the random init."""
+    if opts.checkpoint is None:
+        return {"weights": f"random-init:{opts.model}:seed0"}
+    from models.checkpoint import card_path_for
+
+    return Manifest.hashes({"checkpoint": opts.checkpoint, "checkpoint card": card_path_for(opts.checkpoint)})
 
 
 def _calibration(opts: BuildOptions, model, out: Path):

@@ -80,7 +80,7 @@ def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_
     manifest = json.loads((out / "manifest.json").read_text())["stages"]
     assert list(manifest) == ["export", "precision", "build", "verify", "benchmark"]
     for record in manifest.values():
-        assert {"inputs", "settings", "outputs", "seconds", "tool_versions"} <= set(record)
+        assert {"inputs", "settings", "code", "tools", "outputs", "seconds"} <= set(record)
     second = _run("--precision", "fp16", *TINY_ARGS, "--out", out)
     assert second.returncode == 0 and second.stdout.count("unchanged, skipped") == 5
     forced = _run("--precision", "fp16", *TINY_ARGS, "--out", out, "--force")
@@ -112,7 +112,7 @@ def test_first_run_builds_the_shipped_model_and_judges_it_on_bundled_images(prec
     if precision == "int8":
         assert verify["reference"]["top1"] - verify["deployed"]["top1"] <= 0.005 and verify["top1_agreement"] >= 0.99
         calib = json.loads((out / "manifest.json").read_text())["stages"]["precision"]
-        assert calib["inputs"]["calibration"] is not None
+        assert calib["inputs"]["calibration images"] is not None
     fast = _summary_block(proc.stdout, "fast")
     assert "onnxruntime fp32 (model.onnx)" in fast and "the fp32 graph" in fast
     if precision == "fp16":
