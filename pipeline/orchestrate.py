@@ -47,6 +47,7 @@ from common.fingerprint import HashCache
 from common.versions import tool_versions
 from models.args import load_model
 
+from .gates import GateResult
 from .manifest import Manifest, OutputLock, StageKey
 
 __all__ = [
@@ -347,10 +348,9 @@ def _bench_batches(run: Run) -> tuple[int, ...]:
 def _gates(run: Run) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .verify import GATES
+    from .gates import GATES
 
-    precision = run.opts.precision
-    return {kind: [asdict(g) for g in gates] for kind, gates in GATES[precision].items()}
+    return {kind: [asdict(g) for g in gates] for kind, gates in GATES[run.opts.precision].items()}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -616,10 +616,8 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
     print(f"\n== right: gates: {verdict}, on {seen['images']} images ({_short(seen['data'])})")
     if seen["reference_top1"] is not None:
         print(f"  top-1: PyTorch fp32 {seen['reference_top1'] * 100:.2f} %, deployed {seen['deployed_top1'] * 100:.2f} %")
-    for name, g in summary["gates"].items():
-        value = "n/a" if g["value"] is None else f"{g['value']:.6g}"
-        state = ("pass" if g["passed"] else "FAIL") if summary["gates_enforced"] else ("ok" if g["passed"] else "off")
-        print(f"  {name:16s} {value:>10s} {g['op']} {g['threshold']}  {state}")
+    for metric, g in summary["gates"].items():
+        print(f"  {GateResult.from_dict({'metric': metric, **g}).text(judged=summary['gates_enforced'])}")
 
     print(f"\n== fast: p50 latency on {summary['cpu']}")
     for r in summary["latency"]:

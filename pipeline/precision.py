@@ -337,8 +337,8 @@ def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[str, float, float]:
     """(name, value, threshold) of the int8 gate on the held-out slice: top-1 agreement if labeled, else the
-    minimum logits cosine, with the threshold of ``verify.GATES``' int8 gate of that name."""
-    from .verify import GATES
+    minimum logits cosine, with the threshold of ``pipeline.gates``' int8 gate of that name."""
+    from .gates import GATES
 
     metric = "top1_agreement" if labeled else "cosine_min"
     threshold = next(g.threshold for g in GATES["int8"]["labeled" if labeled else "unlabeled"] if g.metric == metric)

@@ -5,7 +5,7 @@
 Both run on the same images, preprocessed once with the model card's settings. The report has
 top-1/top-5 of each (when the data is labeled), top-1 agreement and the images whose top-1
 flipped, cosine similarity of the logits (min and mean), max and mean |Δlogit| and the mean KL
-divergence of the softmaxes. Gates per precision are in ``GATES``; the command exits 1 when
+divergence of the softmaxes. Gates per precision are in ``pipeline.gates``; the command exits 1 when
 one fails. It writes ``report.json``, ``report.md`` and ``report.png`` (per-image cosine, flips
 marked).
 """
@@ -28,14 +28,14 @@ from common.errors import EXPECTED_ERRORS, S2MLPv2Error
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from models.args import ModelArgs
 
+from .gates import GATES, GateResult, judge
+
 MODEL_ARGS = ModelArgs(
     model_default=None, exclusive=True, one_required=True, model_help="random-init reference (seed 0, as pipeline.export uses)",
     checkpoint_help="reference weights (.safetensors with card, or a state dict)",
 )  # fmt: skip
 
 __all__ = [
-    "GATES",
-    "Gate",
     "VerifyResult",
     "VerifyError",
     "compare_logits",
@@ -44,29 +44,6 @@ __all__ = [
     "write_report",
     "main",
 ]
-
-
-@dataclass(frozen=True)
-class Gate:
-    metric: str
-    op: str  # ">=" or "<="
-    threshold: float
-
-    def check(self, value: float | None) -> bool:
-        if value is None or not np.isfinite(value):
-            return False
-        return value >= self.threshold if self.op == ">=" else value <= self.threshold
-
-
-# The one table of tolerances. int8 on unlabeled data is gated by logits cosine alone.
-GATES: dict[str, dict[str, tuple[Gate, ...]]] = {
-    "fp32": {"labeled": (Gate("top1_agreement", ">=", 1.0), Gate("cosine_min", ">=", 0.99999)),
-             "unlabeled": (Gate("top1_agreement", ">=", 1.0), Gate("cosine_min", ">=", 0.99999))},
-    "fp16": {"labeled": (Gate("top1_agreement", ">=", 0.999), Gate("cosine_min", ">=", 0.999)),
-             "unlabeled": (Gate("top1_agreement", ">=", 0.999), Gate("cosine_min", ">=", 0.999))},
-    "int8": {"labeled": (Gate("top1_drop", "<=", 0.005), Gate("top1_agreement", ">=", 0.99)),
-             "unlabeled": (Gate("cosine_min", ">=", 0.99),)},
-}  # fmt: skip
 
 
 class VerifyError(S2MLPv2Error, RuntimeError):
@@ -80,13 +57,13 @@ class VerifyResult:
     n_images: int
     labeled: bool
     metrics: dict[str, Any]
-    gates: dict[str, dict[str, Any]]
+    gates: dict[str, GateResult]  # by metric
     flips: list[dict[str, Any]] = field(default_factory=list)
     cosines: list[float] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return all(g["passed"] for g in self.gates.values())
+        return all(g.passed for g in self.gates.values())
 
     @property
     def passed(self) -> bool:
@@ -107,7 +84,7 @@ class VerifyResult:
             "mean_abs_diff": m["mean_abs_diff"],
             "kl_mean": m["kl_mean"],
             "nonfinite_outputs": m["nonfinite_outputs"],
-            "gates": self.gates,
+            "gates": {name: {k: v for k, v in g.to_dict().items() if k != "metric"} for name, g in self.gates.items()},
             "passed": self.passed,
             "flips": self.flips,
             "provenance": self.provenance,
@@ -136,12 +113,10 @@ class VerifyResult:
             f"| max / mean abs Δlogit | {d['max_abs_diff']:.4g} / {d['mean_abs_diff']:.4g} |",
             f"| mean KL(ref ‖ deployed) | {d['kl_mean']:.3g} |",
             "",
-            "| gate | value | threshold | result |",
-            "|---|---|---|---|",
+            "Gates:",
+            "",
+            *[f"- {g}" for g in self.gates.values()],
         ]
-        for name, g in self.gates.items():
-            value = "–" if g["value"] is None else f"{g['value']:.6g}"
-            lines.append(f"| {name} | {value} | {g['op']} {g['threshold']} | {'pass' if g['passed'] else 'FAIL'} |")
         if self.flips:
             lines += ["", f"## Top-1 flips ({len(self.flips)})", "", "| image | reference | deployed |", "|---|---|---|"]
             lines += [f"| {f['path']} | {f['reference']} | {f['deployed']} |" for f in self.flips[:100]]
@@ -155,9 +130,7 @@ class VerifyResult:
         ]
         if self.labeled:
             parts.append(f"top-1 reference {d['reference']['top1'] * 100:.2f} %, deployed {d['deployed']['top1'] * 100:.2f} %")
-        for name, g in self.gates.items():
-            value = "n/a" if g["value"] is None else f"{g['value']:.6g}"
-            parts.append(f"  gate {name}: {value} {g['op']} {g['threshold']} -> {'pass' if g['passed'] else 'FAIL'}")
+        parts += [f"  gate {g}" for g in self.gates.values()]
         parts.append("PASS" if self.passed else "FAIL")
         return "\n".join(parts)
 
@@ -179,7 +152,7 @@ def compare_logits(
 ) -> VerifyResult:
     """Metrics and gates for two ``(N, classes)`` logit arrays; ``labels`` is ``(N,)`` or None."""
     if precision not in GATES:
-        raise VerifyError(f"unknown precision {precision!r}; one of {sorted(GATES)}")
+        raise VerifyError(f"unknown precision {precision!r}; one of {', '.join(sorted(GATES))}")
     if reference.shape != deployed.shape:
         raise VerifyError(
             f"the artifact returns logits of shape {deployed.shape}, the reference model {reference.shape}: "
@@ -212,17 +185,7 @@ def compare_logits(
         metrics["reference_top5"] = float((np.argsort(-ref, 1)[:, :k] == labels[:, None]).any(1).mean())
         metrics["deployed_top5"] = float((np.argsort(-dep_safe, 1)[:, :k] == labels[:, None]).any(1).mean())
         metrics["top1_drop"] = metrics["reference_top1"] - metrics["deployed_top1"]
-    gates = {}
-    for gate in GATES[precision]["labeled" if labeled else "unlabeled"]:
-        value = metrics.get(gate.metric)
-        gates[gate.metric] = {
-            "value": value,
-            "op": gate.op,
-            "threshold": gate.threshold,
-            "passed": gate.check(value) and nonfinite == 0,
-        }
-    if nonfinite:
-        gates["finite_outputs"] = {"value": nonfinite, "op": "<=", "threshold": 0, "passed": False}
+    gates = {g.metric: g for g in judge(precision, labeled, metrics)}
 
     def name(i: int) -> str:
         return class_names[i] if class_names is not None and i < len(class_names) else str(i)
@@ -250,7 +213,7 @@ def _figure(result: VerifyResult, path: Path) -> None:
     ax.set_yscale("log")  # flips are few; a log scale keeps them visible beside the bulk
     for name, g in result.gates.items():
         if name.startswith("cosine"):
-            ax.axvline(g["threshold"], color="k", ls="--", lw=1, label=f"gate {g['threshold']}")
+            ax.axvline(g.threshold, color="k", ls="--", lw=1, label=f"gate {g.threshold}")
     ax.set_xlabel("cosine(reference logits, deployed logits)")
     ax.set_ylabel("images")
     ax.set_title(f"{result.precision} on {result.backend}: {'PASS' if result.passed else 'FAIL'}")

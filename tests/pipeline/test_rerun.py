@@ -66,12 +66,12 @@ def test_a_changed_evaluation_image_reruns_verify_only(built, capsys):
 
 
 def test_a_changed_gate_reruns_verify_only(built, capsys, monkeypatch):
-    from pipeline import verify
+    from pipeline import gates
 
     opts, _ = built
-    fp32 = dict(verify.GATES["fp32"])
-    fp32["labeled"] = (verify.Gate("top1_agreement", ">=", 0.98), *fp32["labeled"][1:])
-    monkeypatch.setitem(verify.GATES, "fp32", fp32)
+    fp32 = dict(gates.GATES["fp32"])
+    fp32["labeled"] = (gates.Gate("top1_agreement", ">=", 0.98), *fp32["labeled"][1:])
+    monkeypatch.setitem(gates.GATES, "fp32", fp32)
     states = _rerun(opts, capsys)
     assert states["verify"].startswith("gates ") and "0.98" in states["verify"]
     assert [states[s] for s in ("export", "build", "benchmark")] == ["skipped"] * 3

@@ -46,18 +46,18 @@ def test_int8_gates_judge_the_top1_drop_and_the_agreement():
     assert compare_logits(reference, deployed, labels, "int8")
     deployed[:6] = np.roll(reference[:6], 1, axis=1)  # 6 flips: drop 0.006 > 0.005
     result = compare_logits(reference, deployed, labels, "int8")
-    assert not result and not result.gates["top1_drop"]["passed"] and result.gates["top1_agreement"]["passed"]
+    assert not result and not result.gates["top1_drop"].passed and result.gates["top1_agreement"].passed
 
 
 def test_the_precision_stage_gates_int8_with_the_same_table(monkeypatch):
-    from pipeline import precision, verify
+    from pipeline import gates, precision
 
     logits = np.eye(10)[np.arange(100) % 10]
     flipped = logits.copy()
     flipped[:2] = np.roll(logits[:2], 1, axis=1)  # agreement 0.98
     assert precision._gate(logits, flipped, labeled=True) == ("top1_agreement", 0.98, 0.99)
-    looser = (verify.Gate("top1_drop", "<=", 0.005), verify.Gate("top1_agreement", ">=", 0.95))
-    monkeypatch.setitem(verify.GATES["int8"], "labeled", looser)
+    looser = (gates.Gate("top1_drop", "<=", 0.005), gates.Gate("top1_agreement", ">=", 0.95))
+    monkeypatch.setitem(gates.GATES["int8"], "labeled", looser)
     assert precision._gate(logits, flipped, labeled=True)[2] == 0.95
 
 
@@ -86,7 +86,7 @@ def test_nonfinite_outputs_fail_every_gate():
     dep[2, 1] = np.nan
     result = compare_logits(ref, dep, None, "int8")
     assert not result and result.metrics["nonfinite_outputs"] == 1
-    assert result.gates["finite_outputs"]["passed"] is False
+    assert result.gates["finite_outputs"].passed is False
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_planted_wrong_artifact_is_caught(cifar, tmp_path):
     export_onnx(wrong, bad, ExportSettings())
     result = verify(model, bad, DATA / "cifar10-val", limit=60)
     assert not result
-    assert result.gates["cosine_min"]["passed"] is False
+    assert result.gates["cosine_min"].passed is False
 
 
 @pytest.mark.slow
