@@ -146,7 +146,7 @@ def planned_sidecar(onnx_path: Path, settings: BuildSettings, version: str, gpu:
         input_shape=shape,
         precision=precision,
         version_compatible=settings.version_compatible,
-        hardware_compatible=settings.hardware_compatible and fl.name == "tensorrt",
+        hardware_compatible=settings.hardware_compatible and fl.hardware_compatibility,
         workspace_bytes=settings.workspace_mb << 20,
         card=card,
     )
@@ -243,8 +243,7 @@ def _parser_message(error) -> str:
 
 def _parse(fl: Flavour, builder, logger, onnx_path: Path, has_plugin: bool):
     trt = fl.module()
-    if fl.name == "tensorrt-rtx" or has_plugin:
-        fl.prepare_plugin()  # for TensorRT for RTX, also what keeps a plugin node from aborting the parser
+    fl.prepare_plugin(has_plugin)  # for TensorRT for RTX, also what keeps a plugin node from aborting the parser
     network = builder.create_network(fl.network_flags(has_plugin))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

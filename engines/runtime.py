@@ -115,8 +115,7 @@ class TensorRTRunner:
         if gpu is None:
             raise TensorRTUnavailable(f"no CUDA device: running a {fl.title} plan needs an NVIDIA GPU")
         self.sidecar.check_runtime(fl.name, trt.__version__, gpu[1])
-        if self.sidecar.plugin_sha256:
-            fl.prepare_plugin()  # TensorRT for RTX plans need it; TensorRT 11's AOT plans carry the kernel
+        fl.prepare_plugin(self.sidecar.plugin_sha256 is not None)  # the rule the build followed before parsing
         self._logger = fl.logger(trt.ILogger.Severity.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())

@@ -30,7 +30,12 @@ from common.fileio import atomic_write_json, sha256_file
 __all__ = ["Sidecar", "EngineMismatchError", "ProfileError", "sidecar_path", "read_sidecar"]
 
 SIDECAR_FORMAT = "s2mlpv2-plan/2"
-_TITLES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT for RTX"}
+
+
+def _product(flavour_name: str) -> str:
+    from .trt import FLAVOURS
+
+    return FLAVOURS[flavour_name].product if flavour_name in FLAVOURS else flavour_name
 
 
 class EngineMismatchError(S2MLPv2Error, RuntimeError):
@@ -63,7 +68,7 @@ class Sidecar:
 
     @property
     def title(self) -> str:
-        return f"{_TITLES.get(self.flavour, self.flavour)} {self.flavour_version}"
+        return f"{_product(self.flavour)} {self.flavour_version}"
 
     def key(self) -> str:
         """What a plan depends on; equal keys mean the existing plan can be reused."""
@@ -97,7 +102,7 @@ class Sidecar:
         """Refuse, by name, a plan handed to the flavour it was not built with."""
         if flavour != self.flavour:
             raise EngineMismatchError(
-                f"plan built with {self.title}, but it was handed to {_TITLES.get(flavour, flavour)}; "
+                f"plan built with {self.title}, but it was handed to {_product(flavour)}; "
                 f"load it with --backend {self.flavour}, or rebuild it with --backend {flavour}"
             )
 
@@ -114,29 +119,19 @@ class Sidecar:
         built_major = self.flavour_version.split(".")[0]
         same_version = self.flavour_version == version or (self.version_compatible and built_major == version.split(".")[0])
         if not same_version:
-            here = f"{_TITLES.get(flavour, flavour)} {version}"
+            here = f"{_product(flavour)} {version}"
             raise EngineMismatchError(
                 f"plan built with {self.title}, but this machine has {here}; rebuild the plan here (or build it with --version-compatible)"
             )
-        if compute_capability in self.compute_capabilities:
-            return
-        if self.flavour == "tensorrt" and self.hardware_compatible and float(compute_capability) >= 8.0:
-            return
-        built_for = ", ".join(self.compute_capabilities)
-        if self.flavour == "tensorrt-rtx":
-            from .trt import RTX_COMPUTE_CAPABILITIES
+        from .trt import flavour as flavour_named
 
-            fix = (
-                f"rebuild it with --compute-capability {compute_capability}"
-                if compute_capability in RTX_COMPUTE_CAPABILITIES
-                else "TensorRT for RTX does not support this GPU: build with TensorRT 11 (--backend tensorrt)"
-            )
-            raise EngineMismatchError(
-                f"plan built for GPU compute capabilities {built_for}, but this GPU is {compute_capability}; {fix}"
-            )
+        fl = flavour_named(self.flavour)
+        if fl.runs_plan_built_for(self.compute_capabilities, self.hardware_compatible, compute_capability):
+            return
+        built_for = ", ".join(self.compute_capabilities) + (f" ({self.gpu_name})" if self.gpu_name else "")
         raise EngineMismatchError(
-            f"plan built for GPU compute capability {built_for} ({self.gpu_name}), but this GPU is "
-            f"{compute_capability}; rebuild the plan on this GPU (or build it with --hardware-compatible)"
+            f"plan built for GPU compute capability {built_for}, but this GPU is {compute_capability}; "
+            f"{fl.mismatch_fix(compute_capability)}"
         )
 
     def check_batch(self, shape: tuple[int, ...]) -> None:

@@ -128,13 +128,16 @@ class Flavour:
     """One TensorRT flavour: how to import it, what it builds for, how it is configured."""
 
     name: str  # "tensorrt" | "tensorrt-rtx": the --backend value and the sidecar's flavour
-    module_name: str
-    title: str
+    module_name: str  # also its key in common.versions.tool_versions()
+    title: str  # "TensorRT 11": the flavour
+    product: str  # "TensorRT": what a version number follows ("TensorRT 11.4.0")
     min_version: tuple[int, int]
     install_hint: str
     builds_without_gpu: bool
     plugin_source: str  # how the shift plugin reaches the plan; recorded in the sidecar
     plugin_files: tuple[str, ...]
+    hardware_compatibility: bool  # can build one plan for every Ampere or newer GPU (--hardware-compatible)
+    triton_platform: str | None  # the Triton backend platform that serves its plans; None: no Triton backend does
 
     # --- the module
     def module(self) -> ModuleType:
@@ -184,6 +187,20 @@ class Flavour:
                 f"{', '.join(RTX_COMPUTE_CAPABILITIES)} (Hopper and Blackwell datacenter GPUs need TensorRT 11: --backend tensorrt)"
             )
         return tuple(sorted(wanted, key=float))
+
+    def runs_plan_built_for(self, compute_capabilities: tuple[str, ...], hardware_compatible: bool, gpu_cc: str) -> bool:
+        """Whether a plan built for ``compute_capabilities`` (hardware-compatible or not) runs on a GPU of ``gpu_cc``."""
+        if gpu_cc in compute_capabilities:
+            return True
+        return self.hardware_compatibility and hardware_compatible and float(gpu_cc) >= 8.0
+
+    def mismatch_fix(self, gpu_cc: str) -> str:
+        """What to do with a plan that was not built for this GPU (``gpu_cc``)."""
+        if self.name == "tensorrt-rtx":
+            if gpu_cc in RTX_COMPUTE_CAPABILITIES:
+                return f"rebuild it with --compute-capability {gpu_cc}"
+            return "TensorRT for RTX does not support this GPU: build with TensorRT 11 (--backend tensorrt)"
+        return "rebuild the plan on this GPU (or build it with --hardware-compatible)"
 
     # --- building
     def network_flags(self, has_plugin: bool) -> int:
@@ -239,8 +256,11 @@ class Flavour:
             h.update((PLUGIN_DIR / name).read_bytes())
         return h.hexdigest()
 
-    def prepare_plugin(self) -> None:
-        """Register the shift plugin with this flavour (before parsing or loading a plugin graph)."""
+    def prepare_plugin(self, has_plugin_nodes: bool = True) -> None:
+        """The one rule, before parsing a graph and before loading a plan: where it has shift plugin nodes, register
+        the plugin with this flavour (TensorRT for RTX: and make the library link its parser needs); else nothing."""
+        if not has_plugin_nodes:
+            return
         if self.name == "tensorrt":
             from . import plugin  # noqa: F401  (registers the AOT plugin on import)
 
@@ -255,21 +275,27 @@ TENSORRT = Flavour(
     name="tensorrt",
     module_name="tensorrt",
     title="TensorRT 11",
+    product="TensorRT",
     min_version=(11, 0),
     install_hint="on a machine with an NVIDIA GPU run `pip install -e .[tensorrt]` (its wheels download NVIDIA's libraries from NVIDIA's package index)",
     builds_without_gpu=False,
     plugin_source="aot-ptx: engines/plugin.py compiles engines/shift_kernel.py to PTX stored in the plan",
     plugin_files=("plugin.py", "shift_kernel.py"),
+    hardware_compatibility=True,
+    triton_platform="tensorrt_plan",
 )
 TENSORRT_RTX = Flavour(
     name="tensorrt-rtx",
     module_name="tensorrt_rtx",
     title="TensorRT for RTX",
+    product="TensorRT for RTX",
     min_version=(1, 7),
     install_hint="`pip install tensorrt-rtx` (Linux and Windows x86_64; a default dependency of this project there)",
     builds_without_gpu=True,
     plugin_source="python-ipluginv3: engines/plugin_rtx.py runs engines/shift_kernel.py; register it before loading the plan",
     plugin_files=("plugin_rtx.py", "shift_kernel.py"),
+    hardware_compatibility=False,  # the compute-capability targets say it all
+    triton_platform=None,  # Triton's TensorRT backend runs TensorRT plans, not TensorRT for RTX plans
 )
 FLAVOURS = {f.name: f for f in (TENSORRT, TENSORRT_RTX)}
 

@@ -59,7 +59,7 @@ __all__ = [
     "read_card",
 ]
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "plan", "onnxruntime")  # plan: the TensorRT plan, whichever flavour built it
 DEFAULT_BATCH = 32  # a graph with a dynamic batch and no build profile beside it runs in batches of this size
 
 
@@ -220,15 +220,15 @@ def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
     if not path.exists():
         raise DeployedError(f"{path} does not exist; give a build directory (build_engine.py --out), a .plan or an .onnx")
     if path.is_file():
-        if path.suffix in (".plan", ".engine") and backend != "tensorrt":
+        if path.suffix in (".plan", ".engine") and backend != "plan":
             runs, why = _plan_runs_here(path)
             if not runs:
                 return _plan_graph(path, why)
-        if backend == "tensorrt" and path.suffix not in (".plan", ".engine"):
-            raise DeployedError(f"--backend tensorrt needs a TensorRT plan; {path} is not one")
+        if backend == "plan" and path.suffix not in (".plan", ".engine"):
+            raise DeployedError(f"--backend plan needs a TensorRT plan; {path} is not one")
         return Choice(path)
     plan = path / "model.plan"
-    if backend == "tensorrt":
+    if backend == "plan":
         if not plan.is_file():
             raise DeployedError(f"{path} holds no model.plan; build one with build_engine.py (a TensorRT backend)")
         return Choice(plan)

@@ -84,9 +84,10 @@ def write_model_repository(
 def _check_servable(artifact: Path, is_plan: bool) -> None:
     if is_plan:
         from engines.sidecar import read_sidecar
+        from engines.trt import flavour
 
         sidecar = read_sidecar(artifact)
-        if sidecar.flavour != "tensorrt":
+        if flavour(sidecar.flavour).triton_platform is None:
             raise TritonRepoError(
                 f"{artifact} is a {sidecar.title} plan, and Triton's TensorRT backend runs TensorRT plans only; "
                 "serve the ONNX graph it was built from (onnxruntime_onnx), or build with --backend tensorrt"

@@ -202,7 +202,7 @@ def test_a_plan_s_card_comes_from_its_sidecar(shared: Shared, tmp_path):
     assert read_card(build / "model.plan").config.name == "s2mlpv2_tiny_test"
 
 
-def test_tensorrt_backend_without_a_plan_is_refused(shared: Shared, capsys):
+def test_the_plan_backend_without_a_plan_is_refused(shared: Shared, capsys):
     with pytest.raises(DeployedError) as error:
-        DeployedModel.open(shared.build, backend="tensorrt")
+        DeployedModel.open(shared.build, backend="plan")
     assert_api_error_is_one_clean_line(error.value, Fails("holds no model.plan", "build one with build_engine.py"), capsys)
