@@ -24,6 +24,26 @@ struct BackendOptions {
   std::string hint = "LATENCY";   // PERFORMANCE_HINT: LATENCY or THROUGHPUT
 };
 
+// The command-line options that choose and configure a backend, shared by the programs.
+inline constexpr const char* kBackendOptionsHelp =
+    "  --batch N              images per inference call (default: a plan's profile maximum, a static\n"
+    "                         batch, else 32)\n"
+    "  --backend B            auto (default): TensorRT for a plan, and for a build directory with a plan\n"
+    "                         where a GPU is present; otherwise OpenVINO\n"
+    "  --device D             OpenVINO device (default: CPU)\n"
+    "  --threads N            OpenVINO's INFERENCE_NUM_THREADS (default: OpenVINO's choice)\n"
+    "  --inference-precision P\n"
+    "                         OpenVINO's INFERENCE_PRECISION_HINT: f32 (default: the graph's own numbers),\n"
+    "                         bf16, f16, or default (the device's choice)\n"
+    "  --hint H               OpenVINO's PERFORMANCE_HINT: LATENCY (default) or THROUGHPUT\n";
+
+// Applies `option` (one of kBackendOptionsHelp's) with `value` to `options`; false when `option`
+// is not a backend option. Throws Error for a bad value.
+bool setBackendOption(BackendOptions& options, const std::string& option, const std::string& value);
+
+// `text` as a positive integer, or Error naming `option`.
+int64_t positiveInteger(const std::string& option, const std::string& text);
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -1,4 +1,7 @@
-// openModel: which backend runs MODEL, and which file of a build directory it loads.
+// openModel: which backend runs MODEL and which file of a build directory it loads; and the
+// command-line options that configure it.
+#include <algorithm>
+#include <exception>
 #include <filesystem>
 #include <iterator>
 
@@ -72,6 +75,35 @@ bool preferPlan(const fs::path& directory) {
 }
 
 }  // namespace
+
+int64_t positiveInteger(const std::string& option, const std::string& text) {
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used == text.size() && value > 0) return value;
+  } catch (const std::exception&) {  // not a number, or out of range
+  }
+  throw Error(option + " must be a positive integer, got '" + text + "'");
+}
+
+bool setBackendOption(BackendOptions& options, const std::string& option, const std::string& value) {
+  if (option == "--batch") {
+    options.batch = positiveInteger(option, value);
+  } else if (option == "--backend") {
+    options.backend = value;
+  } else if (option == "--device") {
+    options.device = value;
+  } else if (option == "--threads") {
+    options.threads = static_cast<int>(std::min<int64_t>(positiveInteger(option, value), 4096));
+  } else if (option == "--inference-precision") {
+    options.precision = value;
+  } else if (option == "--hint") {
+    options.hint = value;
+  } else {
+    return false;
+  }
+  return true;
+}
 
 std::unique_ptr<Backend> openModel(const std::string& model, const BackendOptions& options) {
   const fs::path path(model);

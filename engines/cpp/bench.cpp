@@ -7,6 +7,7 @@
 // in Python and prints the comparison.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <iostream>
@@ -33,13 +34,7 @@ struct Settings {
 };
 
 int count(const std::string& option, const std::string& text) {
-  try {
-    size_t used = 0;
-    const int value = std::stoi(text, &used);
-    if (used == text.size() && value > 0) return value;
-  } catch (const std::exception&) {
-  }
-  throw s2mlpv2::Error(option + " must be a positive integer, got '" + text + "'");
+  return static_cast<int>(std::min<int64_t>(s2mlpv2::positiveInteger(option, text), 1'000'000));
 }
 
 Settings parse(int argc, char** argv) {
@@ -61,21 +56,13 @@ Settings parse(int argc, char** argv) {
       settings.iterations = count(arg, value);
     } else if (arg == "--warmup") {
       settings.warmup = count(arg, value);
-    } else if (arg == "--threads") {
-      settings.backend.threads = count(arg, value);
-    } else if (arg == "--inference-precision") {
-      settings.backend.precision = value;
-    } else if (arg == "--device") {
-      settings.backend.device = value;
-    } else if (arg == "--hint") {
-      settings.backend.hint = value;
-    } else {
+    } else if (arg == "--batch" || !s2mlpv2::setBackendOption(settings.backend, arg, value)) {
       throw s2mlpv2::Error("unknown option " + arg);
     }
   }
   if (positional.size() < 2) {
     throw s2mlpv2::Error("usage: s2mlpv2_bench MODEL IMAGE... [--batches 1,8] [--iterations N] [--warmup N] [--threads N] "
-                         "[--inference-precision P] [--device D] [--hint LATENCY|THROUGHPUT]");
+                         "[--inference-precision P] [--device D] [--hint LATENCY|THROUGHPUT] [--backend B]");
   }
   settings.model = positional[0];
   settings.images = s2mlpv2::listImages({positional.begin() + 1, positional.end()});

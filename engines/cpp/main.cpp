@@ -23,7 +23,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: s2mlpv2_classify MODEL IMAGE... [--top-k K] [--batch N] [--backend auto|openvino|tensorrt]\n"
-    "                        [--device CPU] [--threads N] [--inference-precision f32|bf16|f16|default] [--verbose]\n";
+    "                        [--device CPU] [--threads N] [--inference-precision f32|bf16|f16|default]\n"
+    "                        [--hint LATENCY|THROUGHPUT] [--verbose]\n";
 
 constexpr const char* kHelp =
     "Classify images with an S2-MLPv2 model; one line per image (per class with --top-k):\n"
@@ -34,15 +35,9 @@ constexpr const char* kHelp =
     "                         model.onnx, the first present; TensorRT runs model.plan)\n"
     "  IMAGE                  JPEG, PNG, BMP, GIF or PNM files, or folders of them\n"
     "  --top-k K              the K most probable classes of each image (default: 1)\n"
-    "  --batch N              images per inference call (default: a plan's profile maximum, a static\n"
-    "                         batch, else 32)\n"
-    "  --backend B            auto (default): TensorRT for a plan, and for a build directory with a plan\n"
-    "                         where a GPU is present; otherwise OpenVINO\n"
-    "  --device D             OpenVINO device (default: CPU)\n"
-    "  --threads N            OpenVINO inference threads (default: 0, OpenVINO's choice)\n"
-    "  --inference-precision P\n"
-    "                         OpenVINO's INFERENCE_PRECISION_HINT (default: f32, the graph's own numbers)\n"
-    "  --verbose              say on stderr which runtime and file run\n"
+    "  --verbose              say on stderr which runtime and file run\n";
+
+constexpr const char* kExitStatus =
     "\n"
     "Exit status: 0 all classified, 1 some image unreadable (the others are classified), 2 bad\n"
     "arguments or a model that cannot be loaded.\n";
@@ -54,16 +49,6 @@ struct Arguments {
   bool verbose = false;
   s2mlpv2::BackendOptions backend;
 };
-
-int64_t positive(const std::string& option, const std::string& text) {
-  try {
-    size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used == text.size() && value > 0) return value;
-  } catch (const std::exception&) {
-  }
-  throw s2mlpv2::Error(option + " must be a positive integer, got '" + text + "'");
-}
 
 // Throws Error for a bad argument; returns false when --help was asked for.
 bool parse(int argc, char** argv, Arguments& args) {
@@ -82,18 +67,8 @@ bool parse(int argc, char** argv, Arguments& args) {
     if (i + 1 >= argc) throw s2mlpv2::Error(arg + " needs a value");
     const std::string value = argv[++i];
     if (arg == "--top-k") {
-      args.topK = positive(arg, value);
-    } else if (arg == "--batch") {
-      args.backend.batch = positive(arg, value);
-    } else if (arg == "--backend") {
-      args.backend.backend = value;
-    } else if (arg == "--device") {
-      args.backend.device = value;
-    } else if (arg == "--threads") {
-      args.backend.threads = static_cast<int>(std::min<int64_t>(positive(arg, value), 4096));
-    } else if (arg == "--inference-precision") {
-      args.backend.precision = value;
-    } else {
+      args.topK = s2mlpv2::positiveInteger(arg, value);
+    } else if (!s2mlpv2::setBackendOption(args.backend, arg, value)) {
       throw s2mlpv2::Error("unknown option " + arg + " (see --help)");
     }
   }
@@ -107,7 +82,7 @@ int run(int argc, char** argv) {
   Arguments args;
   try {
     if (!parse(argc, argv, args)) {
-      std::cout << kUsage << "\n" << kHelp;
+      std::cout << kUsage << "\n" << kHelp << s2mlpv2::kBackendOptionsHelp << kExitStatus;
       return 0;
     }
   } catch (const s2mlpv2::Error& e) {

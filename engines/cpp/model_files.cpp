@@ -40,6 +40,7 @@ bool walkMessage(std::istream& in, std::streamoff end, uint64_t wanted, OnField 
     uint64_t tag = 0;
     if (!readVarint(in, tag)) return false;
     const uint64_t number = tag >> 3;
+    if (number == 0) return false;  // no field has number 0: not a protobuf message
     uint64_t length = 0;
     switch (tag & 7) {
       case kVarint:

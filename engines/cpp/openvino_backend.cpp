@@ -1,5 +1,6 @@
 // The OpenVINO backend: an IR (.xml + .bin) or an ONNX graph, compiled for a CPU (or any device
 // OpenVINO names), with the model card from the model's rt_info.
+#include <openvino/frontend/manager.hpp>
 #include <openvino/openvino.hpp>
 
 #include <algorithm>
@@ -13,17 +14,25 @@
 namespace s2mlpv2 {
 namespace {
 
+// Core::read_model, with the frontend named by the file's suffix: read_model tries every
+// frontend on a file the right one rejects, and some of them log pages of parse errors first.
+std::shared_ptr<ov::Model> readModel(const std::string& path) {
+  const bool onnx = std::filesystem::path(path).extension() == ".onnx";
+  if (onnx && !onnxMetadata(path, kCardKey)) return nullptr;  // not ours: no card (or Error: not ONNX at all)
+  ov::frontend::FrontEndManager frontends;
+  const ov::frontend::FrontEnd::Ptr frontend = frontends.load_by_framework(onnx ? "onnx" : "ir");
+  const ov::frontend::InputModel::Ptr input = frontend->load(path);
+  if (!input) throw Error(path + " is not a readable " + (onnx ? "ONNX graph" : "OpenVINO IR") + "; re-export it");
+  return frontend->convert(input);
+}
+
 class OpenVinoBackend final : public Backend {
  public:
   OpenVinoBackend(const std::string& path, const BackendOptions& options) : path_(path), device_(options.device) {
-    ov::Core core;
-    const std::shared_ptr<ov::Model> model = core.read_model(path);
+    const std::shared_ptr<ov::Model> model = readModel(path);
     // read_model keeps an ONNX graph's metadata_props in rt_info["framework"], and an IR saved
     // from it keeps them too.
-    if (!model->has_rt_info("framework", kCardKey)) {
-      throw Error(path + " carries no model card (no " + kCardKey +
-                  " in its metadata): it was not written by this project; export it with python -m pipeline.export");
-    }
+    if (!model || !model->has_rt_info("framework", kCardKey)) throw noCard();
     card_ = parseCard(model->get_rt_info<std::string>("framework", kCardKey), "the card in " + path);
     if (model->inputs().size() != 1 || model->outputs().size() != 1) {
       throw Error(path + " has " + std::to_string(model->inputs().size()) + " inputs and " + std::to_string(model->outputs().size()) +
@@ -41,6 +50,7 @@ class OpenVinoBackend final : public Backend {
     ov::AnyMap config{{"PERFORMANCE_HINT", options.hint}};
     if (options.threads > 0) config.emplace("INFERENCE_NUM_THREADS", options.threads);
     if (options.precision != "default") config.emplace("INFERENCE_PRECISION_HINT", options.precision);
+    ov::Core core;
     compiled_ = core.compile_model(model, options.device, config);
     request_ = compiled_.create_infer_request();
     imageSize_ = 3 * static_cast<size_t>(card_.preprocessing.height) * static_cast<size_t>(card_.preprocessing.width);
@@ -76,6 +86,11 @@ class OpenVinoBackend final : public Backend {
   }
 
  private:
+  Error noCard() const {
+    return Error(path_ + " carries no model card (no " + kCardKey +
+                 " in its metadata): it was not written by this project; export it with python -m pipeline.export");
+  }
+
   // Refuse a graph whose input is not 3 x H x W float32 as the card says, or whose output is not
   // (batch, classes), before compiling anything.
   void checkShapes(const ov::Model& model) const {

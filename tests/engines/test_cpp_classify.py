@@ -1,0 +1,385 @@
+"""The C++ program: built with CMake against the `openvino` wheel, it decodes, preprocesses and classifies as Python does.
+
+One CMake build per test session (``cpp_build``). ``s2mlpv2_preprocess`` (built with or without
+OpenVINO) checks decoding and PIL's resampling against Python pixel for pixel;
+``s2mlpv2_classify`` is checked on a toy graph (fast, answers known in advance) and on the
+shipped CIFAR-10 checkpoint's graphs against Python on the 500 bundled verification images.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CIFAR10_CHECKPOINT, ROOT, missing
+
+SOURCE = ROOT / "engines" / "cpp"
+VERIFY = ROOT / "calibration" / "data" / "cifar10-verify"
+CIFAR10_CARD = json.loads(CIFAR10_CHECKPOINT.with_suffix(".json").read_text())
+MISSING_DEPENDENCY = "s2mlpv2: missing dependency"  # CMakeLists.txt's prefix for a missing library
+TOOL = "cpp-openvino"  # what .ci/run requires where cmake, a compiler, the libraries and openvino are present
+
+
+# ---- the build ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cpp_build(tmp_path_factory) -> Path:
+    cmake = shutil.which("cmake")
+    if cmake is None or not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")):
+        missing("needs cmake and a C++ compiler: apt-get install -y cmake g++ (engines/cpp/README.md)", TOOL)
+    build = tmp_path_factory.mktemp("cpp-build")
+    configure = [cmake, "-S", str(SOURCE), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"]
+    proc = subprocess.run(configure, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and MISSING_DEPENDENCY in proc.stderr:
+        reason = next(line for line in proc.stderr.splitlines() if MISSING_DEPENDENCY in line)
+        missing(f"CMake: {reason.strip()}", TOOL)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    proc = subprocess.run(
+        [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)], capture_output=True, text=True, timeout=1200
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return build
+
+
+@pytest.fixture(scope="session")
+def classify(cpp_build):
+    """Run ``s2mlpv2_classify ARGS...`` (text, not checked)."""
+    program = cpp_build / "s2mlpv2_classify"
+    if not program.is_file():
+        missing("s2mlpv2_classify was not built: no OpenVINO found; `pip install openvino` in the Python CMake uses", TOOL)
+
+    def _run(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+    return _run
+
+
+def _lines(stdout: str) -> list[list[str]]:
+    return [line.split("\t") for line in stdout.splitlines()]
+
+
+# ---- preprocessing: decoding and PIL's resampling, against Python ------------------------------
+
+
+def _card_file(folder: Path, **preprocessing) -> Path:
+    """The shipped card with its preprocessing replaced."""
+    card = {**CIFAR10_CARD, "preprocessing": {**CIFAR10_CARD["preprocessing"], **preprocessing}}
+    path = folder / "card.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+def _preprocess_cpp(cpp_build: Path, card: Path, image: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(resized uint8 H x W x 3, model input 3 x H x W) from s2mlpv2_preprocess."""
+    proc = subprocess.run(
+        [str(cpp_build / "s2mlpv2_preprocess"), str(card), str(image), str(out / "x.f32"), "--resized", str(out / "x.rgb")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    width, height = map(int, proc.stdout.split())
+    pre = json.loads(card.read_text())["preprocessing"]
+    tensor = np.fromfile(out / "x.f32", np.float32).reshape(3, *pre["input_size"][1:])
+    return np.fromfile(out / "x.rgb", np.uint8).reshape(height, width, 3), tensor
+
+
+def _test_image(width: int, height: int, seed: int = 0):
+    """Gradients with 30 % of pixels replaced by noise: every filter's every tap matters."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([x * 255 / width, y * 255 / height, (x + y) % 256], -1)
+    noisy = np.where(rng.random((height, width, 1)) < 0.3, rng.integers(0, 256, (height, width, 3)), smooth)
+    return Image.fromarray(noisy.astype(np.uint8))
+
+
+def _python_preprocessing(card: Path):
+    from models.s2mlpv2 import Preprocessing
+
+    return Preprocessing.from_dict(json.loads(card.read_text())["preprocessing"])
+
+
+IMAGENET = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 0.875}
+
+
+@pytest.mark.parametrize(
+    "size, preprocessing",
+    [
+        ((500, 375), {**IMAGENET, "interpolation": "bicubic"}),
+        ((375, 500), {**IMAGENET, "interpolation": "bilinear"}),
+        ((500, 375), {**IMAGENET, "interpolation": "lanczos"}),
+        ((500, 375), {**IMAGENET, "interpolation": "hamming"}),
+        ((500, 375), {**IMAGENET, "interpolation": "box"}),
+        ((500, 375), {**IMAGENET, "interpolation": "nearest"}),
+        ((20, 15), {**IMAGENET, "interpolation": "bicubic"}),  # upscaling
+        (
+            (1000, 257),
+            {**IMAGENET, "input_size": [3, 224, 160], "crop_pct": 0.9, "interpolation": "bicubic"},
+        ),  # timm's ResizeKeepRatio
+        ((300, 301), {**IMAGENET, "input_size": [3, 300, 300], "crop_pct": 1.2, "interpolation": "bilinear"}),  # crop padded
+    ],
+    ids=["500x375-bicubic", "375x500-bilinear", "lanczos", "hamming", "box", "nearest", "upscale", "non-square", "padded-crop"],
+)
+def test_resize_and_crop_match_pil_and_timm(cpp_build, tmp_path, size, preprocessing):
+    from common.images import eval_transform, preprocess
+
+    image = _test_image(*size)
+    image.save(tmp_path / "image.png")  # lossless: both sides start from the same pixels
+    card = _card_file(tmp_path, **preprocessing)
+    resized, tensor = _preprocess_cpp(cpp_build, card, tmp_path / "image.png", tmp_path)
+    pre = _python_preprocessing(card)
+    pil_resized = np.asarray(eval_transform(pre).transforms[0](image))  # timm's resize step alone
+    assert resized.shape == pil_resized.shape
+    assert np.abs(resized.astype(int) - pil_resized).max() <= 1
+    # One uint8 step, normalised, is the most the model input may differ by.
+    assert np.abs(tensor - preprocess(image, pre)).max() <= 1 / 255 / min(pre.std) + 1e-6
+
+
+def test_bundled_jpegs_decode_and_preprocess_exactly_as_python(cpp_build, tmp_path):
+    from common.images import load_rgb, preprocess
+
+    card = _card_file(tmp_path)  # the shipped CIFAR-10 card
+    pre = _python_preprocessing(card)
+    images = sorted(VERIFY.rglob("*.jpg"))[::25]
+    assert len(images) == 20
+    for image in images:
+        _, tensor = _preprocess_cpp(cpp_build, card, image, tmp_path)
+        np.testing.assert_array_equal(tensor, preprocess(load_rgb(image), pre), err_msg=str(image))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P-transparent", "I;16", "CMYK"])
+def test_other_image_modes_become_the_same_rgb_as_in_python(cpp_build, tmp_path, mode):
+    """Transparency over white, grayscale replicated, 16-bit scaled by its range, Adobe CMYK JPEG."""
+    from PIL import Image
+
+    from common.images import load_rgb, preprocess
+
+    rgb = _test_image(40, 30, seed=1)
+    rng = np.random.default_rng(2)
+    if mode in ("RGBA", "LA"):
+        image = rgb.convert(mode)
+        image.putalpha(Image.fromarray(rng.integers(0, 256, (30, 40)).astype(np.uint8)))
+    elif mode == "P-transparent":
+        image = rgb.convert("P")
+        image.info["transparency"] = 3
+    elif mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (30, 40)).astype(np.uint16))
+    else:
+        image = rgb.convert(mode)
+    path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    image.save(path, **({"quality": 95} if mode == "CMYK" else {}))
+    card = _card_file(tmp_path, input_size=[3, 30, 40], crop_pct=1.0)
+    _, tensor = _preprocess_cpp(cpp_build, card, path, tmp_path)
+    pre = _python_preprocessing(card)
+    assert np.abs(tensor - preprocess(load_rgb(path), pre)).max() <= 1 / 255 / min(pre.std) + 1e-6
+
+
+# ---- s2mlpv2_classify on a toy graph: logits = the mean of each colour channel -----------------
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 210)}
+
+
+def _toy_graph(path: Path, card: str | None = "default", batch: int | str = "batch") -> Path:
+    """A graph that scores an image by its mean red, green and blue, carrying a card naming those classes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "toy",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    if card == "default":
+        pre = {
+            "input_size": [3, 8, 8],
+            "mean": [0, 0, 0],
+            "std": [0.05, 0.05, 0.05],
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+        }
+        card = json.dumps({**CIFAR10_CARD, "preprocessing": pre, "class_names": list(COLOURS)})
+    if card is not None:
+        helper.set_model_props(model, {"s2mlpv2.card": card})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def colour_images(tmp_path) -> dict[str, Path]:
+    """One 16x12 image per colour, named for its class, in JPEG and PNG."""
+    from PIL import Image
+
+    paths = {}
+    for (name, colour), suffix in zip(COLOURS.items(), [".png", ".jpg", ".png"]):
+        paths[name] = tmp_path / f"{name}{suffix}"
+        Image.new("RGB", (16, 12), colour).save(paths[name])
+    return paths
+
+
+def test_one_line_per_image_with_its_class_name_and_probability(classify, tmp_path, colour_images):
+    proc = classify(_toy_graph(tmp_path / "toy.onnx"), *colour_images.values())
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc.stdout)
+    assert [line[:3] for line in lines] == [[str(p), str(i), name] for i, (name, p) in enumerate(colour_images.items())]
+    for line in lines:
+        logits = np.array(COLOURS[line[2]]) / 255 / 0.05
+        softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert float(line[3]) == pytest.approx(softmax.max(), abs=2e-6)
+
+
+def test_top_k_prints_k_lines_per_image_most_probable_first(classify, tmp_path, colour_images):
+    proc = classify(_toy_graph(tmp_path / "toy.onnx"), colour_images["green"], "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = _lines(proc.stdout)
+    assert [line[2] for line in lines] == ["green", "blue", "red"]  # the image's green 200 > blue 40 > red 30
+    probabilities = [float(line[3]) for line in lines]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.parametrize("batch", ["batch", 4], ids=["dynamic", "static-4"])
+def test_batches_of_any_size_give_each_image_its_own_answer_in_order(classify, tmp_path, colour_images, batch):
+    images = [colour_images[name] for name in ["blue", "red", "green", "green", "red", "blue", "red"]]
+    graph = _toy_graph(tmp_path / "toy.onnx", batch=batch)
+    args = ["--batch", "2"] if batch == "batch" else []
+    proc = classify(graph, *images, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert [line[0] for line in _lines(proc.stdout)] == [str(p) for p in images]
+    assert [line[2] for line in _lines(proc.stdout)] == [p.stem for p in images]
+
+
+def test_a_missing_or_undecodable_image_is_reported_and_the_others_classified(classify, tmp_path, colour_images):
+    (tmp_path / "notes.jpg").write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(colour_images["green"].read_bytes()[:200])
+    asked = [colour_images["red"], tmp_path / "absent.png", tmp_path / "notes.jpg", truncated, colour_images["blue"]]
+    proc = classify(_toy_graph(tmp_path / "toy.onnx"), *asked)
+    assert proc.returncode == 1
+    assert [line[2] for line in _lines(proc.stdout)] == ["red", "blue"]
+    errors = proc.stderr.splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
+    assert "absent.png: no such file" in errors[0]
+    assert "notes.jpg: not a readable image" in errors[1]
+    assert "truncated.jpg: corrupt or truncated image" in errors[2]
+
+
+def _garbage(folder: Path) -> Path:
+    (folder / "garbage.onnx").write_bytes(b"\x00garbage" * 10)
+    return folder / "garbage.onnx"
+
+
+def _garbage_ir(folder: Path) -> Path:
+    (folder / "model.xml").write_text("<net name='x'><layers>")
+    return folder / "model.xml"
+
+
+def _foreign(folder: Path) -> Path:
+    (folder / "notes.txt").write_text("not a model")
+    return folder / "notes.txt"
+
+
+UNLOADABLE = {
+    "absent": (lambda folder: folder / "absent.onnx", "no such model file or build directory"),
+    "garbage": (_garbage, "garbage.onnx is not a readable ONNX file"),
+    "garbage-ir": (_garbage_ir, "OpenVINO cannot load"),
+    "no-card": (lambda folder: _toy_graph(folder / "m.onnx", card=None), "carries no model card"),
+    "unparsable-card": (
+        lambda folder: _toy_graph(folder / "m.onnx", card='{"format": "s2mlpv2-card/1"'),
+        "is not a valid S2-MLPv2 model card",
+    ),
+    "card-without-preprocessing": (
+        lambda folder: _toy_graph(folder / "m.onnx", card=json.dumps({"format": "s2mlpv2-card/1", "model": "x"})),
+        "preprocessing",
+    ),
+    "empty-build-dir": (lambda folder: folder, "holds none of model.xml, model-int8.onnx, model-fp16.onnx, model.onnx"),
+    "foreign-file": (_foreign, "not a model this program runs"),
+}
+
+
+@pytest.mark.parametrize("make, expected", UNLOADABLE.values(), ids=UNLOADABLE.keys())
+def test_a_model_or_card_it_cannot_load_is_one_line_and_exit_2(classify, tmp_path, colour_images, make, expected):
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = classify(make(models), colour_images["red"])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+
+
+def test_a_plan_without_a_runnable_tensorrt_is_refused_in_one_line(classify, tmp_path, colour_images):
+    """Here TensorRT's library or a GPU is missing; where both are present the fake plan fails to deserialize instead."""
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not a plan")
+    proc = classify(plan, colour_images["red"])
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "TensorRT" in proc.stderr, proc.stderr
+
+
+def test_bad_arguments_print_usage_and_exit_2(classify, tmp_path, colour_images):
+    for args in [
+        [],
+        [tmp_path],
+        [_toy_graph(tmp_path / "toy.onnx"), colour_images["red"], "--top-k", "0"],
+        ["--frobnicate", "x"],
+    ]:
+        proc = classify(*args)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: "), args
+
+
+# ---- the CIFAR-10 checkpoint's graphs: build directories and agreement with Python -------------
+
+
+def test_a_build_directory_runs_the_ir_then_the_deployed_precision_graph(classify, graphs, tmp_path):
+    import openvino as ov
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "model.onnx").symlink_to(graphs.get("cifar10"))
+    (build / "model-int8.onnx").symlink_to(graphs.get("cifar10"))  # a stand-in: the choice is by name
+    images = sorted(VERIFY.rglob("*.jpg"))[:40:10]
+    chosen = classify(build, *images, "--verbose")
+    assert chosen.returncode == 0 and "model-int8.onnx" in chosen.stderr, chosen.stderr
+    ov.save_model(ov.Core().read_model(str(graphs.get("cifar10"))), str(build / "model.xml"))  # keeps the card
+    from_ir = classify(build, *images, "--verbose")
+    assert from_ir.returncode == 0 and "model.xml" in from_ir.stderr, from_ir.stderr
+    assert [line[:3] for line in _lines(from_ir.stdout)] == [line[:3] for line in _lines(chosen.stdout)]
+
+
+def python_answers(artifact: Path, folder: Path) -> dict[str, tuple[int, int | None]]:
+    """Python's top-1 and the label index of each image of ``folder``, by resolved path.
+
+    The project's one evaluation-image loader and its ONNX Runtime runner, in batches of 32.
+    """
+    from calibration.dataset import load_images
+    from pipeline.export import read_onnx_card
+    from pipeline.verify import load_runner
+
+    card = read_onnx_card(artifact)
+    images, labels, paths = load_images(folder, card.preprocessing, None, card.class_names)
+    runner = load_runner(artifact)
+    top1 = np.concatenate([np.asarray(runner(images[i : i + 32])).argmax(1) for i in range(0, len(images), 32)])
+    return {str(Path(p).resolve()): (int(t), None if labels is None else int(label)) for p, t, label in zip(paths, top1, labels)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_top1_agrees_with_python_on_the_500_bundled_images(classify, graphs, precision):
+    graph = graphs.get("cifar10", precision=precision)
+    proc = classify(graph, VERIFY)
+    assert proc.returncode == 0, proc.stderr
+    cpp = {str(Path(line[0]).resolve()): int(line[1]) for line in _lines(proc.stdout)}
+    python = python_answers(graph, VERIFY)
+    assert len(python) == 500 and cpp.keys() == python.keys()
+    agreement = np.mean([cpp[p] == top1 for p, (top1, _) in python.items()])
+    accuracy_cpp = np.mean([cpp[p] == label for p, (_, label) in python.items()])
+    accuracy_python = np.mean([top1 == label for top1, label in python.values()])
+    print(f"{precision}: top-1 agreement {agreement:.2%}, accuracy C++ {accuracy_cpp:.2%}, Python {accuracy_python:.2%}")
+    assert agreement >= 0.99
+    assert abs(accuracy_cpp - accuracy_python) <= 0.005
