@@ -16,7 +16,7 @@ inline constexpr int64_t kDefaultBatch = 32;
 
 struct BackendOptions {
   std::string backend = "auto";  // "auto": TensorRT for a plan (or a build directory, where a GPU is present), else OpenVINO
-  int64_t batch = 0;             // images per call; 0: the model's own (a plan's profile maximum, a static batch, else kDefaultBatch)
+  int64_t batch = 0;  // images per call; 0: the model's own (a plan's profile maximum, a static batch, else kDefaultBatch)
   // OpenVINO's compile settings
   std::string device = "CPU";
   int threads = 0;                // INFERENCE_NUM_THREADS; 0 leaves it to OpenVINO
@@ -67,7 +67,8 @@ std::unique_ptr<Backend> openModel(const std::string& model, const BackendOption
 std::unique_ptr<Backend> openOpenVino(const std::string& path, const BackendOptions& options);
 
 // TensorRT on a plan, with the card and sidecar read beside it (tensorrt_backend.cpp).
-std::unique_ptr<Backend> openTensorRt(const std::string& planPath, const ModelCard& card, const PlanSidecar& sidecar, int64_t batch);
+std::unique_ptr<Backend> openTensorRt(const std::string& planPath, const ModelCard& card, const PlanSidecar& sidecar,
+                                      int64_t batch);
 // Whether a CUDA device is present for TensorRT to run on.
 bool tensorRtDeviceAvailable();
 

@@ -1,10 +1,10 @@
 // s2mlpv2_bench MODEL IMAGE... [--batches 1,8] [--iterations N] [--warmup N] [OpenVINO settings]
 //
 // Times what s2mlpv2_classify does, per batch size: the whole pipeline (decode, preprocess,
-// infer, top-1 of `batch` image files) and inference alone (one preprocessed batch), each call
-// timed on its own. Prints one JSON object: {"runtime": ..., "rows": [{"batch": B,
-// "pipeline_ms": [...], "infer_ms": [...]}]}. engines/cpp/bench.py runs it beside the same work
-// in Python and prints the comparison.
+// infer, top-1 of `batch` image files), decoding and preprocessing alone, and inference alone
+// (one preprocessed batch), each call timed on its own. Prints one JSON object: {"runtime": ...,
+// "rows": [{"batch": B, "pipeline_ms": [...], "prepare_ms": [...], "infer_ms": [...]}]}. engines/cpp/bench.py runs it beside the
+// same work in Python and prints the comparison.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -61,8 +61,9 @@ Settings parse(int argc, char** argv) {
     }
   }
   if (positional.size() < 2) {
-    throw s2mlpv2::Error("usage: s2mlpv2_bench MODEL IMAGE... [--batches 1,8] [--iterations N] [--warmup N] [--threads N] "
-                         "[--inference-precision P] [--device D] [--hint LATENCY|THROUGHPUT] [--backend B]");
+    throw s2mlpv2::Error(
+        "usage: s2mlpv2_bench MODEL IMAGE... [--batches 1,8] [--iterations N] [--warmup N] [--threads N] "
+        "[--inference-precision P] [--device D] [--hint LATENCY|THROUGHPUT] [--backend B]");
   }
   settings.model = positional[0];
   settings.images = s2mlpv2::listImages({positional.begin() + 1, positional.end()});
@@ -85,7 +86,9 @@ nlohmann::json benchBatch(const Settings& settings, int64_t batch, std::string& 
   s2mlpv2::BackendOptions options = settings.backend;
   options.batch = batch;
   const std::unique_ptr<s2mlpv2::Backend> backend = s2mlpv2::openModel(settings.model, options);
-  if (backend->maxBatch() < batch) throw s2mlpv2::Error(settings.model + " runs at most batch " + std::to_string(backend->maxBatch()));
+  if (backend->maxBatch() < batch) {
+    throw s2mlpv2::Error(settings.model + " runs at most batch " + std::to_string(backend->maxBatch()));
+  }
   runtime = backend->description();
 
   // The next `batch` images, cycling through the list.
@@ -99,8 +102,12 @@ nlohmann::json benchBatch(const Settings& settings, int64_t batch, std::string& 
   const s2mlpv2::Preprocessing& pre = backend->card().preprocessing;
   const size_t imageSize = 3 * static_cast<size_t>(pre.height) * static_cast<size_t>(pre.width);
   std::vector<float> images(static_cast<size_t>(batch) * imageSize);
-  const std::vector<std::string> first = next();
-  for (size_t i = 0; i < first.size(); ++i) s2mlpv2::preprocess(s2mlpv2::decodeImage(first[i]), pre, images.data() + i * imageSize);
+  const auto prepare = [&] {
+    const std::vector<std::string> paths = next();
+    for (size_t i = 0; i < paths.size(); ++i)
+      s2mlpv2::preprocess(s2mlpv2::decodeImage(paths[i]), pre, images.data() + i * imageSize);
+  };
+  const auto prepareOnly = timed(settings.warmup, settings.iterations, prepare);
   const auto inferOnly = timed(settings.warmup, settings.iterations, [&] { backend->infer(images.data(), batch); });
 
   s2mlpv2::Classifier classifier(*backend, 1);
@@ -109,7 +116,7 @@ nlohmann::json benchBatch(const Settings& settings, int64_t batch, std::string& 
       if (!result.error.empty()) throw s2mlpv2::Error(result.error);
     });
   });
-  return {{"batch", batch}, {"pipeline_ms", pipeline}, {"infer_ms", inferOnly}};
+  return {{"batch", batch}, {"pipeline_ms", pipeline}, {"prepare_ms", prepareOnly}, {"infer_ms", inferOnly}};
 }
 
 }  // namespace

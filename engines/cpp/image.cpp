@@ -10,8 +10,8 @@
 #include <fstream>
 #include <iterator>
 
-#include <jpeglib.h>
 #include <jerror.h>
+#include <jpeglib.h>
 #include <stb_image.h>
 
 #include "errors.h"
@@ -23,7 +23,8 @@ std::vector<unsigned char> readBytes(const std::string& path) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) throw Error(path + ": a directory, not an image file");
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw Error(path + (errno == ENOENT ? std::string(": no such file") : ": cannot read (" + std::string(std::strerror(errno)) + ")"));
+  if (!file && errno == ENOENT) throw Error(path + ": no such file");
+  if (!file) throw Error(path + ": cannot read (" + std::strerror(errno) + ")");
   std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   if (file.bad()) throw Error(path + ": cannot read (" + std::strerror(errno) + ")");
   if (bytes.empty()) throw Error(path + ": empty (0 bytes)");
@@ -136,7 +137,8 @@ RgbImage decodeOther(const std::string& path, const std::vector<unsigned char>& 
   const int size = static_cast<int>(std::min<size_t>(bytes.size(), static_cast<size_t>(INT_MAX)));
   int width = 0, height = 0, channels = 0;
   if (!stbi_info_from_memory(data, size, &width, &height, &channels)) {
-    throw Error(path + ": not a readable image (" + std::string(stbi_failure_reason()) + "; JPEG, PNG, BMP, GIF and PNM are read)");
+    throw Error(path + ": not a readable image (" + std::string(stbi_failure_reason()) +
+                "; JPEG, PNG, BMP, GIF and PNM are read)");
   }
   checkSize(path, width, height);
   const bool alpha = channels == 2 || channels == 4;

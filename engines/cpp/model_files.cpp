@@ -33,7 +33,8 @@ bool readVarint(std::istream& in, uint64_t& value) {
 }
 
 // Calls onField(number, payload) for each length-delimited field numbered `wanted` (any number
-// when `wanted` is 0, which no field has); skips every other field without reading it. False when the bytes are not a protobuf message.
+// when `wanted` is 0, which no field has); skips every other field without reading it. False when the bytes are not a protobuf
+// message.
 template <typename OnField>
 bool walkMessage(std::istream& in, std::streamoff end, uint64_t wanted, OnField onField) {
   while (in.tellg() < end) {
@@ -46,12 +47,17 @@ bool walkMessage(std::istream& in, std::streamoff end, uint64_t wanted, OnField 
       case kVarint:
         if (!readVarint(in, length)) return false;
         continue;
-      case kFixed64: length = 8; break;
-      case kFixed32: length = 4; break;
+      case kFixed64:
+        length = 8;
+        break;
+      case kFixed32:
+        length = 4;
+        break;
       case kLengthDelimited:
         if (!readVarint(in, length)) return false;
         break;
-      default: return false;  // groups (long deprecated) or garbage
+      default:
+        return false;  // groups (long deprecated) or garbage
     }
     if (static_cast<uint64_t>(end - in.tellg()) < length) return false;
     if ((tag & 7) == kLengthDelimited && (number == wanted || wanted == 0)) {

@@ -35,7 +35,8 @@ class OpenVinoBackend final : public Backend {
     if (!model || !model->has_rt_info("framework", kCardKey)) throw noCard();
     card_ = parseCard(model->get_rt_info<std::string>("framework", kCardKey), "the card in " + path);
     if (model->inputs().size() != 1 || model->outputs().size() != 1) {
-      throw Error(path + " has " + std::to_string(model->inputs().size()) + " inputs and " + std::to_string(model->outputs().size()) +
+      throw Error(path + " has " + std::to_string(model->inputs().size()) + " inputs and " +
+                  std::to_string(model->outputs().size()) +
                   " outputs; an S2-MLPv2 classifier has one of each (images in, logits out)");
     }
     checkShapes(*model);
@@ -43,7 +44,8 @@ class OpenVinoBackend final : public Backend {
     staticBatch_ = batch.is_static();
     batch_ = staticBatch_ ? batch.get_length() : (options.batch > 0 ? options.batch : kDefaultBatch);
     if (staticBatch_ && options.batch > batch_) {
-      throw Error(path + " takes batches of exactly " + std::to_string(batch_) + " images; drop --batch or re-export with a dynamic batch");
+      throw Error(path + " takes batches of exactly " + std::to_string(batch_) +
+                  " images; drop --batch or re-export with a dynamic batch");
     }
     classes_ = model->output().get_partial_shape()[1].get_length();
 
@@ -132,7 +134,8 @@ std::unique_ptr<Backend> openOpenVino(const std::string& path, const BackendOpti
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {  // ov::Exception: a file OpenVINO cannot read or compile
-    throw Error("OpenVINO cannot load " + path + " (" + oneLine(e.what(), 240) + "); re-export it, or check --device and --inference-precision");
+    throw Error("OpenVINO cannot load " + path + " (" + oneLine(e.what(), 240) +
+                "); re-export it, or check --device, --inference-precision and --hint");
   }
 }
 

@@ -49,12 +49,17 @@ struct Filter {
 
 Filter filterFor(Interpolation interpolation) {
   switch (interpolation) {
-    case Interpolation::Box: return {0.5, boxWeight};
-    case Interpolation::Bilinear: return {1.0, triangleWeight};
-    case Interpolation::Hamming: return {1.0, hammingWeight};
-    case Interpolation::Lanczos: return {3.0, lanczosWeight};
+    case Interpolation::Box:
+      return {0.5, boxWeight};
+    case Interpolation::Bilinear:
+      return {1.0, triangleWeight};
+    case Interpolation::Hamming:
+      return {1.0, hammingWeight};
+    case Interpolation::Lanczos:
+      return {3.0, lanczosWeight};
     case Interpolation::Bicubic:
-    case Interpolation::Nearest: break;
+    case Interpolation::Nearest:
+      break;
   }
   return {2.0, cubicWeight};
 }
@@ -169,7 +174,8 @@ std::vector<size_t> nearestSources(int inSize, int outSize) {
 
 // PIL's NEAREST is not a convolution: each output pixel copies one input pixel.
 RgbImage resampleNearest(const RgbImage& image, Size size) {
-  RgbImage out{size.width, size.height, std::vector<uint8_t>(static_cast<size_t>(size.width) * static_cast<size_t>(size.height) * 3)};
+  RgbImage out{size.width, size.height,
+               std::vector<uint8_t>(static_cast<size_t>(size.width) * static_cast<size_t>(size.height) * 3)};
   const std::vector<size_t> columns = nearestSources(image.width, size.width);
   const std::vector<size_t> rows = nearestSources(image.height, size.height);
   for (size_t y = 0; y < rows.size(); ++y) {
@@ -228,17 +234,20 @@ void preprocess(const RgbImage& image, const Preprocessing& pre, float* out) {
   }
   // torchvision's CenterCrop: where the image is smaller than the crop it is first padded with
   // zeros ((crop - size) // 2 before); otherwise the window starts at round((size - crop) / 2).
-  const int left = pre.width > resized->width ? -((pre.width - resized->width) / 2) : roundHalfEven((resized->width - pre.width) / 2.0);
-  const int top = pre.height > resized->height ? -((pre.height - resized->height) / 2) : roundHalfEven((resized->height - pre.height) / 2.0);
+  const int left =
+      pre.width > resized->width ? -((pre.width - resized->width) / 2) : roundHalfEven((resized->width - pre.width) / 2.0);
+  const int top =
+      pre.height > resized->height ? -((pre.height - resized->height) / 2) : roundHalfEven((resized->height - pre.height) / 2.0);
   const size_t plane = static_cast<size_t>(pre.width) * static_cast<size_t>(pre.height);
+  const auto pixelAt = [resized](int x, int y) {
+    return &resized->pixels[(static_cast<size_t>(y) * static_cast<size_t>(resized->width) + static_cast<size_t>(x)) * 3];
+  };
   for (int y = 0; y < pre.height; ++y) {
     const int sourceY = y + top;
     for (int x = 0; x < pre.width; ++x) {
       const int sourceX = x + left;
       const bool inside = sourceY >= 0 && sourceY < resized->height && sourceX >= 0 && sourceX < resized->width;
-      const uint8_t* pixel =
-          inside ? &resized->pixels[(static_cast<size_t>(sourceY) * static_cast<size_t>(resized->width) + static_cast<size_t>(sourceX)) * 3]
-                 : nullptr;
+      const uint8_t* pixel = inside ? pixelAt(sourceX, sourceY) : nullptr;
       for (size_t c = 0; c < 3; ++c) {
         // float32 throughout, in torchvision's order: x / 255, then (x - mean) / std.
         const float value = inside ? static_cast<float>(pixel[c]) / 255.0f : 0.0f;

@@ -76,7 +76,8 @@ class TensorRtBackend final : public Backend {
     const Preprocessing& pre = card.preprocessing;
     if (sidecar.inputShape != std::array<int64_t, 3>{3, pre.height, pre.width}) {
       throw Error(path + " takes " + std::to_string(sidecar.inputShape[1]) + "x" + std::to_string(sidecar.inputShape[2]) +
-                  " images, but its card says " + std::to_string(pre.height) + "x" + std::to_string(pre.width) + "; rebuild the plan");
+                  " images, but its card says " + std::to_string(pre.height) + "x" + std::to_string(pre.width) +
+                  "; rebuild the plan");
     }
     imageSize_ = 3 * static_cast<size_t>(pre.height) * static_cast<size_t>(pre.width);
 
@@ -89,8 +90,11 @@ class TensorRtBackend final : public Backend {
     }
     context_.reset(engine_->createExecutionContext());
     if (!context_) throw Error("TensorRT could not create an execution context for " + path);
-    classes_ = engine_->getTensorShape(sidecar.outputName.c_str()).d[1];
-    if (classes_ <= 0) throw Error(path + " has no output '" + sidecar.outputName + "' of shape (batch, classes); rebuild the plan");
+    const nvinfer1::Dims logits = engine_->getTensorShape(sidecar.outputName.c_str());
+    if (logits.nbDims != 2 || logits.d[1] <= 0) {
+      throw Error(path + " has no output '" + sidecar.outputName + "' of shape (batch, classes); rebuild the plan");
+    }
+    classes_ = logits.d[1];
 
     // Room for the largest batch run, padded up to the profile's minimum.
     const size_t rows = static_cast<size_t>(std::max(batch_, minBatch_));
@@ -119,7 +123,8 @@ class TensorRtBackend final : public Backend {
       throw Error("TensorRT could not run " + path_);
     }
     const size_t outputBytes = static_cast<size_t>(count) * static_cast<size_t>(classes_) * sizeof(float);
-    check(cudaMemcpyAsync(logits_.data(), output_->get(), outputBytes, cudaMemcpyDeviceToHost, stream_.get()), "copy from the GPU");
+    check(cudaMemcpyAsync(logits_.data(), output_->get(), outputBytes, cudaMemcpyDeviceToHost, stream_.get()),
+          "copy from the GPU");
     check(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize");
     return logits_.data();
   }
@@ -149,7 +154,8 @@ class TensorRtBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> openTensorRt(const std::string& planPath, const ModelCard& card, const PlanSidecar& sidecar, int64_t batch) {
+std::unique_ptr<Backend> openTensorRt(const std::string& planPath, const ModelCard& card, const PlanSidecar& sidecar,
+                                      int64_t batch) {
   return std::make_unique<TensorRtBackend>(planPath, card, sidecar, batch);
 }
 
