@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import CIFAR10_CHECKPOINT, ROOT, missing
 
+pytestmark = pytest.mark.slow  # a CMake build of the C++ programs (about a minute on two cores), then their runs
+
 SOURCE = ROOT / "engines" / "cpp"
 VERIFY = ROOT / "calibration" / "data" / "cifar10-verify"
 CIFAR10_CARD = json.loads(CIFAR10_CHECKPOINT.with_suffix(".json").read_text())
@@ -368,7 +370,6 @@ def python_answers(artifact: Path, folder: Path) -> dict[str, tuple[int, int | N
     return {str(Path(p).resolve()): (int(t), None if labels is None else int(label)) for p, t, label in zip(paths, top1, labels)}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_top1_agrees_with_python_on_the_500_bundled_images(classify, graphs, precision):
     graph = graphs.get("cifar10", precision=precision)
