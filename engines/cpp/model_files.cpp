@@ -109,7 +109,9 @@ std::optional<std::string> onnxMetadata(const std::string& onnxPath, const std::
 }
 
 ModelCard readCardFile(const std::string& path) {
-  if (fs::path(path).extension() == ".onnx") {
+  const fs::path suffix = fs::path(path).extension();
+  if (suffix == ".plan" || suffix == ".engine") return planCard(path, readPlanSidecar(path));
+  if (suffix == ".onnx") {
     const std::optional<std::string> card = onnxMetadata(path, kCardKey);
     if (!card) {
       throw Error(path + " carries no model card (no " + kCardKey +

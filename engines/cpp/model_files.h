@@ -23,7 +23,7 @@ std::optional<std::string> findInDirectory(const std::string& directory, const c
 // the protobuf (the graph itself is skipped, not parsed). Throws Error for an unreadable file.
 std::optional<std::string> onnxMetadata(const std::string& onnxPath, const std::string& key);
 
-// A card from a card's own JSON file (a checkpoint's NAME.json) or from an ONNX graph.
+// A card from a card's own JSON file (a checkpoint's NAME.json), an ONNX graph or a plan (planCard).
 ModelCard readCardFile(const std::string& path);
 
 // The JSON written beside a plan (engines/sidecar.py): what the C++ runtime needs of it.

@@ -2,7 +2,7 @@
 //
 // Writes IMAGE as the model sees it (3 x H x W float32, the card's preprocessing) to OUT.f32 and,
 // with --resized, the image after the resize and before the crop (H x W x 3 bytes). CARD is a
-// card's JSON file (a checkpoint's NAME.json) or an ONNX graph. A check of the C++
+// card's JSON file (a checkpoint's NAME.json), an ONNX graph or a plan (its sidecar's card). A check of the C++
 // preprocessing against Python's (tests/engines/test_cpp_classify.py), and a way to feed
 // another runtime with it.
 #include <cstdio>

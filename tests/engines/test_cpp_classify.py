@@ -78,7 +78,7 @@ def _card_file(folder: Path, **preprocessing) -> Path:
 
 
 def _preprocess_cpp(cpp_build: Path, card: Path, image: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(resized uint8 H x W x 3, model input 3 x H x W) from s2mlpv2_preprocess."""
+    """(resized uint8 H x W x 3, model input 3 x H x W) from s2mlpv2_preprocess; ``card`` is a JSON card, a graph or a plan."""
     proc = subprocess.run(
         [str(cpp_build / "s2mlpv2_preprocess"), str(card), str(image), str(out / "x.f32"), "--resized", str(out / "x.rgb")],
         capture_output=True,
@@ -87,7 +87,8 @@ def _preprocess_cpp(cpp_build: Path, card: Path, image: Path, out: Path) -> tupl
     )
     assert proc.returncode == 0, proc.stderr
     width, height = map(int, proc.stdout.split())
-    pre = json.loads(card.read_text())["preprocessing"]
+    # the input size: a JSON card's own, else (a graph's or a plan's card) the shipped one's
+    pre = json.loads(card.read_text())["preprocessing"] if card.suffix == ".json" else CIFAR10_CARD["preprocessing"]
     tensor = np.fromfile(out / "x.f32", np.float32).reshape(3, *pre["input_size"][1:])
     return np.fromfile(out / "x.rgb", np.uint8).reshape(height, width, 3), tensor
 
@@ -338,49 +339,68 @@ def test_bad_arguments_print_usage_and_exit_2(classify, tmp_path, colour_images)
 # ---- the CIFAR-10 checkpoint's graphs: build directories and agreement with Python -------------
 
 
-def test_a_build_directory_runs_the_ir_then_the_deployed_precision_graph(classify, graphs, tmp_path):
+def _answers(lines: list[list[str]]) -> dict[str, tuple[int, str]]:
+    """(top-1 index, label) by resolved image path, from s2mlpv2_classify's lines."""
+    return {str(Path(line[0]).resolve()): (int(line[1]), line[2]) for line in lines}
+
+
+def python_answers(model: Path, folder: Path) -> dict[str, tuple[int, str]]:
+    """Python's (top-1 index, label) by resolved image path: ``python -m pipeline.classify MODEL FOLDER --json``."""
+    command = [sys.executable, "-m", "pipeline.classify", str(model), str(folder), "--json", "--top-k", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {str(Path(o["image"]).resolve()): (o["top"][0]["index"], o["top"][0]["label"]) for o in json.loads(proc.stdout)}
+
+
+def _linked_copy(build: Path, folder: Path) -> Path:
+    """A build directory whose files are links to ``build``'s, to add files to."""
+    folder.mkdir()
+    for file in build.iterdir():
+        (folder / file.name).symlink_to(file)
+    return folder
+
+
+def test_a_build_directory_runs_the_deployed_precision_graph_then_an_ir(classify, shipped_fp16_build, tmp_path):
     import openvino as ov
 
-    build = tmp_path / "build"
-    build.mkdir()
-    (build / "model.onnx").symlink_to(graphs.get("cifar10"))
-    (build / "model-int8.onnx").symlink_to(graphs.get("cifar10"))  # a stand-in: the choice is by name
-    images = sorted(VERIFY.rglob("*.jpg"))[:40:10]
-    chosen = classify(build, *images, "--verbose")
-    assert chosen.returncode == 0 and "model-int8.onnx" in chosen.stderr, chosen.stderr
-    ov.save_model(ov.Core().read_model(str(graphs.get("cifar10"))), str(build / "model.xml"))  # keeps the card
+    build = _linked_copy(shipped_fp16_build, tmp_path / "build")
+    images = sorted(VERIFY.rglob("*.jpg"))[::50]
+    deployed = classify(build, *images, "--verbose")
+    assert deployed.returncode == 0 and "model-fp16.onnx" in deployed.stderr, deployed.stderr
+    ir = ov.Core().read_model(str(build / "model-fp16.onnx"))
+    ov.save_model(ir, str(build / "model.xml"), compress_to_fp16=False)  # the card travels in rt_info
     from_ir = classify(build, *images, "--verbose")
     assert from_ir.returncode == 0 and "model.xml" in from_ir.stderr, from_ir.stderr
-    assert [line[:3] for line in _lines(from_ir.stdout)] == [line[:3] for line in _lines(chosen.stdout)]
+    assert [line[:3] for line in _lines(from_ir.stdout)] == [line[:3] for line in _lines(deployed.stdout)]
 
 
-def python_answers(artifact: Path, folder: Path) -> dict[str, tuple[int, int | None]]:
-    """Python's top-1 and the label index of each image of ``folder``, by resolved path.
+def test_a_plan_s_card_comes_from_its_sidecar_else_from_the_graph_beside_it(cpp_build, shipped_fp16_build, tmp_path):
+    """What the TensorRT backend preprocesses with; checked through s2mlpv2_preprocess, which needs no GPU."""
+    image = next(VERIFY.rglob("*.jpg"))
+    _, from_graph = _preprocess_cpp(cpp_build, shipped_fp16_build / "model-fp16.onnx", image, tmp_path)
+    sidecar = json.loads((shipped_fp16_build / "model.json").read_text())
+    assert sidecar["card"]["preprocessing"] == CIFAR10_CARD["preprocessing"]
+    _, from_sidecar = _preprocess_cpp(cpp_build, shipped_fp16_build / "model.plan", image, tmp_path)
+    np.testing.assert_array_equal(from_sidecar, from_graph)
 
-    The project's one evaluation-image loader and its ONNX Runtime runner, in batches of 32.
-    """
-    from calibration.dataset import load_images
-    from pipeline.export import read_onnx_card
-    from pipeline.verify import load_runner
-
-    card = read_onnx_card(artifact)
-    images, labels, paths = load_images(folder, card.preprocessing, None, card.class_names)
-    runner = load_runner(artifact)
-    top1 = np.concatenate([np.asarray(runner(images[i : i + 32])).argmax(1) for i in range(0, len(images), 32)])
-    return {str(Path(p).resolve()): (int(t), None if labels is None else int(label)) for p, t, label in zip(paths, top1, labels)}
+    build = _linked_copy(shipped_fp16_build, tmp_path / "build")
+    (build / "model.json").unlink()
+    (build / "model.json").write_text(json.dumps({**sidecar, "card": None}))
+    _, from_beside = _preprocess_cpp(cpp_build, build / "model.plan", image, tmp_path)
+    np.testing.assert_array_equal(from_beside, from_graph)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_top1_agrees_with_python_on_the_500_bundled_images(classify, graphs, precision):
-    graph = graphs.get("cifar10", precision=precision)
-    proc = classify(graph, VERIFY)
+@pytest.mark.parametrize("model", ["fp32 graph", "fp16 build directory"])
+def test_top1_agrees_with_python_on_the_500_bundled_images(classify, graphs, shipped_fp16_build, model):
+    model_path = graphs.get("cifar10") if model == "fp32 graph" else shipped_fp16_build
+    proc = classify(model_path, VERIFY)
     assert proc.returncode == 0, proc.stderr
-    cpp = {str(Path(line[0]).resolve()): int(line[1]) for line in _lines(proc.stdout)}
-    python = python_answers(graph, VERIFY)
+    cpp = _answers(_lines(proc.stdout))
+    python = python_answers(model_path, VERIFY)
     assert len(python) == 500 and cpp.keys() == python.keys()
-    agreement = np.mean([cpp[p] == top1 for p, (top1, _) in python.items()])
-    accuracy_cpp = np.mean([cpp[p] == label for p, (_, label) in python.items()])
-    accuracy_python = np.mean([top1 == label for top1, label in python.values()])
-    print(f"{precision}: top-1 agreement {agreement:.2%}, accuracy C++ {accuracy_cpp:.2%}, Python {accuracy_python:.2%}")
+    agreement = np.mean([cpp[p][0] == python[p][0] for p in python])
+    accuracy_cpp = np.mean([label == Path(p).parent.name for p, (_, label) in cpp.items()])
+    accuracy_python = np.mean([label == Path(p).parent.name for p, (_, label) in python.items()])
+    print(f"{model}: top-1 agreement {agreement:.2%}, accuracy C++ {accuracy_cpp:.2%}, Python {accuracy_python:.2%}")
     assert agreement >= 0.99
     assert abs(accuracy_cpp - accuracy_python) <= 0.005
