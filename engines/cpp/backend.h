@@ -19,9 +19,11 @@ struct BackendOptions {
   int64_t batch = 0;  // images per call; 0: the model's own (a plan's profile maximum, a static batch, else kDefaultBatch)
   // OpenVINO's compile settings
   std::string device = "CPU";
-  int threads = 0;                // INFERENCE_NUM_THREADS; 0 leaves it to OpenVINO
-  std::string precision = "f32";  // INFERENCE_PRECISION_HINT: f32, bf16 or f16; "default" leaves it to the device
-  std::string hint = "LATENCY";   // PERFORMANCE_HINT: LATENCY or THROUGHPUT
+  int threads = 0;  // INFERENCE_NUM_THREADS; 0 leaves it to OpenVINO
+  // INFERENCE_PRECISION_HINT: f32, bf16 or f16; "default" leaves it to the device; empty: the hint
+  // an IR was built with (its sidecar's), else f32
+  std::string precision;
+  std::string hint = "LATENCY";  // PERFORMANCE_HINT: LATENCY or THROUGHPUT
 };
 
 // The command-line options that choose and configure a backend, shared by the programs.
@@ -33,8 +35,9 @@ inline constexpr const char* kBackendOptionsHelp =
     "  --device D             OpenVINO device (default: CPU)\n"
     "  --threads N            OpenVINO's INFERENCE_NUM_THREADS (default: OpenVINO's choice)\n"
     "  --inference-precision P\n"
-    "                         OpenVINO's INFERENCE_PRECISION_HINT: f32 (default: the graph's own numbers),\n"
-    "                         bf16, f16, or default (the device's choice)\n"
+    "                         OpenVINO's INFERENCE_PRECISION_HINT: f32, bf16, f16, or default (the device's\n"
+    "                         choice); by default the hint an IR's sidecar (NAME.openvino.json) records,\n"
+    "                         else f32 (the graph's own numbers)\n"
     "  --hint H               OpenVINO's PERFORMANCE_HINT: LATENCY (default) or THROUGHPUT\n";
 
 // Applies `option` (one of kBackendOptionsHelp's) with `value` to `options`; false when `option`

@@ -122,6 +122,18 @@ ModelCard readCardFile(const std::string& path) {
   return parseCard(readText(path), path);
 }
 
+std::optional<std::string> irPrecisionHint(const std::string& xmlPath) {
+  const fs::path path = fs::path(xmlPath).replace_extension(".openvino.json");
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  try {
+    const nlohmann::json sidecar = nlohmann::json::parse(readText(path));
+    return sidecar.at("inference_precision_hint").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + " is not a valid IR sidecar (" + oneLine(e.what(), 160) +
+                "); rebuild the IR, or give --inference-precision");
+  }
+}
+
 PlanSidecar readPlanSidecar(const std::string& planPath) {
   const fs::path path = fs::path(planPath).replace_extension(".json");
   if (!fs::is_regular_file(path)) {

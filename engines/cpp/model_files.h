@@ -26,6 +26,10 @@ std::optional<std::string> onnxMetadata(const std::string& onnxPath, const std::
 // A card from a card's own JSON file (a checkpoint's NAME.json), an ONNX graph or a plan (planCard).
 ModelCard readCardFile(const std::string& path);
 
+// The INFERENCE_PRECISION_HINT an OpenVINO IR was built and verified with, from the sidecar
+// beside it (NAME.openvino.json, "inference_precision_hint"); nothing where there is none.
+std::optional<std::string> irPrecisionHint(const std::string& xmlPath);
+
 // The JSON written beside a plan (engines/sidecar.py): what the C++ runtime needs of it.
 struct PlanSidecar {
   std::string flavour;  // "tensorrt" (TensorRT 11) or "tensorrt-rtx" (TensorRT for RTX)

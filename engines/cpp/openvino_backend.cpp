@@ -51,10 +51,15 @@ class OpenVinoBackend final : public Backend {
 
     ov::AnyMap config{{"PERFORMANCE_HINT", options.hint}};
     if (options.threads > 0) config.emplace("INFERENCE_NUM_THREADS", options.threads);
-    if (options.precision != "default") config.emplace("INFERENCE_PRECISION_HINT", options.precision);
+    std::string precision = options.precision;
+    if (precision.empty() && std::filesystem::path(path).extension() == ".xml") precision = irPrecisionHint(path).value_or("");
+    if (precision.empty()) precision = "f32";
+    if (precision != "default") config.emplace("INFERENCE_PRECISION_HINT", precision);
     ov::Core core;
     compiled_ = core.compile_model(model, options.device, config);
     request_ = compiled_.create_infer_request();
+    // What the device computes in: where a hint is not supported, the plugin substitutes another.
+    computesIn_ = compiled_.get_property(ov::hint::inference_precision).to_string();
     imageSize_ = 3 * static_cast<size_t>(card_.preprocessing.height) * static_cast<size_t>(card_.preprocessing.width);
   }
 
@@ -83,8 +88,8 @@ class OpenVinoBackend final : public Backend {
   }
 
   std::string description() const override {
-    return std::string("OpenVINO ") + ov::get_openvino_version().buildNumber + " on " + device_ + ", " + path_ + ", batch " +
-           std::to_string(batch_) + (staticBatch_ ? " (static)" : "");
+    return std::string("OpenVINO ") + ov::get_openvino_version().buildNumber + " on " + device_ + " (" + computesIn_ + "), " +
+           path_ + ", batch " + std::to_string(batch_) + (staticBatch_ ? " (static)" : "");
   }
 
  private:
@@ -116,6 +121,7 @@ class OpenVinoBackend final : public Backend {
 
   std::string path_;
   std::string device_;
+  std::string computesIn_;
   ModelCard card_;
   bool staticBatch_ = false;
   int64_t batch_ = 0;

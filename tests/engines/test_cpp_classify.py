@@ -339,6 +339,22 @@ def test_bad_arguments_print_usage_and_exit_2(classify, tmp_path, colour_images)
 # ---- the CIFAR-10 checkpoint's graphs: build directories and agreement with Python -------------
 
 
+def test_an_ir_runs_with_the_precision_hint_its_sidecar_records(classify, tmp_path, colour_images):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(_toy_graph(tmp_path / "toy.onnx")))
+    ov.save_model(model, str(tmp_path / "model.xml"), compress_to_fp16=False)
+    (tmp_path / "model.openvino.json").write_text(json.dumps({"inference_precision_hint": "bf16"}))
+    # what the CPU computes in when asked for bf16 (the plugin substitutes a hint it does not support)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    expected = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    from_sidecar = classify(tmp_path / "model.xml", colour_images["red"], "--verbose")
+    assert from_sidecar.returncode == 0 and f"on CPU ({expected})" in from_sidecar.stderr, from_sidecar.stderr
+    asked = classify(tmp_path / "model.xml", colour_images["red"], "--verbose", "--inference-precision", "f32")
+    assert asked.returncode == 0 and "on CPU (f32)" in asked.stderr, asked.stderr
+
+
 def _answers(lines: list[list[str]]) -> dict[str, tuple[int, str]]:
     """(top-1 index, label) by resolved image path, from s2mlpv2_classify's lines."""
     return {str(Path(line[0]).resolve()): (int(line[1]), line[2]) for line in lines}
