@@ -1,136 +1,138 @@
-// Run an S2-MLPv2 TensorRT 11 plan on one batch read from a raw float32 file and print the top-5.
+// s2mlpv2_classify MODEL IMAGE... [--top-k K]: the most probable classes of each image.
 //
-//   s2mlpv2_infer model.plan batch.f32 BATCH [CHANNELS HEIGHT WIDTH]
+// MODEL is a build directory of `python build_engine.py` or an .xml (OpenVINO IR), .onnx or
+// .plan (TensorRT) file. Preprocessing and class names come from the model card inside it. One
+// line per image and class: IMAGE <tab> CLASS_INDEX <tab> LABEL <tab> PROBABILITY.
 //
-// batch.f32 holds BATCH x C x H x W float32 values, already preprocessed as the model card
-// says (resize, crop, mean/std), e.g. numpy's array.astype("float32").tofile("batch.f32").
-// The plan's SpatialShift nodes carry their kernel inside the plan (an AOT Python plugin), so
-// nothing but libnvinfer and the CUDA runtime is needed here. TensorRT for RTX plans: see README.md.
-#include <NvInferRuntime.h>
-#include <cuda_runtime_api.h>
-
+// Exit status: 0 when every image was classified; 1 when some image could not be read (the
+// others are still classified); 2 for a bad argument or a model that cannot be loaded. Every
+// failure is one line on stderr.
 #include <algorithm>
-#include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <fstream>
 #include <iostream>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <vector>
 
+#include "backend.h"
+#include "classify.h"
+#include "errors.h"
+
 namespace {
 
-class Logger : public nvinfer1::ILogger {
-  void log(Severity severity, const char* msg) noexcept override {
-    if (severity <= Severity::kWARNING) std::cerr << "[TensorRT] " << msg << "\n";
-  }
+constexpr const char* kUsage =
+    "usage: s2mlpv2_classify MODEL IMAGE... [--top-k K] [--batch N] [--backend auto|openvino|tensorrt]\n"
+    "                        [--device CPU] [--threads N] [--inference-precision f32|bf16|f16|default]\n"
+    "                        [--hint LATENCY|THROUGHPUT] [--verbose]\n";
+
+constexpr const char* kHelp =
+    "Classify images with an S2-MLPv2 model; one line per image (per class with --top-k):\n"
+    "IMAGE<TAB>CLASS_INDEX<TAB>LABEL<TAB>PROBABILITY (softmax of the logits).\n"
+    "\n"
+    "  MODEL                  a build directory of python build_engine.py, or an .xml, .onnx or .plan file\n"
+    "                         (a directory: OpenVINO runs model.xml, model-int8.onnx, model-fp16.onnx or\n"
+    "                         model.onnx, the first present; TensorRT runs model.plan)\n"
+    "  IMAGE                  JPEG, PNG, BMP, GIF or PNM files, or folders of them\n"
+    "  --top-k K              the K most probable classes of each image (default: 1)\n"
+    "  --verbose              say on stderr which runtime and file run\n";
+
+constexpr const char* kExitStatus =
+    "\n"
+    "Exit status: 0 all classified, 1 some image unreadable (the others are classified), 2 bad\n"
+    "arguments or a model that cannot be loaded.\n";
+
+struct Arguments {
+  std::string model;
+  std::vector<std::string> images;
+  int64_t topK = 1;
+  bool verbose = false;
+  s2mlpv2::BackendOptions backend;
 };
 
-// A positive integer argument, or -1 with one line on stderr (never an uncaught exception).
-int64_t positiveArg(const char* text, const char* what) {
-  try {
-    size_t used = 0;
-    const long long value = std::stoll(text, &used);
-    if (used == std::string(text).size() && value > 0) return static_cast<int64_t>(value);
-  } catch (const std::exception&) {
+// Throws Error for a bad argument; returns false when --help was asked for.
+bool parse(int argc, char** argv, Arguments& args) {
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") return false;
+    if (arg == "--verbose") {
+      args.verbose = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0) {
+      positional.push_back(arg);
+      continue;
+    }
+    if (i + 1 >= argc) throw s2mlpv2::Error(arg + " needs a value");
+    const std::string value = argv[++i];
+    if (arg == "--top-k") {
+      args.topK = s2mlpv2::positiveInteger(arg, value);
+    } else if (!s2mlpv2::setBackendOption(args.backend, arg, value)) {
+      throw s2mlpv2::Error("unknown option " + arg + " (see --help)");
+    }
   }
-  std::cerr << "error: " << what << " must be a positive integer, got '" << text << "'\n";
-  return -1;
-}
-
-bool check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    std::cerr << "error: " << what << ": " << cudaGetErrorString(status) << "\n";
-    return false;
-  }
+  if (positional.size() < 2) throw s2mlpv2::Error("give a MODEL and at least one IMAGE");
+  args.model = positional[0];
+  args.images.assign(positional.begin() + 1, positional.end());
   return true;
 }
 
-std::vector<char> readFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) return {};
-  std::vector<char> bytes(static_cast<size_t>(file.tellg()));
-  file.seekg(0);
-  file.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  return bytes;
+int run(int argc, char** argv) {
+  Arguments args;
+  try {
+    if (!parse(argc, argv, args)) {
+      std::cout << kUsage << "\n" << kHelp << s2mlpv2::kBackendOptionsHelp << kExitStatus;
+      return 0;
+    }
+  } catch (const s2mlpv2::Error& e) {
+    std::cerr << kUsage << "error: " << e.what() << "\n";
+    return 2;
+  }
+
+  std::unique_ptr<s2mlpv2::Backend> backend;
+  try {
+    backend = s2mlpv2::openModel(args.model, args.backend);
+  } catch (const s2mlpv2::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  if (args.verbose) std::cerr << backend->description() << "\n";
+
+  bool unreadable = false;
+  const s2mlpv2::ModelCard& card = backend->card();
+  s2mlpv2::Classifier classifier(*backend, args.topK);
+  try {
+    classifier.run(s2mlpv2::listImages(args.images), [&](const s2mlpv2::ImageResult& result) {
+      if (!result.error.empty()) {
+        std::cerr << "error: " << result.error << "\n";
+        unreadable = true;
+        return;
+      }
+      for (const s2mlpv2::Prediction& p : result.top) {
+        std::printf("%s\t%lld\t%s\t%.6f\n", result.path.c_str(), static_cast<long long>(p.index), card.label(p.index).c_str(),
+                    p.probability);
+      }
+    });
+  } catch (const s2mlpv2::Error& e) {  // inference itself failed
+    std::fflush(stdout);
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  return unreadable ? 1 : 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4 && argc != 7) {
-    std::cerr << "usage: " << argv[0] << " model.plan batch.f32 BATCH [CHANNELS HEIGHT WIDTH]\n";
-    return 2;
+  try {
+    return run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory; give smaller images or a smaller --batch\n";
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << s2mlpv2::oneLine(e.what()) << "\n";
+  } catch (...) {
+    std::cerr << "error: unexpected failure\n";
   }
-  const int64_t batch = positiveArg(argv[3], "BATCH");
-  const int64_t channels = argc == 7 ? positiveArg(argv[4], "CHANNELS") : 3;
-  const int64_t height = argc == 7 ? positiveArg(argv[5], "HEIGHT") : 224;
-  const int64_t width = argc == 7 ? positiveArg(argv[6], "WIDTH") : 224;
-  if (batch < 0 || channels < 0 || height < 0 || width < 0) return 2;
-
-  Logger logger;
-  const std::vector<char> plan = readFile(argv[1]);
-  if (plan.empty()) {
-    std::cerr << "error: cannot read plan " << argv[1] << "\n";
-    return 2;
-  }
-  std::unique_ptr<nvinfer1::IRuntime> runtime{nvinfer1::createInferRuntime(logger)};
-  std::unique_ptr<nvinfer1::ICudaEngine> engine{runtime->deserializeCudaEngine(plan.data(), plan.size())};
-  if (!engine) {
-    std::cerr << "error: TensorRT could not deserialize " << argv[1]
-              << " (built for another TensorRT version or GPU? its .json sidecar says which)\n";
-    return 2;
-  }
-  std::unique_ptr<nvinfer1::IExecutionContext> context{engine->createExecutionContext()};
-
-  const char* inputName = "input";
-  const char* outputName = "logits";
-  if (!context->setInputShape(inputName, nvinfer1::Dims4{batch, channels, height, width})) {
-    std::cerr << "error: batch " << batch << " is outside the plan's optimization profile\n";
-    return 2;
-  }
-  const nvinfer1::Dims outDims = context->getTensorShape(outputName);
-  const int64_t classes = outDims.d[1];
-
-  const size_t inputCount = static_cast<size_t>(batch * channels * height * width);
-  const std::vector<char> raw = readFile(argv[2]);
-  if (raw.size() != inputCount * sizeof(float)) {
-    std::cerr << "error: " << argv[2] << " holds " << raw.size() << " bytes; expected " << inputCount * sizeof(float)
-              << " (" << batch << "x" << channels << "x" << height << "x" << width << " float32)\n";
-    return 2;
-  }
-  // The graphs keep float32 input and output (fp16 and int8 plans convert inside).
-  void* dInput = nullptr;
-  void* dOutput = nullptr;
-  std::vector<float> logits(static_cast<size_t>(batch * classes));
-  cudaStream_t stream = nullptr;
-  bool ok = check(cudaStreamCreate(&stream), "cudaStreamCreate") &&
-            check(cudaMalloc(&dInput, raw.size()), "cudaMalloc input") &&
-            check(cudaMalloc(&dOutput, logits.size() * sizeof(float)), "cudaMalloc output") &&
-            check(cudaMemcpyAsync(dInput, raw.data(), raw.size(), cudaMemcpyHostToDevice, stream), "copy input");
-  ok = ok && context->setTensorAddress(inputName, dInput) && context->setTensorAddress(outputName, dOutput);
-  ok = ok && context->enqueueV3(stream);
-  ok = ok && check(cudaMemcpyAsync(logits.data(), dOutput, logits.size() * sizeof(float), cudaMemcpyDeviceToHost, stream), "copy output") &&
-       check(cudaStreamSynchronize(stream), "synchronize");
-  cudaFree(dInput);
-  cudaFree(dOutput);
-  if (stream) cudaStreamDestroy(stream);
-  if (!ok) {
-    std::cerr << "error: inference failed\n";
-    return 1;
-  }
-
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* row = logits.data() + b * classes;
-    std::vector<int> order(static_cast<size_t>(classes));
-    std::iota(order.begin(), order.end(), 0);
-    const int k = static_cast<int>(std::min<int64_t>(5, classes));
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int a, int c) { return row[a] > row[c]; });
-    std::printf("image %lld:", static_cast<long long>(b));
-    for (int i = 0; i < k; ++i) std::printf("  class %d (%.3f)", order[i], row[order[i]]);
-    std::printf("\n");
-  }
-  return 0;
+  return 2;
 }
