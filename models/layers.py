@@ -8,8 +8,7 @@ node).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -26,9 +25,10 @@ __all__ = [
     "shift_rows",
     "shift_gather",
     "shift_pair",
-    "shift_lowering",
+    "EXPORT_FORMS",
     "SplitAttention",
     "S2MLPv2Mixer",
+    "S2MLPv2ExportMixer",
     "S2MLPv2Block",
     "PatchEmbed",
     "Downsample",
@@ -43,26 +43,11 @@ SHIFT_PATTERNS = {
     2: ("+d2", "-d2", "+d1", "-d1"),  # SS2: the same four moves with the axes swapped
 }
 
-# How spatial_shift is computed. "eager" (the default) is pad + slice + concat; "onnx" is the
-# standard-ops export, one Gather over rows of C/4 channels (the same copies, one pass);
-# "plugin" routes through the ``s2mlpv2::spatial_shift`` custom op so that the ONNX exporter
-# emits one node per shift. Both export lowerings also trace the mixer's export form
-# (S2MLPv2Mixer._forward_export).
-_LOWERINGS = ("eager", "onnx", "plugin")
-_lowering = "eager"
-
-
-@contextlib.contextmanager
-def shift_lowering(mode: str) -> Iterator[None]:
-    """Temporarily choose how spatial shifts are traced: ``"eager"``, ``"onnx"`` or ``"plugin"``."""
-    global _lowering
-    if mode not in _LOWERINGS:
-        raise ValueError(f"shift lowering must be one of {', '.join(_LOWERINGS)}, got {mode!r}")
-    previous, _lowering = _lowering, mode
-    try:
-        yield
-    finally:
-        _lowering = previous
+# The two forms a mixer can be exported in (S2MLPv2ExportMixer), chosen when the export copy of the
+# model is made: "onnx", standard ops, each shift one Gather over rows of C/4 channels (the same
+# copies as the eager pad + slice + concat, in one pass); "plugin", each shift one opaque
+# ``s2mlpv2::spatial_shift`` op, which the ONNX exporter emits as one SpatialShift node.
+EXPORT_FORMS = ("onnx", "plugin")
 
 
 def _check_shift_input(x: torch.Tensor, pattern: int) -> None:
@@ -157,19 +142,24 @@ def _gather_quarters(y: torch.Tensor, pattern: int, groups: int, first: int) -> 
     return moved.reshape(b, d1, d2, 4 * (c // groups))
 
 
-def shift_pair(y: torch.Tensor) -> list[torch.Tensor]:
+def shift_pair(y: torch.Tensor, form: str = "eager") -> list[torch.Tensor]:
     """The mixer's two shifted branches from the ``(B, H, W, 2c)`` part of its expansion: ``[SS1(y1), SS2(y2)]``.
 
-    In the standard-ops export each branch is one gather straight from ``y``, viewed as rows of
-    c/4 channels: no Split, and each shift is a single pass. Everywhere else it is ``chunk``
-    and :func:`spatial_shift`. Both only copy, so the values are identical.
+    ``form`` ``"onnx"`` (the standard-ops export): each branch is one gather straight from ``y``,
+    viewed as rows of c/4 channels: no Split, and each shift is a single pass. ``"plugin"``: one
+    ``s2mlpv2::spatial_shift`` op per branch. ``"eager"``: ``chunk`` and :func:`spatial_shift`.
+    All only copy, so the values are identical.
     """
-    if _lowering != "onnx":
-        y1, y2 = y.chunk(2, dim=-1)
-        return [spatial_shift1(y1), spatial_shift2(y2)]
-    if y.dim() != 4 or y.shape[-1] % 8 != 0:
-        raise ValueError(f"shift_pair expects a (B, H, W, 2c) tensor with c divisible by 4, got {tuple(y.shape)}")
-    return [_gather_quarters(y, pattern, groups=8, first=4 * k) for k, pattern in enumerate((1, 2))]
+    if form == "onnx":
+        if y.dim() != 4 or y.shape[-1] % 8 != 0:
+            raise ValueError(f"shift_pair expects a (B, H, W, 2c) tensor with c divisible by 4, got {tuple(y.shape)}")
+        return [_gather_quarters(y, pattern, groups=8, first=4 * k) for k, pattern in enumerate((1, 2))]
+    y1, y2 = y.chunk(2, dim=-1)
+    if form == "plugin":
+        for part, pattern in ((y1, 1), (y2, 2)):
+            _check_shift_input(part, pattern)
+        return [torch.ops.s2mlpv2.spatial_shift(y1, 1), torch.ops.s2mlpv2.spatial_shift(y2, 2)]
+    return [spatial_shift1(y1), spatial_shift2(y2)]
 
 
 def _compiling() -> bool:
@@ -182,11 +172,6 @@ def _compiling() -> bool:
 
 def spatial_shift(x: torch.Tensor, pattern: int) -> torch.Tensor:
     """Shift the four channel quarters of ``x`` by one token (pattern 1 = SS1, 2 = SS2)."""
-    if _lowering == "plugin":
-        _check_shift_input(x, pattern)
-        return torch.ops.s2mlpv2.spatial_shift(x, pattern)
-    if _lowering == "onnx":
-        return shift_gather(x, pattern)
     if _compiling():
         return shift_per_quarter(x, pattern)
     return shift_reference(x, pattern)
@@ -270,8 +255,6 @@ class S2MLPv2Mixer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _lowering != "eager":
-            return self._forward_export(x)
         y1, y2, y3 = self.mlp_c(x).chunk(3, dim=-1)
         return self._fuse_and_project([spatial_shift1(y1), spatial_shift2(y2), y3])
 
@@ -279,8 +262,31 @@ class S2MLPv2Mixer(nn.Module):
         fused = (branches[0] + branches[1] + branches[2]) / 3 if self.reweight is None else self.reweight(branches)
         return self.proj(fused)
 
-    def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
-        """The exported form of :meth:`forward`: the same math, with less memory traffic.
+
+class S2MLPv2ExportMixer(S2MLPv2Mixer):
+    """The mixer in an export form (``EXPORT_FORMS``), sharing the eager mixer's parameters: what the ONNX export traces.
+
+    ``pipeline.export`` swaps every mixer of a copy of the model for one of these
+    (:meth:`from_mixer`); the form is chosen there, once, and never read from global state.
+    """
+
+    def __init__(self, dim: int, form: str, fusion: str = "split_attention", pool: str = "mean") -> None:
+        if form not in EXPORT_FORMS:
+            raise ValueError(f"export form must be one of {', '.join(EXPORT_FORMS)}, got {form!r}")
+        super().__init__(dim, fusion, pool)
+        self.form = form
+
+    @classmethod
+    def from_mixer(cls, mixer: S2MLPv2Mixer, form: str) -> S2MLPv2ExportMixer:
+        """A mixer of ``form`` over the same ``mlp_c``, split attention and ``proj`` modules as ``mixer``."""
+        fusion = "sum" if mixer.reweight is None else "split_attention"
+        pool = "mean" if mixer.reweight is None else mixer.reweight.pool
+        export = cls(mixer.dim, form, fusion, pool)
+        export.mlp_c, export.reweight, export.proj = mixer.mlp_c, mixer.reweight, mixer.proj
+        return export.train(mixer.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same math as :meth:`S2MLPv2Mixer.forward`, with less memory traffic.
 
         * ``mlp_c`` runs as two GEMMs: one writes the two thirds that are shifted (gathered from
           it by :func:`shift_pair`), the other writes the third branch, which is used in place
@@ -296,9 +302,9 @@ class S2MLPv2Mixer(nn.Module):
         """
         c, weight, bias = self.dim, self.mlp_c.weight, self.mlp_c.bias
         if self.reweight is None:  # plain sum fusion keeps the bias in the GEMMs
-            shifted = shift_pair(F.linear(x, weight[: 2 * c], bias[: 2 * c]))
+            shifted = shift_pair(F.linear(x, weight[: 2 * c], bias[: 2 * c]), self.form)
             return self._fuse_and_project([*shifted, F.linear(x, weight[2 * c :], bias[2 * c :])])
-        branches = [*shift_pair(F.linear(x, weight[: 2 * c])), F.linear(x, weight[2 * c :])]
+        branches = [*shift_pair(F.linear(x, weight[: 2 * c]), self.form), F.linear(x, weight[2 * c :])]
         biases = bias.chunk(3)
         weights = self.reweight.branch_weights(branches, offsets=biases)  # (B, K, C)
         fused = self.reweight.fuse(branches, weights)

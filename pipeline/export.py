@@ -9,7 +9,7 @@ Two forms of the spatial shift (docs/ARCHITECTURE.md):
   used in place. Each shift is one ``Gather`` of moved rows from the first
   (``models.layers.shift_pair``). No Split, Pad, Concat, ScatterND or ScatterElements: each
   shift is a single copy. ``mlp_c``'s bias is added after the split attention's pooling, per
-  image (``S2MLPv2Mixer._forward_export``): the same math with one pass fewer.
+  image (``models.layers.S2MLPv2ExportMixer``): the same math with one pass fewer.
 * ``--shift-impl plugin``: each shift is one ``SpatialShift`` node that TensorRT maps to our
   plugin. Everything else is identical to the standard form.
 
@@ -46,7 +46,7 @@ from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import CARD_KEY, MODEL_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
 from models.args import ModelArgs, load_model
 from models.checkpoint import ModelCard
-from models.layers import shift_lowering
+from models.layers import S2MLPv2ExportMixer, S2MLPv2Mixer
 from models.s2mlpv2 import S2MLPv2
 
 __all__ = ["ExportSettings", "ExportResult", "ExportError", "export_onnx", "read_onnx_card", "main"]
@@ -159,8 +159,23 @@ def card_for(model: S2MLPv2) -> ModelCard:
     return card if card is not None else ModelCard(model.config, {"weights": "random init"})
 
 
+def export_form(model: S2MLPv2, shift_impl: str) -> S2MLPv2:
+    """A copy of ``model`` whose mixers are ``S2MLPv2ExportMixer`` of the form ``shift_impl`` (``onnx`` or ``plugin``).
+
+    The copy shares nothing with ``model`` (the parity check still runs the eager original).
+    """
+    import copy
+
+    lowered = copy.deepcopy(model)
+    for parent in list(lowered.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is S2MLPv2Mixer:
+                setattr(parent, name, S2MLPv2ExportMixer.from_mixer(child, shift_impl))
+    return lowered
+
+
 def _trace(model: S2MLPv2, settings: ExportSettings):
-    """torch's dynamo exporter under the chosen shift lowering: the raw ``ModelProto``."""
+    """torch's dynamo exporter on the model's export form (:func:`export_form`): the raw ``ModelProto``."""
     from engines.shift_node import onnx_translation_table, register_onnx_schema
 
     c, h, w = model.config.preprocessing.input_size
@@ -170,9 +185,9 @@ def _trace(model: S2MLPv2, settings: ExportSettings):
         register_onnx_schema()
         extra["custom_translation_table"] = onnx_translation_table()
     try:
-        with shift_lowering(settings.shift_impl), _quiet_exporter():
+        with _quiet_exporter():
             program = torch.onnx.export(
-                model,
+                export_form(model, settings.shift_impl),
                 (example,),
                 dynamo=True,
                 opset_version=settings.opset,

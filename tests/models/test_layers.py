@@ -5,10 +5,10 @@ from hypothesis import given, settings
 
 import models
 from models.layers import (
+    S2MLPv2ExportMixer,
     S2MLPv2Mixer,
     SplitAttention,
     shift_gather,
-    shift_lowering,
     shift_pair,
     shift_per_quarter,
     spatial_shift1,
@@ -54,10 +54,11 @@ def test_export_form_of_the_mixer_branches_matches_chunk_and_shift(shape, seed):
     b, h, w, c = shape
     y = torch.randn(b, h, w, 2 * c, generator=torch.Generator().manual_seed(seed))
     y1, y2 = y.chunk(2, dim=-1)
-    with shift_lowering("onnx"):  # one gather per branch straight from y, as the standard-ops export traces it
-        branches = shift_pair(y)
-    assert len(branches) == 2
-    assert all(torch.equal(a, e) for a, e in zip(branches, [naive_shift(y1, 1), naive_shift(y2, 2)]))
+    want = [naive_shift(y1, 1), naive_shift(y2, 2)]
+    for form in ("onnx", "plugin", "eager"):  # onnx: one gather per branch straight from y, as the standard-ops export traces it
+        branches = shift_pair(y, form)
+        assert len(branches) == 2
+        assert all(torch.equal(a, e) for a, e in zip(branches, want)), form
 
 
 def test_torch_compile_traces_the_per_quarter_shift_and_matches_eager():
@@ -162,8 +163,9 @@ def test_sum_fusion_mixer_averages_branches():
     torch.testing.assert_close(mixer(x), expected)
 
 
+@pytest.mark.parametrize("form", ["onnx", "plugin"])
 @pytest.mark.parametrize(("fusion", "pool"), [("split_attention", "mean"), ("split_attention", "sum"), ("sum", "mean")])
-def test_export_form_of_the_mixer_matches_eager(fusion, pool):
+def test_export_form_of_the_mixer_matches_eager(fusion, pool, form):
     # two GEMMs instead of one, and (with split attention) mlp_c's bias added per image after pooling
     torch.manual_seed(0)
     mixer = S2MLPv2Mixer(16, fusion=fusion, pool=pool).eval()
@@ -172,7 +174,6 @@ def test_export_form_of_the_mixer_matches_eager(fusion, pool):
             p.normal_(0, 0.5)  # non-zero biases, so that moving mlp_c's bias is tested
         x = torch.randn(2, 5, 3, 16)
         eager = mixer(x)
-        with shift_lowering("onnx"):
-            exported = mixer(x)
+        exported = S2MLPv2ExportMixer.from_mixer(mixer, form)(x)
     torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-5 * eager.abs().max().item())
     assert not torch.equal(mixer.mlp_c.bias, torch.zeros_like(mixer.mlp_c.bias))
