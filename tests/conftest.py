@@ -76,6 +76,7 @@ class Graphs:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._models: dict = {}
+        self._exports: dict = {}
 
     def model(self, variant: str):
         if variant not in self._models:
@@ -95,13 +96,21 @@ class Graphs:
 
         return load_images(DATA / "cifar10-val", self.model(variant), count).numpy()
 
-    def get(self, variant: str, form: str = "onnx", precision: str = "fp32", placement: str = "gemm-inputs") -> Path:
+    def export(self, variant: str, form: str = "onnx"):
+        """(eager model, fp32 graph, ``ExportResult``) of ``variant`` in ``form``, exported once per session."""
         from pipeline.export import ExportSettings, export_onnx
+
+        if (variant, form) not in self._exports:
+            fp32 = self.folder / f"{variant}-{form}-fp32.onnx"
+            self._exports[variant, form] = (
+                self.model(variant), fp32, export_onnx(self.model(variant), fp32, ExportSettings(shift_impl=form))
+            )
+        return self._exports[variant, form]
+
+    def get(self, variant: str, form: str = "onnx", precision: str = "fp32", placement: str = "gemm-inputs") -> Path:
         from pipeline.precision import convert_precision
 
-        fp32 = self.folder / f"{variant}-{form}-fp32.onnx"
-        if not fp32.exists():
-            export_onnx(self.model(variant), fp32, ExportSettings(shift_impl=form))
+        _, fp32, _ = self.export(variant, form)
         if precision == "fp32":
             return fp32
         out = self.folder / f"{variant}-{form}-{precision}-{placement}.onnx"

@@ -180,27 +180,6 @@ def test_missing_or_foreign_sidecar_is_an_error(tmp_path):
         read_sidecar(tmp_path / "y.plan")
 
 
-@pytest.mark.parametrize("batch", [0, 33, 100])
-def test_batch_outside_profile_is_rejected(batch):
-    with pytest.raises(ProfileError, match="outside the plan's profile"):
-        _sidecar().check_batch((batch, 3, 224, 224))
-
-
-@pytest.mark.parametrize(
-    "batch,match",
-    [
-        (np.zeros((2, 3, 224, 224), np.int64), "not a float"),
-        (np.zeros((3, 224, 224), np.float32), "rank 3"),
-        (np.zeros((2, 1, 224, 224), np.float32), "1 channels"),
-        (np.full((2, 3, 224, 224), np.nan, np.float32), "NaN or Inf"),
-        (torch.full((1, 3, 224, 224), float("inf")), "NaN or Inf"),
-    ],
-)
-def test_runtime_input_checks(batch, match):
-    with pytest.raises(InputError, match=match):
-        check_input(batch, _sidecar())
-
-
 def test_valid_input_passes_checks():
     check_input(np.zeros((4, 3, 224, 224), np.float32), _sidecar())
 
@@ -270,7 +249,7 @@ def _batches() -> list[tuple[str, np.ndarray | torch.Tensor, Fails]]:
         ("wrong-channels", ok[:, :1], Fails("input has 1 channels", "convert images to RGB")),
         ("wrong-size", np.zeros((2, 3, 64, 64), np.float32), Fails("input images are 64x64", "preprocess them with the card")),
         ("nan", nan, Fails("input contains NaN or Inf", "check the preprocessing")),
-        ("inf", inf, Fails("input contains NaN or Inf", "check the preprocessing")),
+        ("inf-in-a-torch-tensor", inf, Fails("input contains NaN or Inf", "check the preprocessing")),
     ]
 
 
@@ -284,9 +263,10 @@ def test_bad_batches_are_refused_before_running(runner, bad, shared: Shared, cap
     assert_api_error_is_one_clean_line(info.value, expected, capsys)
 
 
-def test_batch_outside_the_plan_profile_is_refused(capsys):
+@pytest.mark.parametrize("batch", [0, 33, 100])
+def test_batch_outside_the_plan_profile_is_refused(batch, capsys):
     with pytest.raises(ProfileError) as info:
-        check_input(np.zeros((33, 3, 32, 32), np.float32), trt11_sidecar())
+        check_input(np.zeros((batch, 3, 32, 32), np.float32), trt11_sidecar())
     assert_api_error_is_one_clean_line(
-        info.value, Fails(r"batch 33 is outside the plan's profile \[1, 32\]", "rebuild with --batch"), capsys
+        info.value, Fails(rf"batch {batch} is outside the plan's profile \[1, 32\]", "rebuild with --batch"), capsys
     )
