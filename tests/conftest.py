@@ -18,6 +18,17 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 REQUIRED = frozenset(filter(None, os.environ.get("S2MLPV2_REQUIRE", "").split(",")))
 
 
+# Fixtures that run build_engine's whole pipeline or build a real engine: a test that uses one, directly or through
+# another fixture, is marked slow, so that `pytest -m "not slow"` stays a quick loop.
+SLOW_FIXTURES = frozenset({"shared", "shipped_fp16_build", "built", "tiny_plan"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def missing(reason: str, tool: str):
     """Skip with ``reason``; fail with it instead where ``tool`` is in S2MLPV2_REQUIRE (CI)."""
     if tool in REQUIRED:
