@@ -242,7 +242,7 @@ def compare_logits(
 
 
 def load_runner(artifact: str | os.PathLike):
-    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``."""
+    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``, OpenVINO for ``.xml``."""
     path = Path(artifact)
     if not path.is_file():
         raise VerifyError(f"artifact not found: {path}")
@@ -255,8 +255,15 @@ def load_runner(artifact: str | os.PathLike):
             return TensorRTRunner(path)
         except (EngineMismatchError, TensorRTUnavailable) as e:
             raise VerifyError(f"cannot run {path}: {e}") from None
+    if path.suffix == ".xml":
+        from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
+
+        try:
+            return OpenVINORunner(path)
+        except (IRError, OpenVINOUnavailable) as e:
+            raise VerifyError(f"cannot run {path}: {e}") from None
     if path.suffix != ".onnx":
-        raise VerifyError(f"unsupported artifact {path.name}: give an .onnx graph or a TensorRT .plan")
+        raise VerifyError(f"unsupported artifact {path.name}: give an .onnx graph, a TensorRT .plan or an OpenVINO .xml")
     from .onnx_runtime import OnnxRuntimeRunner
 
     try:
@@ -273,6 +280,13 @@ def artifact_precision(artifact: str | os.PathLike) -> str:
         from common.onnx_meta import graph_precision, load_onnx
 
         return graph_precision(load_onnx(path, VerifyError))
+    if path.suffix == ".xml":  # an OpenVINO IR: its sidecar (<stem>.openvino.json) names the gates' precision
+        from engines.openvino import IRError, read_ir_sidecar
+
+        try:
+            return read_ir_sidecar(path).precision
+        except IRError as e:
+            raise VerifyError(f"cannot run {path}: {e}") from None
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         return json.loads(sidecar.read_text()).get("precision", "fp32")
@@ -355,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     MODEL_ARGS.add_to_parser(p, "reference model (exactly one)")
-    p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
+    p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime), .plan (TensorRT) or .xml (OpenVINO IR)")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder or list file of images")
     p.add_argument("--limit", type=int, help="use at most N images (spread over classes)")
     p.add_argument("--precision", choices=sorted(GATES), help="gates to apply; default: read from the artifact")
