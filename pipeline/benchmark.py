@@ -23,7 +23,8 @@ and int8 gains only as much as the CPU's integer GEMM ceiling (measured in the r
 adds what a user gets without this project, timed in the same run: a plain ``torch.onnx.export``
 of the same weights (the model as it is, without the export stage's lowering and cleanup) on
 ONNX Runtime and on OpenVINO at each precision hint the CPU runs natively (f32, and bf16 or
-f16), beside torch eager. Every other row is then compared with the fastest peer at its batch,
+f16), beside torch eager; and that graph once more with the runtime settings of our IRs
+(threads not pinned), so the fastest peer is never weaker for lacking a setting. Every other row is then compared with the fastest peer at its batch,
 and the report names our fastest row that passed its gates (``--verified`` takes verify's
 reports; without them the gates are not known here) and its speed-up over that peer.
 
@@ -229,9 +230,13 @@ def _peer_runners(model, settings: BenchmarkSettings, folder: Path) -> list[tupl
     runners = [("peer: torch.onnx.export, onnxruntime fp32", "fp32", OnnxRuntimeRunner(graph, threads=settings.threads))]
     if available():
         _, capabilities = cpu_facts()
-        for hint in dict.fromkeys(("f32", choose_hint("fp16", capabilities)[0])):
+        sixteen = choose_hint("fp16", capabilities)[0]
+        for hint in dict.fromkeys(("f32", sixteen)):
             runner = compile_onnx(graph, hint, settings.threads)
             runners.append((f"peer: torch.onnx.export, openvino {runner.precision}", runner.precision, runner))
+        # the same graph with our IRs' runtime settings (threads not pinned): what is left is the graph and its precision
+        runner = compile_onnx(graph, sixteen, settings.threads, pinning=False)
+        runners.append((f"peer: torch.onnx.export, openvino {runner.precision}, unpinned", runner.precision, runner))
     return runners
 
 
