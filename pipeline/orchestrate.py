@@ -207,6 +207,19 @@ class Run:
         return self.out / "model.xml"
 
     @property
+    def ir_graph(self) -> Path:
+        """The graph the IR is built from: the precision stage's, except for fp16 where OpenVINO computes bf16 (or
+        f32): then the fp32 graph, which it rounds once (``engines.openvino.source_precision``)."""
+        from engines.openvino import cpu_facts, source_precision
+
+        return self.graph if source_precision(self.opts.precision, cpu_facts()[1]) == self.opts.precision else self.fp32_graph
+
+    @property
+    def needs_converted_graph(self) -> bool:
+        """Whether any artifact is made from the precision stage's graph (not so for an IR alone built from the fp32 one)."""
+        return self.opts.precision != "fp32" and (self.backend.name != "openvino" or self.ir_graph == self.graph)
+
+    @property
     def routes(self) -> list[Route]:
         """What verify and benchmark run, the deployed artifact first: the plan where it runs here, its graph
         where it does not, or ORT's graph; then the IR where one was built (``--backend openvino``: the IR alone)."""
@@ -296,7 +309,7 @@ def openvino_stage(run: Run) -> StageOutput:
     from engines.openvino import IRError, OpenVINOUnavailable, build_ir, ir_sidecar_path
 
     try:
-        result = build_ir(run.graph, run.ir, run.opts.precision)
+        result = build_ir(run.ir_graph, run.ir, run.opts.precision)
     except (IRError, OpenVINOUnavailable) as e:
         if run.backend.name == "openvino":
             raise
@@ -433,7 +446,7 @@ STAGES: tuple[Stage, ...] = (
             "qdq_placement": run.opts.qdq_placement,
         },
         describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
-        applies=lambda run: run.opts.precision != "fp32",
+        applies=lambda run: run.needs_converted_graph,
     ),
     Stage(
         "build",
@@ -446,7 +459,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "openvino",
         openvino_stage,
-        inputs=lambda run: {"graph": run.digest(run.graph)},
+        inputs=lambda run: {"graph": run.digest(run.ir_graph)},
         settings=_openvino_settings,
         describe=_describe_openvino,
         applies=lambda run: run.backend.openvino,
@@ -544,8 +557,8 @@ def _write_triton_repository(run: Run) -> None:
     from .triton_repo import write_model_repository
 
     # Triton's TensorRT backend runs TensorRT 11 plans only: a TensorRT for RTX build serves its ONNX graph,
-    # and so does an OpenVINO build (the repository writer knows ONNX Runtime's and TensorRT's backends)
-    served = run.graph if run.backend.name in ("tensorrt-rtx", "openvino") else run.artifact
+    # and so does an OpenVINO build, the graph its IR was made from (the writer knows ONNX Runtime's and TensorRT's backends)
+    served = {"tensorrt-rtx": run.graph, "openvino": run.ir_graph}.get(run.backend.name, run.artifact)
     config = run.model.config
     repo = write_model_repository(
         run.opts.triton_repo,

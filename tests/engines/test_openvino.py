@@ -24,6 +24,7 @@ from engines.openvino import (
     ir_sidecar_path,
     quantized_gemms,
     read_ir_sidecar,
+    source_precision,
 )
 from pipeline.onnx_runtime import OnnxRuntimeRunner
 from tests.conftest import missing
@@ -64,6 +65,20 @@ def test_hint_is_explicit_and_prefers_the_cpus_native_16_bit_float(precision, ca
     assert choose_hint(precision, capabilities) == (hint, None)
 
 
+@pytest.mark.parametrize(
+    "precision,capabilities,source",
+    [
+        ("fp16", ("BF16", "FP16", "INT8"), "fp32"),  # bf16: OpenVINO rounds the fp32 graph once
+        ("fp16", ("FP32", "INT8"), "fp32"),  # f32: nothing to gain from fp16-rounded weights
+        ("fp16", ("FP16", "INT8"), "fp16"),  # f16: the fp16 graph, with its fp32 islands
+        ("int8", ("BF16", "INT8"), "int8"),
+        ("fp32", ("BF16", "INT8"), "fp32"),
+    ],
+)
+def test_an_fp16_ir_is_built_from_the_graph_its_hint_rounds_once(precision, capabilities, source):
+    assert source_precision(precision, capabilities) == source
+
+
 def test_a_cpu_without_16_bit_floats_computes_fp16_in_f32_and_says_so_in_one_line():
     hint, note = choose_hint("fp16", ("FP32", "INT8"))
     assert hint == "f32" and "neither BF16 nor FP16" in note and "\n" not in note
@@ -78,6 +93,7 @@ def test_ir_files_and_sidecar_describe_what_was_built(tiny_ir, graphs):
     sc = read_ir_sidecar(tiny_ir)
     assert ir_sidecar_path(tiny_ir).name == "model.openvino.json"  # never model.json, a plan's sidecar
     assert sc.precision == "fp32" and sc.inference_precision_hint == sc.requested_hint == "f32" and sc.computes == "fp32"
+    assert (sc.source_graph, sc.source_precision) == (graphs.get("tiny").name, "fp32")
     assert sc.xml_sha256 == sha256_file(tiny_ir) and sc.bin_sha256 == sha256_file(tiny_ir.with_suffix(".bin"))
     assert sc.onnx_sha256 == sha256_file(graphs.get("tiny"))
     assert (sc.cpu, sc.optimization_capabilities) == cpu_facts()
