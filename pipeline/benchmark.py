@@ -695,7 +695,8 @@ def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: d
         same = find(r["batch"], f"torch eager {r['precision']}")
         r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
         ref = find(r["batch"], reference_name)
-        r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if ref and ref is not r else None
+        same_runtime = ref is not None and ref is not r and ref["runtime"] == r["runtime"]
+        r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if same_runtime else None
         peers = [p for p in rows if p["peer"] and p["batch"] == r["batch"]]
         fastest_peer = min(peers, key=lambda p: p["p50_ms"]) if len(peers) > 1 else None  # eager alone is no peer comparison
         r["speedup_vs_fastest_peer"] = fastest_peer["p50_ms"] / r["p50_ms"] if fastest_peer and not r["peer"] else None
