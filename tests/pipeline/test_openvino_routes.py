@@ -181,3 +181,45 @@ def test_auto_without_openvino_keeps_one_cpu_route_and_says_why(monkeypatch):
     monkeypatch.setattr(engines.openvino, "available", lambda: False)
     backend, note = choose_backend("auto")
     assert not backend.openvino and "OpenVINO is not installed" in note
+
+
+def _run_for(backend, tmp_path: Path, records: dict | None = None):
+    from pipeline.orchestrate import BuildOptions, Run
+
+    opts = BuildOptions(precision="int8", model=TINY, calib_data=tmp_path, backend=backend.name)
+    return Run(opts, None, tmp_path, backend, None, "random-init", records or {})
+
+
+def test_an_ir_refused_as_a_second_route_drops_the_route_not_the_run(tmp_path, monkeypatch):
+    import engines.openvino
+    from engines.openvino import Int8FallbackError
+    from pipeline.orchestrate import Backend, openvino_stage
+
+    def refuse(*args, **kwargs):
+        raise Int8FallbackError("2 quantized GEMMs would run in float; build --precision fp16 for OpenVINO")
+
+    monkeypatch.setattr(engines.openvino, "build_ir", refuse)
+    monkeypatch.setattr(engines.openvino, "source_precision", lambda precision, capabilities: precision)
+    second = _run_for(Backend("tensorrt-rtx", openvino=True), tmp_path)
+    outputs, record = openvino_stage(second)
+    assert outputs == [] and "would run in float" in record["refused"]
+    second.records["openvino"] = record
+    assert [(r.backend, r.artifact.name) for r in second.routes] == [("onnxruntime", "model-int8.onnx")]
+    alone = _run_for(Backend("openvino", openvino=True), tmp_path)
+    with pytest.raises(Int8FallbackError):
+        openvino_stage(alone)
+
+
+def test_routes_put_the_deployed_artifact_first_and_the_ir_second(tmp_path):
+    from pipeline.orchestrate import Backend
+
+    auto = _run_for(Backend("tensorrt-rtx", openvino=True), tmp_path)
+    assert [(r.backend, r.artifact.name, r.report) for r in auto.routes] == [
+        ("onnxruntime", "model-int8.onnx", "verify.json"),
+        ("openvino", "model.xml", "verify-openvino.json"),
+    ]
+    assert auto.artifact.name == "model-int8.onnx"
+    alone = _run_for(Backend("openvino", openvino=True), tmp_path)
+    assert [(r.backend, r.artifact.name, r.report) for r in alone.routes] == [("openvino", "model.xml", "verify.json")]
+    on_gpu = _run_for(Backend("tensorrt-rtx", runs_plan=True), tmp_path)
+    assert [r.artifact.name for r in on_gpu.routes] == ["model.plan"]
