@@ -59,7 +59,7 @@ import numpy as np
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_paths, sha256_file
-from common.onnx_meta import CARD_KEY, graph_precision, load_onnx, read_metadata
+from common.onnx_meta import CARD_KEY, SHIFT_IMPL_KEY, graph_precision, load_onnx, read_metadata
 
 from .runtime import check_array
 
@@ -409,6 +409,11 @@ def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | 
     props = read_metadata(proto)
     if CARD_KEY not in props:
         raise IRError(f"{graph} was not written by this project's export stage (no {CARD_KEY} metadata); export it first")
+    if props.get(SHIFT_IMPL_KEY) == "plugin":
+        raise IRError(
+            f"{graph} holds SpatialShift plugin nodes, which only TensorRT runs; "
+            "export with --shift-impl onnx (the default) for OpenVINO"
+        )
     precision = precision or graph_precision(proto)
     core = _core()
     cpu, capabilities = cpu_facts(core)

@@ -178,6 +178,12 @@ def test_a_foreign_graph_is_not_built(tmp_path, capsys):
     assert not (tmp_path / "model.xml").exists()
 
 
+def test_a_plugin_form_graph_is_refused_with_the_export_to_use(graphs, tmp_path, capsys):
+    with pytest.raises(IRError) as e:
+        build_ir(graphs.get("tiny", "plugin"), tmp_path / "model.xml")
+    assert_api_error_is_one_clean_line(e.value, Fails("SpatialShift plugin nodes", "--shift-impl onnx"), capsys)
+
+
 # ----------------------------------------------------------------------------- running
 
 
