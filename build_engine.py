@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build a deployable S2-MLPv2: export -> precision -> TensorRT plan (or ONNX Runtime graph) -> verify -> benchmark.
+"""Build a deployable S2-MLPv2: export -> precision -> TensorRT plan (or ONNX Runtime graph, OpenVINO IR) -> verify -> benchmark.
 
   python build_engine.py --precision fp16        # the shipped CIFAR-10 model, checked on bundled images
   python build_engine.py --precision int8        # calibrated on bundled images
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from calibration.args import CalibrationArgs
+from engines.trt import FLAVOURS
 from models.args import ModelArgs
 from pipeline.precision import add_qdq_placement_argument
 
@@ -63,11 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("backend")
     g.add_argument(
         "--backend",
-        choices=("auto", "tensorrt", "tensorrt-rtx", "onnxruntime"),
+        choices=("auto", *FLAVOURS, "onnxruntime", "openvino"),
         default="auto",
         help="auto: TensorRT 11 where it imports and a CUDA GPU exists; else TensorRT for RTX, whose plan runs here on a GPU "
         "it supports and is otherwise built on the CPU and checked through its ONNX graph on ONNX Runtime; "
-        "ONNX Runtime alone where neither is installed",
+        "ONNX Runtime alone where neither is installed. Where no GPU runs the plan, auto also builds an OpenVINO IR "
+        "(model.xml) from the same graph and records the fastest CPU route that passes its gates. "
+        "openvino: the IR alone",
     )
     g.add_argument(
         "--compute-capability",

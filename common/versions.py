@@ -21,6 +21,7 @@ _DISTRIBUTIONS = {
     "modelopt": ("nvidia-modelopt",),
     "tensorrt": ("tensorrt",),
     "tensorrt_rtx": ("tensorrt-rtx", "tensorrt_rtx"),
+    "openvino": ("openvino",),
 }
 
 

@@ -33,7 +33,7 @@ from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_te
 
 from .shift_node import ONNX_DOMAIN
 from .sidecar import EngineMismatchError, Sidecar, read_sidecar, sidecar_path
-from .trt import TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, cuda_device, flavour
+from .trt import FLAVOURS, TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, cuda_device, flavour
 
 __all__ = [
     "BuildSettings",
@@ -61,7 +61,7 @@ class BuildSettings:
     timing_cache: Path | None = Path("build/timing.cache")  # TensorRT 11 only
     version_compatible: bool = False
     hardware_compatible: bool = False  # TensorRT 11 only: any Ampere or newer GPU
-    flavour: str = "tensorrt"
+    flavour: str = TENSORRT.name
     compute_capabilities: tuple[str, ...] | None = None  # TensorRT for RTX targets; None: its default set
 
     def __post_init__(self) -> None:
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--flavour",
-        choices=("auto", "tensorrt", "tensorrt-rtx"),
+        choices=("auto", *FLAVOURS),
         default="auto",
         help="auto: TensorRT 11 where it imports and a GPU exists, else TensorRT for RTX (which builds without a GPU)",
     )

@@ -19,10 +19,24 @@ the fp32 graph on the same runtime. Where a precision cannot bring speed on the 
 hand, the row says so in a note: ONNX Runtime's CPU provider computes fp16 by casting to fp32,
 and int8 gains only as much as the CPU's integer GEMM ceiling (measured in the run) allows.
 
-``--profile`` adds ONNX Runtime's per-op profile of every artifact at every batch: the time per
-op type, and the GEMM-class kernels' own GFLOP/s (the model's MACs over their time) against the
-ceiling. That fraction bounds the whole graph's; the other ops' share is what stands between
-the two.
+``--openvino model.xml`` times OpenVINO IRs (``engines.openvino``) the same way. ``--peers``
+adds what a user gets without this project, timed in the same run: a plain ``torch.onnx.export``
+of the same weights (the model as it is, without the export stage's lowering and cleanup) on
+ONNX Runtime and on OpenVINO at each precision hint the CPU runs natively (f32, and bf16 or
+f16), beside torch eager; and that graph once more with the runtime settings of our IRs
+(threads not pinned), so the fastest peer is never weaker for lacking a setting. Every other row is then compared with the fastest peer at its batch,
+and the report names our fastest row that passed its gates (``--verified`` takes verify's
+reports; without them the gates are not known here) and its speed-up over that peer.
+
+Rows are timed interleaved: within a round and a batch, the rows take turns of about 0.2 s
+(at least one call) until each has its calls and seconds, so a burst of load from elsewhere on
+the machine slows every row alike instead of one.
+
+``--profile`` adds ONNX Runtime's per-op profile of every ONNX artifact, and OpenVINO's
+per-node profile (``PERF_COUNT``) of every IR, at every batch: the time per op type (for
+OpenVINO also the kernel, e.g. ``brgemm_avx512_i8``), and the GEMM-class kernels' own GFLOP/s
+(the model's MACs over their time) against the ceiling. That fraction bounds the whole graph's;
+the other ops' share is what stands between the two.
 """
 
 from __future__ import annotations
@@ -42,11 +56,12 @@ from common.cli import report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.versions import cpu_name, tool_versions
+from engines.trt import FLAVOURS
 from models.args import ModelArgs
 
 MODEL_ARGS = ModelArgs(model_help="variant for the torch rows (speed does not depend on the weights)")
 
-__all__ = ["time_fn", "gemm_ceilings", "model_macs", "profile_onnx", "main"]
+__all__ = ["time_fn", "time_interleaved", "gemm_ceilings", "model_macs", "profile_onnx", "plain_export", "main"]
 
 # ONNX Runtime kernels that do the model's multiply-adds (fp32 and integer, before and after fusion).
 GEMM_OPS = frozenset(
@@ -68,6 +83,36 @@ def time_fn(fn: Callable[[], Any], warmup: int, iters: int, min_seconds: float =
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return np.array(times)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: int, iters: int, min_seconds: float = 0.0, slice_seconds: float = 0.2
+) -> dict[str, np.ndarray]:
+    """Per-call latencies (ms) of every function, taken in turns until each has ``iters`` calls and ``min_seconds``.
+
+    A turn calls one function for ``slice_seconds`` (at least once), so a burst of load from
+    elsewhere on the machine slows every function alike and the ratios between them hold on a
+    busy machine. The first call of a turn is not counted when the turn has more: the runtime
+    before it may still hold the cores (thread pools spin for a while after a call).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    while True:
+        pending = [name for name in fns if len(times[name]) < iters or spent[name] < min_seconds]
+        if not pending:
+            return {name: np.array(t) for name, t in times.items()}
+        for name in pending:
+            turn: list[float] = []
+            while not turn or sum(turn) < slice_seconds:
+                t0 = time.perf_counter()
+                fns[name]()
+                turn.append(time.perf_counter() - t0)
+            counted = turn[1:] if len(turn) > 1 else turn
+            times[name] += [t * 1e3 for t in counted]
+            spent[name] += sum(counted)
 
 
 def _matmul_graph(n: int, integer: bool):
@@ -153,6 +198,48 @@ def profile_onnx(path: Path, x: np.ndarray, threads: int | None, runs: int = 3) 
     return {"wall_ms": wall_ms, "kernel_ms": total, "gemm_ms": sum(o["ms"] for o in ops if o["gemm"]), "ops": ops}
 
 
+def plain_export(model, path: Path) -> Path:
+    """What a user without this project exports: ``torch.onnx.export`` of the model as it is (dynamic batch, the exporter's defaults)."""
+    import contextlib
+    import io
+    import warnings
+
+    from .export import ExportError
+
+    c, h, w = model.config.preprocessing.input_size
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (torch.randn(2, c, h, w),), str(path), input_names=["input"], output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
+            )  # fmt: skip
+    except Exception as e:  # the exporter raises many types; all mean the same to the user
+        raise ExportError(f"the plain torch.onnx.export of the peer rows failed: {str(e).splitlines()[0][:300]}") from e
+    return path
+
+
+def _peer_runners(model, settings: BenchmarkSettings, folder: Path) -> list[tuple[str, str, Callable]]:
+    """The peer rows: the plain export on ONNX Runtime, and on OpenVINO at f32 and at the CPU's native 16-bit float."""
+    from engines.openvino import available, choose_hint, compile_onnx, cpu_facts
+
+    from .onnx_runtime import OnnxRuntimeRunner
+
+    print("exporting the peers' graph (plain torch.onnx.export) ...", flush=True)
+    graph = plain_export(model, folder / "plain.onnx")
+    runners = [("peer: torch.onnx.export, onnxruntime fp32", "fp32", OnnxRuntimeRunner(graph, threads=settings.threads))]
+    if available():
+        _, capabilities = cpu_facts()
+        sixteen = choose_hint("fp16", capabilities)[0]
+        for hint in dict.fromkeys(("f32", sixteen)):
+            runner = compile_onnx(graph, hint, settings.threads)
+            runners.append((f"peer: torch.onnx.export, openvino {runner.precision}", runner.precision, runner))
+        # the same graph with our IRs' runtime settings (threads not pinned): what is left is the graph and its precision
+        runner = compile_onnx(graph, sixteen, settings.threads, pinning=False)
+        runners.append((f"peer: torch.onnx.export, openvino {runner.precision}, unpinned", runner.precision, runner))
+    return runners
+
+
 def model_macs(model) -> float:
     """Multiply-adds per image (FlopCounterMode counts 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -234,37 +321,62 @@ def _markdown(result: dict[str, Any]) -> str:
             "machine down, so that pair is the least disturbed. p90 and p99 pool every call.",
             "",
         ]
+    peers = any(r.get("peer") and r["runtime"] != "torch" for r in result["rows"])
+    gates = any(r.get("gates") for r in result["rows"])
+    extra = (["gates"] if gates else []) + (["vs fastest peer"] if peers else [])
     lines += [
-        "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager fp32 | vs eager, same precision | vs fp32 graph, same runtime |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | batch | p50 ms | p90 ms | p99 ms | images/s | GFLOP/s | of ceiling | vs eager fp32 | vs eager, same precision "
+        f"| vs fp32 graph, same runtime |{''.join(f' {e} |' for e in extra)}",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for r in result["rows"]:
+        cells = ([r.get("gates") or "–"] if gates else []) + ([_speedup(r.get("speedup_vs_fastest_peer"))] if peers else [])
         lines.append(
             f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['images_per_s']:.1f} | {r['gflops']:.0f} | {_fraction(r)} | {_speedup(r['speedup_vs_eager'])} | "
             f"{_speedup(r.get('speedup_vs_eager_same_precision'))} | {_speedup(r.get('speedup_vs_fp32_graph'))} |"
+            + "".join(f" {c} |" for c in cells)
         )
     notes = dict.fromkeys(f"- {r['backend']}: {r['note']}" for r in result["rows"] if r.get("note"))
     if notes:
         lines += ["", "Notes:", *notes]
+    if result.get("headline"):
+        lines += ["", "## Against the fastest peer", ""]
+        lines += [_headline_line(h) for h in result["headline"]]
+    if result["provenance"].get("openvino_settings"):
+        settings = ", ".join(f"{k} {v}" for k, v in result["provenance"]["openvino_settings"].items())
+        lines += ["", f"OpenVINO rows of our IRs compile with: {settings}."]
     for prof in result.get("profiles", []):
+        kernel = prof.get("runtime") == "openvino"
+        tool = "OpenVINO PERF_COUNT" if kernel else "ONNX Runtime profiler"
         lines += [
             "",
-            f"## Profile: {prof['artifact']} ({prof['precision']}), batch {prof['batch']}",
+            f"## Profile: {prof['artifact']} ({prof['precision']}) on {prof.get('runtime', 'onnxruntime')}, batch {prof['batch']} ({tool})",
             "",
             f"Kernels {prof['kernel_ms']:.1f} ms per run, of which GEMM-class {prof['gemm_ms']:.1f} ms "
             f"({prof['gemm_ms'] / prof['kernel_ms'] * 100:.0f} %). The GEMM kernels alone run at {prof['gemm_gflops']:.0f} "
             f"GFLOP/s = {prof['gemm_fraction_of_ceiling'] * 100:.0f} % of the ceiling: the whole graph cannot do better "
             "than that, and every other op adds to the time on top.",
             "",
-            "| op | ms per run | share | nodes |",
-            "|---|---|---|---|",
+            "| op | kernel | ms per run | share | nodes |" if kernel else "| op | ms per run | share | nodes |",
+            "|---|---|---|---|---|" if kernel else "|---|---|---|---|",
         ]
         lines += [
-            f"| {o['op']}{' (GEMM)' if o['gemm'] else ''} | {o['ms']:.2f} | {o['share'] * 100:.1f} % | {o['nodes']} |"
+            f"| {o['op']}{' (GEMM)' if o['gemm'] else ''} |{' ' + o['kernel'] + ' |' if kernel else ''} {o['ms']:.2f} | "
+            f"{o['share'] * 100:.1f} % | {o['nodes']} |"
             for o in prof["ops"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def _headline_line(h: dict[str, Any]) -> str:
+    which = (
+        "our fastest artifact that passed its gates" if h["gates"] == "pass" else "our fastest artifact (gates not checked here)"
+    )
+    return (
+        f"- batch {h['batch']}: {which}, {h['ours']}, {h['ours_ms']:.2f} ms; the fastest peer, {h['peer']}, "
+        f"{h['peer_ms']:.2f} ms: **{h['speedup']:.2f}x**"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,14 +393,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fp32 graph the artifacts were made from: timed on ONNX Runtime too, and every row is compared with it",
     )
     p.add_argument("--plan", type=Path, nargs="*", default=[], help="TensorRT plans to time (needs tensorrt and a GPU)")
+    p.add_argument(
+        "--openvino", type=Path, nargs="*", default=[], help="OpenVINO IRs (model.xml, built by build_engine.py) to time"
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time what a user gets without this project: a plain torch.onnx.export of the same weights on ONNX Runtime "
+        "and on OpenVINO (f32 and the CPU's native 16-bit float hint); every row is compared with the fastest peer",
+    )
+    p.add_argument(
+        "--verified",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="verify reports (JSON) of the artifacts: the headline names our fastest artifact that passed its gates",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiling Small/7 takes minutes on a CPU)")
     p.add_argument("--no-eager", action="store_true", help="skip the torch eager rows")
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also run ONNX Runtime's profiler on every --onnx artifact at every batch: time per op type, and the "
-        "GEMM kernels' own GFLOP/s against the ceiling (what the rest of the graph costs on top)",
+        help="also profile every --onnx artifact (ONNX Runtime's profiler) and every --openvino IR (OpenVINO's PERF_COUNT) at "
+        "every batch: time per op type, and the GEMM kernels' own GFLOP/s against the ceiling (what the rest of the graph costs on top)",
     )
     p.add_argument(
         "--rounds",
@@ -301,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10, help="timed calls per row (at least)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="keep timing a row at least this long")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for torch, ONNX Runtime and OpenVINO alike")
     p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n x n products that measure the ceilings")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON; .md and .png are written beside it")
     return p
@@ -321,6 +449,7 @@ class BenchmarkSettings:
     eager: bool = True
     compile: bool = False
     profile: bool = False
+    peers: bool = False
 
 
 def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[tuple[str, str, Callable]]:
@@ -361,34 +490,51 @@ def benchmark(
     onnx: Sequence[Path] = (),
     plans: Sequence[Path] = (),
     reference_onnx: Path | None = None,
+    openvino: Sequence[Path] = (),
+    verified: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Time ``model`` in torch and every artifact, write ``out`` (JSON) with its .md and .png (all or none); returns the result.
 
     ``reference_onnx``, the fp32 graph the artifacts came from, is timed on ONNX Runtime too and
-    every row is compared with it. Errors and Ctrl-C propagate to the caller's one-line reporter.
+    every row is compared with it. ``openvino``: IRs, timed on OpenVINO. ``verified``: verify's
+    reports (JSON), which say which artifacts passed their gates. With ``settings.peers`` the
+    peer rows are timed too. Errors and Ctrl-C propagate to the caller's one-line reporter.
     """
-    from .deployed import artifact_precision, load_runner
+    import tempfile
+
+    from .deployed import DeployedError, artifact_precision, load_runner
     from .onnx_runtime import OnnxRuntimeRunner
-    from .verify import VerifyError
 
     torch.set_num_threads(settings.threads)
-    for path in [*onnx, *plans, *([reference_onnx] if reference_onnx else [])]:
+    for path in [*onnx, *plans, *openvino, *verified, *([reference_onnx] if reference_onnx else [])]:
         if not Path(path).is_file():
-            raise VerifyError(f"artifact not found: {path}")
+            raise DeployedError(f"artifact not found: {path}")
     runners = _torch_runners(model, settings, [*onnx, *plans])
-    onnx_rows = []
+    rows: list[Row] = [
+        Row(name, precision, run, "torch", peer=name.startswith("torch eager")) for name, precision, run in runners
+    ]
     reference = [reference_onnx] if reference_onnx and reference_onnx not in onnx else []
     for path in [*reference, *onnx]:
         precision = artifact_precision(path)
-        onnx_rows.append((path, precision))
-        runners.append((f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=settings.threads)))
+        rows.append(Row(f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=settings.threads),
+                        "onnxruntime", path))  # fmt: skip
     for path in plans:
-        runners.append((f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), load_runner(path)))
-    reference_name = next(
-        (name for name, _, _ in runners if reference_onnx and name.endswith(f"({Path(reference_onnx).name})")), None
-    )
-    stand_ins = frozenset(name for name, _, run in runners if getattr(run, "python_shift", False))
-    result = _measure(settings, model, runners, onnx_rows, reference_name, stand_ins)
+        runner = load_runner(path)
+        rows.append(
+            Row(f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), runner, runner.backend, path)
+        )
+    for path in openvino:
+        runner = _openvino_runner(path, settings.threads)
+        rows.append(Row(f"openvino {runner.precision} ({path.name})", artifact_precision(path), runner, "openvino", path))
+    gates = _gates_by_artifact(verified)
+    with tempfile.TemporaryDirectory(prefix="benchmark-peers-") as tmp:
+        if settings.peers:
+            rows += [
+                Row(name, precision, run, run.backend, peer=True)
+                for name, precision, run in _peer_runners(model, settings, Path(tmp))
+            ]
+        reference_name = next((r.name for r in rows if reference_onnx and r.artifact == Path(reference_onnx)), None)
+        result = _measure(settings, model, rows, reference_name, gates)
     with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
         atomic_write_json(json_path, result)
         atomic_write_text(md_path, _markdown(result))
@@ -396,14 +542,54 @@ def benchmark(
     return result
 
 
+@dataclass(frozen=True)
+class Row:
+    """One timed thing: its name in the table, the precision it is gated at, the callable, the runtime, its file."""
+
+    name: str
+    precision: str
+    run: Callable[[np.ndarray], Any]
+    runtime: str  # torch, onnxruntime, openvino, tensorrt, tensorrt-rtx
+    artifact: Path | None = None
+    peer: bool = False  # what a user gets without this project
+
+
+def _openvino_runner(path: Path, threads: int):
+    from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
+
+    from .deployed import DeployedError
+
+    try:
+        return OpenVINORunner(path, threads=threads)
+    except (IRError, OpenVINOUnavailable) as e:
+        raise DeployedError(f"cannot run {path}: {e}") from None
+
+
+def _gates_by_artifact(reports: Sequence[Path]) -> dict[Path, bool]:
+    """{artifact: passed} from verify's JSON reports."""
+    import json
+
+    from .deployed import DeployedError
+
+    gates = {}
+    for report in reports:
+        try:
+            data = json.loads(Path(report).read_text())
+            gates[Path(data["provenance"]["artifact"]).resolve()] = bool(data["passed"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DeployedError(f"{report} is not a report of python -m pipeline.verify; pass the .json it wrote") from None
+    return gates
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The command line's ``args`` -> :func:`benchmark`."""
     settings = BenchmarkSettings(
         batches=tuple(args.batches), warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds, threads=args.threads,
-        gemm_size=args.gemm_size, rounds=args.rounds, eager=not args.no_eager, compile=args.compile, profile=args.profile,
+        gemm_size=args.gemm_size, rounds=args.rounds, eager=not args.no_eager or args.peers, compile=args.compile,
+        profile=args.profile, peers=args.peers,
     )  # fmt: skip
     model = MODEL_ARGS.load(args, "the benchmark's torch model")
-    return benchmark(model, args.out, settings, args.onnx, args.plan, args.reference_onnx)
+    return benchmark(model, args.out, settings, args.onnx, args.plan, args.reference_onnx, args.openvino, args.verified)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,11 +611,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _time_rounds(settings: BenchmarkSettings, runners, inputs: dict[int, np.ndarray], gflops) -> list:
+def _time_rounds(settings: BenchmarkSettings, rows: Sequence[Row], inputs: dict[int, np.ndarray], gflops) -> list:
     """``[(ceilings, {(row, batch): latencies ms})]``, one entry per round.
 
-    Each round measures the ceilings and then every row, so a ratio within a round shares the
-    machine's state at that time; the medians over rounds are what the table reports.
+    Each round measures the ceilings and then every row, interleaved per batch, so a ratio
+    within a round shares the machine's state at that time; the medians over rounds are what
+    the table reports.
     """
     by_round = []
     for round_ in range(settings.rounds):
@@ -439,20 +626,23 @@ def _time_rounds(settings: BenchmarkSettings, runners, inputs: dict[int, np.ndar
         print(f"  fp32 MatMul {ceil['fp32']:.0f} GFLOP/s, int8 MatMulInteger {ceil['int8']:.0f} GOP/s", flush=True)
         times = {}
         for batch, x in inputs.items():
-            for name, _, run in runners:
-                ms = time_fn(lambda: run(x), settings.warmup, settings.iters, settings.min_seconds)
+            measured = time_interleaved(
+                {row.name: (lambda run=row.run: run(x)) for row in rows}, settings.warmup, settings.iters, settings.min_seconds
+            )
+            for name, ms in measured.items():
                 times[name, batch] = ms
                 p50 = float(np.percentile(ms, 50))
-                ips = batch / (p50 / 1e3)
                 print(
-                    f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {ips:8.1f} img/s  {gflops(batch, p50):6.0f} GFLOP/s",
+                    f"  {name:48s} batch {batch:3d}: p50 {p50:8.2f} ms  {batch / (p50 / 1e3):8.1f} img/s  "
+                    f"{gflops(batch, p50):6.0f} GFLOP/s",
                     flush=True,
                 )
         by_round.append((ceil, times))
     return by_round
 
 
-def _row(name: str, precision: str, batch: int, by_round: list, gflops) -> dict[str, Any]:
+def _row(row: Row, batch: int, by_round: list, gflops, gates: dict[Path, bool]) -> dict[str, Any]:
+    name, precision = row.name, row.precision
     key = "int8" if precision == "int8" else "fp32"
     p50s = [float(np.percentile(times[name, batch], 50)) for _, times in by_round]
     fractions = [gflops(batch, p50) / ceil[key] for (ceil, _), p50 in zip(by_round, p50s)]
@@ -461,8 +651,13 @@ def _row(name: str, precision: str, batch: int, by_round: list, gflops) -> dict[
     # interference only slows a machine down: the fastest round of the row against the highest ceiling
     # compares the two at their least disturbed
     best = gflops(batch, min(p50s)) / max(ceil[key] for ceil, _ in by_round)
+    passed = gates.get(row.artifact.resolve()) if row.artifact is not None else None
     return {
         "backend": name,
+        "runtime": row.runtime,
+        "artifact": row.artifact.name if row.artifact is not None else None,
+        "peer": row.peer,
+        "gates": None if passed is None else ("pass" if passed else "FAIL"),
         "precision": precision,
         "batch": batch,
         "iters": len(samples),
@@ -479,7 +674,7 @@ def _row(name: str, precision: str, batch: int, by_round: list, gflops) -> dict[
 
 
 def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: dict[str, float], stand_ins=frozenset()) -> None:
-    """Each row against eager fp32, eager in its own precision, and the fp32 graph on the same runtime; plus its note."""
+    """Each row against eager fp32, eager in its own precision, the fp32 graph on the same runtime and the fastest peer; plus its note."""
 
     def find(batch: int, backend: str | None):
         return next((b for b in rows if b["batch"] == batch and b["backend"] == backend), None)
@@ -490,34 +685,54 @@ def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: d
         same = find(r["batch"], f"torch eager {r['precision']}")
         r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
         ref = find(r["batch"], reference_name)
-        r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if ref and ref is not r else None
+        same_runtime = ref is not None and ref is not r and ref["runtime"] == r["runtime"]
+        r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if same_runtime else None
+        peers = [p for p in rows if p["peer"] and p["batch"] == r["batch"]]
+        fastest_peer = min(peers, key=lambda p: p["p50_ms"]) if len(peers) > 1 else None  # eager alone is no peer comparison
+        r["speedup_vs_fastest_peer"] = fastest_peer["p50_ms"] / r["p50_ms"] if fastest_peer and not r["peer"] else None
         r["note"] = _row_note(r, ceilings, r["backend"] in stand_ins)
 
 
-def _profiles(settings: BenchmarkSettings, onnx_rows, inputs, ceilings, gflops) -> list[dict[str, Any]]:
-    print("profiling ONNX Runtime per op ...", flush=True)
+def _headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per batch: the fastest peer and our fastest row that passed its gates (any of ours where no gates are known)."""
+    out = []
+    for batch in dict.fromkeys(r["batch"] for r in rows):
+        at = [r for r in rows if r["batch"] == batch]
+        peers = [r for r in at if r["peer"]]
+        ours = [r for r in at if not r["peer"] and r["runtime"] != "torch"]
+        judged = any(r["gates"] is not None for r in ours)
+        eligible = [r for r in ours if r["gates"] == "pass"] if judged else ours
+        if len(peers) < 2 or not eligible:
+            continue
+        peer, best = min(peers, key=lambda r: r["p50_ms"]), min(eligible, key=lambda r: r["p50_ms"])
+        out.append({"batch": batch, "ours": best["backend"], "ours_ms": best["p50_ms"], "gates": best["gates"],
+                    "peer": peer["backend"], "peer_ms": peer["p50_ms"], "speedup": peer["p50_ms"] / best["p50_ms"]})  # fmt: skip
+    return out
+
+
+def _profiles(settings: BenchmarkSettings, rows: Sequence[Row], inputs, ceilings, gflops) -> list[dict[str, Any]]:
+    print("profiling per op (ONNX Runtime's profiler, OpenVINO's PERF_COUNT) ...", flush=True)
     profiles = []
-    for path, precision in onnx_rows:
+    for row in rows:
+        if row.artifact is None or row.runtime not in ("onnxruntime", "openvino"):
+            continue
         for batch, x in inputs.items():
-            prof = profile_onnx(path, x, settings.threads)
+            prof = profile_onnx(row.artifact, x, settings.threads) if row.runtime == "onnxruntime" else row.run.profile(x)
             gemm_gflops = gflops(batch, prof["gemm_ms"])
-            ceiling = ceilings["int8" if precision == "int8" else "fp32"]
-            prof.update(artifact=path.name, precision=precision, batch=batch, gemm_gflops=gemm_gflops,
-                        gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
+            ceiling = ceilings["int8" if row.precision == "int8" else "fp32"]
+            prof.update(artifact=row.artifact.name, runtime=row.runtime, row=row.name, precision=row.precision, batch=batch,
+                        gemm_gflops=gemm_gflops, gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
             profiles.append(prof)
             print(
-                f"  {path.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
+                f"  {row.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
                 f"({prof['gemm_ms'] / prof['kernel_ms']:.0%}), at {gemm_gflops:.0f} GFLOP/s = {gemm_gflops / ceiling:.0%} of the ceiling",
                 flush=True,
             )
     return profiles
 
 
-def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_name, stand_ins=frozenset()) -> dict[str, Any]:
-    """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result.
-
-    ``stand_ins``: the rows whose graph runs SpatialShift plugin nodes through ONNX Runtime's Python stand-in.
-    """
+def _measure(settings: BenchmarkSettings, model, rows: Sequence[Row], reference_name, gates: dict[Path, bool]) -> dict[str, Any]:
+    """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result."""
     macs = model_macs(model)
 
     def gflops(batch: int, ms: float) -> float:
@@ -526,23 +741,28 @@ def _measure(settings: BenchmarkSettings, model, runners, onnx_rows, reference_n
 
     c, h, w = model.config.preprocessing.input_size
     inputs = {batch: np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32) for batch in settings.batches}
-    by_round = _time_rounds(settings, runners, inputs, gflops)
+    by_round = _time_rounds(settings, rows, inputs, gflops)
     ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
-    rows = [_row(name, precision, batch, by_round, gflops) for batch in settings.batches for name, precision, _ in runners]
-    _compare(rows, reference_name, ceilings, stand_ins)
+    table = [_row(row, batch, by_round, gflops, gates) for batch in settings.batches for row in rows]
+    stand_ins = frozenset(row.name for row in rows if getattr(row.run, "python_shift", False))
+    _compare(table, reference_name, ceilings, stand_ins)
+    openvino = next((r.run for r in rows if r.runtime == "openvino"), None)
     return {
         "model": model.config.name,
         "gmacs_per_image": macs / 1e9,
         "ceilings_gflops": ceilings,
         "ceilings_gflops_by_round": [ceil for ceil, _ in by_round],
-        "rows": rows,
-        "profiles": _profiles(settings, onnx_rows, inputs, ceilings, gflops) if settings.profile else [],
+        "rows": table,
+        "headline": _headline(table),
+        "profiles": _profiles(settings, rows, inputs, ceilings, gflops) if settings.profile else [],
         "provenance": {
             "cpu": cpu_name(),
             "threads": settings.threads,
             "versions": tool_versions(),
-            "cuda_graphs": any(name.startswith("tensorrt") for name, _, _ in runners),
+            "openvino_settings": openvino.settings if openvino is not None else None,
+            "cuda_graphs": any(r.runtime in FLAVOURS for r in rows),
             "host_device_copies_included": True,
+            "interleaved": True,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
     }

@@ -59,7 +59,7 @@ __all__ = [
     "read_card",
 ]
 
-BACKENDS = ("auto", "plan", "onnxruntime")  # plan: the TensorRT plan, whichever flavour built it
+BACKENDS = ("auto", "plan", "onnxruntime", "openvino")  # plan: the TensorRT plan, whichever flavour built it
 DEFAULT_BATCH = 32  # a graph with a dynamic batch and no build profile beside it runs in batches of this size
 
 
@@ -103,6 +103,13 @@ def artifact_precision(artifact: str | os.PathLike) -> str:
         from common.onnx_meta import graph_precision, load_onnx
 
         return graph_precision(load_onnx(path, DeployedError))
+    if path.suffix == ".xml":  # an OpenVINO IR: its sidecar (<stem>.openvino.json) names the gates' precision
+        from engines.openvino import IRError, read_ir_sidecar
+
+        try:
+            return read_ir_sidecar(path).precision
+        except IRError as e:
+            raise DeployedError(f"cannot run {path}: {e}") from None
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         return json.loads(sidecar.read_text()).get("precision", "fp32")
@@ -128,8 +135,17 @@ def load_runner(artifact: str | os.PathLike):
             return TensorRTRunner(path)
         except (EngineMismatchError, TensorRTUnavailable) as e:
             raise DeployedError(f"cannot run {path}: {e}") from None
+    if path.suffix == ".xml":
+        from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
+
+        try:
+            return OpenVINORunner(path)
+        except (IRError, OpenVINOUnavailable) as e:
+            raise DeployedError(f"cannot run {path}: {e}") from None
     if path.suffix != ".onnx":
-        raise DeployedError(f"unsupported artifact {path.name}: give a build directory, an .onnx graph or a TensorRT .plan")
+        raise DeployedError(
+            f"unsupported artifact {path.name}: give a build directory, an .onnx graph, a TensorRT .plan or an OpenVINO .xml"
+        )
     from .onnx_runtime import OnnxRuntimeRunner
 
     try:
@@ -232,14 +248,21 @@ def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
         if not plan.is_file():
             raise DeployedError(f"{path} holds no model.plan; build one with build_engine.py (a TensorRT backend)")
         return Choice(plan)
-    if plan.is_file() and backend == "auto":
-        runs, why = _plan_runs_here(plan)
-        if runs:
-            return Choice(plan)
+    if backend == "openvino":
+        if not (path / "model.xml").is_file():
+            raise DeployedError(f"{path} holds no model.xml; build one with build_engine.py --backend openvino")
+        return Choice(path / "model.xml")
+    why = ""
+    if backend == "auto":
+        if plan.is_file():
+            runs, why = _plan_runs_here(plan)
+            if runs:
+                return Choice(plan)
         route = _recorded_cpu_route(path)
         if route is not None:
-            return Choice(route, f"the build's fastest CPU route that passed its gates (model.plan: {why})")
-        return _plan_graph(plan, why)
+            return Choice(route, "the build's fastest CPU route that passed its gates" + (f" (model.plan: {why})" if why else ""))
+        if plan.is_file():
+            return _plan_graph(plan, why)
     for name in ("model.ort.onnx", "model-int8.onnx", "model-fp16.onnx", "model.onnx"):
         if (path / name).is_file():
             return Choice(path / name)

@@ -14,9 +14,16 @@ export     the model                               ``model.onnx``
 precision  ``model.onnx``, calibration images      ``model-{fp16,int8}.onnx``, ``precision-*.json``
 build      the graph                               ``model.plan`` + sidecar, report, log; or
                                                    ``model.ort.onnx`` (ONNX Runtime)
-verify     the artifact, evaluation images         ``verify.{json,md,png}``
-benchmark  the artifact, ``model.onnx``            ``benchmark.{json,md,png}``
+openvino   the graph                               ``model.xml`` + ``model.bin`` +
+                                                   ``model.openvino.json`` (OpenVINO IR)
+verify     every route's artifact, evaluation      ``verify.{json,md,png}``, and
+           images                                  ``verify-openvino.*`` for a second route
+benchmark  every route's artifact, ``model.onnx``  ``benchmark.{json,md,png}``
 ========== ======================================= ==========================================
+
+A *route* is a runtime and the artifact it runs here (``Run.routes``); verify judges each
+against the gates of the precision, the benchmark times each, and the summary records the
+fastest CPU route that passed (``cpu_route``).
 
 The backend (``choose_backend``), for ``auto`` in this order:
 
@@ -26,6 +33,14 @@ The backend (``choose_backend``), for ``auto`` in this order:
 3. otherwise a TensorRT for RTX plan built on the CPU: the plan and its sidecar are written,
    and verify and benchmark run the exact ONNX graph the plan was built from, on ONNX Runtime;
 4. ONNX Runtime alone where TensorRT for RTX is not installed either.
+
+In cases 3 and 4 (no GPU runs the plan here) an OpenVINO IR is also built from the same graph,
+where OpenVINO is installed: the CPU then has two routes, the ONNX graph on ONNX Runtime and
+the IR on OpenVINO, each verified against its gates and timed, and ``summary.json`` names the
+fastest that passed (``cpu_route``). The plan stays the product (a GPU deployment); the IR is
+what a machine without one runs best. An IR that cannot be built here (an int8 graph whose
+GEMMs OpenVINO would run in float) is reported in one line and the route is dropped.
+``--backend openvino`` builds the IR alone, and then every refusal is an error.
 """
 
 from __future__ import annotations
@@ -59,13 +74,17 @@ __all__ = [
     "STAGES",
     "run_pipeline",
     "choose_backend",
+    "Route",
     "TENSORRT_HINT",
+    "CPU_BACKENDS",
 ]
 
 TENSORRT_HINT = (
     "no TensorRT flavour is installed (TensorRT for RTX: `pip install tensorrt-rtx` on Linux or Windows x86_64; "
     "TensorRT 11: `pip install -e .[tensorrt]` on a GPU machine); building for ONNX Runtime instead"
 )
+OPENVINO_HINT = "OpenVINO is not installed (`pip install openvino`): the CPU route is ONNX Runtime alone"
+CPU_BACKENDS = ("onnxruntime", "openvino")
 
 
 class PipelineError(S2MLPv2Error, RuntimeError):
@@ -116,28 +135,49 @@ class BuildOptions:
 class Backend:
     """Where the deployed artifact is built and run."""
 
-    name: str  # "tensorrt" | "tensorrt-rtx" | "onnxruntime"
+    name: str  # a TensorRT flavour's name, "onnxruntime" or "openvino"
     runs_plan: bool = False  # a plan is built and this machine runs it
+    openvino: bool = False  # an OpenVINO IR is built from the same graph (alone, or as a second CPU route)
+    flavour: Any = None  # engines.trt.Flavour where a plan is built
 
     @property
     def builds_plan(self) -> bool:
-        return self.name != "onnxruntime"
+        return self.flavour is not None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A runtime and the artifact it runs on this machine; ``report`` is its verify report's file name."""
+
+    backend: str
+    artifact: Path
+    report: str = "verify.json"
 
 
 def choose_backend(requested: str) -> tuple[Backend, str | None]:
-    """(backend, note) for ``auto``, ``tensorrt``, ``tensorrt-rtx`` or ``onnxruntime`` (the module docstring's order)."""
+    """(backend, note) for ``auto``, ``tensorrt``, ``tensorrt-rtx``, ``onnxruntime`` or ``openvino`` (the module docstring's order)."""
     from engines.build import choose_flavour
+    from engines.openvino import OpenVINOUnavailable, available
+    from engines.openvino import openvino_version as _check_openvino
     from engines.trt import TensorRTUnavailable
 
     if requested == "onnxruntime":
         return Backend("onnxruntime"), None
+    if requested == "openvino":
+        try:
+            _check_openvino()
+        except OpenVINOUnavailable as e:
+            raise PipelineError(f"--backend openvino: {e}") from None
+        return Backend("openvino", openvino=True), None
     try:
         fl, runs = choose_flavour(requested)
     except TensorRTUnavailable as e:
         if requested != "auto":
             raise PipelineError(f"--backend {requested}: {e}") from None
-        return Backend("onnxruntime"), TENSORRT_HINT
-    return Backend(fl.name, runs), None
+        return Backend("onnxruntime", openvino=available()), TENSORRT_HINT if available() else f"{TENSORRT_HINT}; {OPENVINO_HINT}"
+    if requested != "auto" or runs:  # a GPU runs the plan: no CPU route is needed
+        return Backend(fl.name, runs, flavour=fl), None
+    return Backend(fl.name, runs, openvino=available(), flavour=fl), None if available() else OPENVINO_HINT
 
 
 @dataclass
@@ -166,11 +206,42 @@ class Run:
         return self.fp32_graph if self.opts.precision == "fp32" else self.out / f"model-{self.opts.precision}.onnx"
 
     @property
+    def ir(self) -> Path:
+        """The OpenVINO IR (with ``model.bin`` and ``model.openvino.json`` beside it)."""
+        return self.out / "model.xml"
+
+    @property
+    def ir_graph(self) -> Path:
+        """The graph the IR is built from: the precision stage's, except for fp16 where OpenVINO computes bf16 (or
+        f32): then the fp32 graph, which it rounds once (``engines.openvino.source_precision``)."""
+        from engines.openvino import cpu_facts, source_precision
+
+        return self.graph if source_precision(self.opts.precision, cpu_facts()[1]) == self.opts.precision else self.fp32_graph
+
+    @property
+    def needs_converted_graph(self) -> bool:
+        """Whether any artifact is made from the precision stage's graph (not so for an IR alone built from the fp32 one)."""
+        return self.opts.precision != "fp32" and (self.backend.name != "openvino" or self.ir_graph == self.graph)
+
+    @property
+    def routes(self) -> list[Route]:
+        """What verify and benchmark run, the deployed artifact first: the plan where it runs here, its graph
+        where it does not, or ORT's graph; then the IR where one was built (``--backend openvino``: the IR alone)."""
+        backend, routes = self.backend, []
+        if backend.runs_plan:
+            routes.append(Route(backend.name, self.out / "model.plan"))
+        elif backend.builds_plan:
+            routes.append(Route("onnxruntime", self.graph))
+        elif backend.name == "onnxruntime":
+            routes.append(Route("onnxruntime", self.out / "model.ort.onnx"))
+        if backend.openvino and not self.records.get("openvino", {}).get("refused"):
+            routes.append(Route("openvino", self.ir, "verify-openvino.json" if routes else "verify.json"))
+        return routes
+
+    @property
     def artifact(self) -> Path:
-        """What verify and benchmark run: the plan where it runs here, its graph where it does not, or ORT's graph."""
-        if self.backend.runs_plan:
-            return self.out / "model.plan"
-        return self.graph if self.backend.builds_plan else self.out / "model.ort.onnx"
+        """The deployed artifact as this machine checks it (the first route's)."""
+        return self.routes[0].artifact
 
     def digest(self, path: Path) -> str | None:
         return Manifest.hashes({"p": path})["p"]
@@ -263,6 +334,35 @@ def build_stage(run: Run) -> StageOutput:
     return names, {"plan": _plan_facts(result)}
 
 
+def openvino_stage(run: Run) -> StageOutput:
+    """The IR from the precision stage's graph. As a second CPU route, a refusal drops the route (one line), not the run."""
+    from engines.openvino import IRError, OpenVINOUnavailable, build_ir, ir_sidecar_path
+
+    try:
+        result = build_ir(run.ir_graph, run.ir, run.opts.precision)
+    except (IRError, OpenVINOUnavailable) as e:
+        if run.backend.name == "openvino":
+            raise
+        return [], {"refused": str(e)}
+    for note in result.notes:
+        print(f"[openvino ] note: {note}", flush=True)
+    names = [run.ir.name, run.ir.with_suffix(".bin").name, ir_sidecar_path(run.ir).name]
+    return names, {"line": result.line, "notes": result.notes, "computes": result.sidecar.computes}
+
+
+def _openvino_settings(run: Run) -> dict[str, Any]:
+    from engines.openvino import cpu_facts, openvino_version
+
+    cpu, capabilities = cpu_facts()  # the hint is chosen from them: another CPU may need another IR
+    return {"precision": run.opts.precision, "openvino": openvino_version(), "cpu": cpu, "capabilities": list(capabilities)}
+
+
+def _describe_openvino(run: Run, rec: dict[str, Any]) -> str:
+    if rec.get("refused"):
+        return f"model.xml not built, the CPU route is ONNX Runtime alone: {rec['refused']}"
+    return rec["line"]
+
+
 def _build_settings(run: Run) -> dict[str, Any]:
     settings: dict[str, Any] = {"backend": run.backend.name, "batch": list(run.opts.batch)}
     if run.backend.builds_plan:
@@ -282,8 +382,10 @@ def _build_code(run: Run) -> tuple[str, ...]:
 
 
 def _runtime_tools(run: Run) -> tuple[str, ...]:
-    """The tools that build or run the deployed artifact."""
-    return {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx",)}.get(run.backend.name, ()) + ("onnxruntime",)
+    """The tools that build or run the deployed artifacts."""
+    backend = run.backend
+    flavour = (backend.flavour.module_name,) if backend.flavour else ()
+    return (*flavour, "onnxruntime", *(("openvino",) if backend.openvino else ()))
 
 
 def _describe_build(run: Run, rec: dict[str, Any]) -> str:
@@ -314,30 +416,53 @@ def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], st
 
 
 def verify_stage(run: Run) -> StageOutput:
+    """Every route against the gates of the precision, on the same images; the first route's verdict is the run's."""
     from .deployed import artifact_precision, load_runner
     from .verify import verify_arrays, write_report
 
     images, labels, paths, source = _verify_data(run)
     print(f"[verify   ] on {source}", flush=True)
     precision = run.opts.precision if run.opts.precision != "fp32" else artifact_precision(run.graph)
-    result = verify_arrays(run.model, load_runner(run.artifact), images, labels, paths, precision)
-    result.provenance.update(data=source, artifact=str(run.artifact))
-    write_report(result, run.out / "verify.json")
-    return ["verify.json", "verify.md", "verify.png"], {"passed": result.passed, "line": str(result).splitlines()[0]}
+    outputs, routes = [], []
+    for route in run.routes:
+        result = verify_arrays(run.model, load_runner(route.artifact), images, labels, paths, precision)
+        result.provenance.update(data=source, artifact=str(route.artifact))
+        report = run.out / route.report
+        write_report(result, report)
+        outputs += [report.name, report.with_suffix(".md").name, report.with_suffix(".png").name]
+        routes.append(
+            {"backend": route.backend, "artifact": route.artifact.name, "report": report.name, "passed": result.passed,
+             "line": str(result).splitlines()[0]}
+        )  # fmt: skip
+    return outputs, {"passed": routes[0]["passed"], "line": routes[0]["line"], "routes": routes}
+
+
+def _describe_verify(run: Run, rec: dict[str, Any]) -> str:
+    lines = [rec.get("line", "")]
+    for route in rec.get("routes", [])[1:]:
+        verdict = "gates pass" if route["passed"] else "gates FAIL"
+        lines.append(f"[verify   ] {route['line']}: {verdict} ({route['report'].removesuffix('.json')}.md)")
+    return "\n".join(lines)
 
 
 def benchmark_stage(run: Run) -> StageOutput:
     from .benchmark import BenchmarkSettings, benchmark
 
-    artifact = run.artifact
     settings = BenchmarkSettings(batches=_bench_batches(run), iters=5, min_seconds=run.opts.bench_seconds, gemm_size=1024)
-    plans = [artifact] if artifact.suffix == ".plan" else []
-    graphs = [] if plans else [artifact]
+    artifacts = [route.artifact for route in run.routes]
+    plans = [a for a in artifacts if a.suffix == ".plan"]
+    graphs = [a for a in artifacts if a.suffix == ".onnx"]
+    irs = [a for a in artifacts if a.suffix == ".xml"]
     # every row is also compared with the fp32 graph on the same runtime
-    reference = run.fp32_graph if artifact != run.fp32_graph else None
+    reference = run.fp32_graph if run.fp32_graph not in artifacts else None
+    verified = [run.out / route.report for route in run.routes]
     with contextlib.redirect_stdout(io.StringIO()):  # the stage line says it; benchmark.md holds the table
-        benchmark(run.model, run.out / "benchmark.json", settings, graphs, plans, reference)
+        benchmark(run.model, run.out / "benchmark.json", settings, graphs, plans, reference, openvino=irs, verified=verified)
     return ["benchmark.json", "benchmark.md", "benchmark.png"], None
+
+
+def _route_digests(run: Run) -> dict[str, Any]:
+    return {route.artifact.name: run.digest(route.artifact) for route in run.routes}
 
 
 def _bench_batches(run: Run) -> tuple[int, ...]:
@@ -378,7 +503,7 @@ STAGES: tuple[Stage, ...] = (
         describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
         code=lambda run: ("pipeline.precision", "calibration.dataset"),
         tools=lambda run: ("modelopt", "onnx", "onnxruntime", "onnxslim", "numpy", "timm", "pillow"),
-        applies=lambda run: run.opts.precision != "fp32",
+        applies=lambda run: run.needs_converted_graph,
     ),
     Stage(
         "build",
@@ -388,24 +513,35 @@ STAGES: tuple[Stage, ...] = (
         describe=_describe_build,
         code=_build_code,
         tools=_runtime_tools,
+        applies=lambda run: run.backend.name != "openvino",
+    ),
+    Stage(
+        "openvino",
+        openvino_stage,
+        inputs=lambda run: {run.ir_graph.name: run.digest(run.ir_graph)},
+        settings=_openvino_settings,
+        describe=_describe_openvino,
+        code=lambda run: ("engines.openvino",),
+        tools=lambda run: ("openvino",),
+        applies=lambda run: run.backend.openvino,
     ),
     Stage(
         "verify",
         verify_stage,
         inputs=lambda run: {
-            run.artifact.name: run.digest(run.artifact),
+            **_route_digests(run),
             "evaluation images": run.eval_image_hashes(),
             "calibration images": run.calib.content_hash if run.calib else None,
         },
         settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision, "gates": _gates(run)},
-        describe=lambda run, rec: rec.get("line", ""),
+        describe=_describe_verify,
         code=lambda run: ("pipeline.verify", "pipeline.deployed", "calibration.dataset"),
         tools=lambda run: ("torch", "numpy", "timm", "pillow", *_runtime_tools(run)),
     ),
     Stage(
         "benchmark",
         benchmark_stage,
-        inputs=lambda run: {run.artifact.name: run.digest(run.artifact)},
+        inputs=_route_digests,
         settings=lambda run: {"batches": list(_bench_batches(run)), "reference": "model.onnx", "seconds": run.opts.bench_seconds},
         describe=lambda run, rec: "benchmark.md",
         code=lambda run: ("pipeline.benchmark",),
@@ -501,8 +637,16 @@ def _calibration(opts: BuildOptions, model, out: Path):
 def _write_triton_repository(run: Run) -> None:
     from .triton_repo import write_model_repository
 
-    # Triton's TensorRT backend runs TensorRT 11 plans only: a TensorRT for RTX build serves its ONNX graph
-    served = run.graph if run.backend.name == "tensorrt-rtx" else run.artifact
+    # Triton's TensorRT backend runs TensorRT 11 plans only: a build whose flavour no Triton backend serves (TensorRT
+    # for RTX) serves its ONNX graph, and so does an OpenVINO build, the graph its IR was made from (the writer knows
+    # ONNX Runtime's and TensorRT's backends)
+    backend = run.backend
+    if backend.name == "openvino":
+        served = run.ir_graph
+    elif backend.flavour is not None and backend.flavour.triton_platform is None:
+        served = run.graph
+    else:
+        served = run.artifact
     config = run.model.config
     repo = write_model_repository(
         run.opts.triton_repo,
@@ -545,7 +689,38 @@ def _summary(run: Run, seconds: float) -> dict[str, Any]:
         cpu=bench["provenance"]["cpu"],
         seconds=round(seconds, 1),
     )
+    if "openvino" in run.records:
+        summary["openvino"] = {k: run.records["openvino"].get(k) for k in ("line", "refused", "computes")}
+    summary.update(_cpu_routes(run, bench))
     return summary
+
+
+def _cpu_routes(run: Run, bench: dict[str, Any]) -> dict[str, Any]:
+    """``cpu_routes``: each CPU route's verdict and p50 at the profile's OPT batch; ``cpu_route``: the fastest that passed.
+
+    ``cpu_route`` (``{"backend", "artifact", ...}``, or None when no CPU route passed or none
+    was checked here) is what a deployment on a machine without a GPU should load.
+    """
+    batch = run.opts.batch[1] if run.opts.batch[1] in _bench_batches(run) else max(_bench_batches(run))
+    routes = []
+    for route in run.records["verify"].get("routes", []):
+        if route["backend"] not in CPU_BACKENDS:
+            continue
+        row = next(
+            (r for r in bench["rows"] if r.get("artifact") == route["artifact"] and r.get("runtime") == route["backend"]
+             and r["batch"] == batch),
+            None,
+        )  # fmt: skip
+        routes.append({"backend": route["backend"], "artifact": route["artifact"], "passed": route["passed"],
+                       "report": route["report"], "line": route["line"], "batch": batch,
+                       "p50_ms": row["p50_ms"] if row else None})  # fmt: skip
+    timed = [r for r in routes if r["passed"] and r["p50_ms"] is not None]
+    best = min(timed, key=lambda r: r["p50_ms"]) if timed else None
+    if best is not None:
+        best = {**best, "speedup_vs": {f"{r['backend']} ({r['artifact']})": r["p50_ms"] / best["p50_ms"]
+                                       for r in routes if r is not best and r["p50_ms"]}}  # fmt: skip
+        best = {k: v for k, v in best.items() if k not in ("passed", "report", "line")}
+    return {"cpu_routes": routes, "cpu_route": best} if routes else {}
 
 
 # ----------------------------------------------------------------------------- what a person reads
@@ -589,6 +764,22 @@ def _short(path: str | None) -> str | None:
         return path
 
 
+def _print_cpu_route(summary: dict[str, Any]) -> None:
+    routes = summary.get("cpu_routes")
+    if not routes or (len(routes) == 1 and routes[0]["passed"]):
+        return  # one CPU route that passed is the artifact above
+    best = summary.get("cpu_route")
+    if best is None:
+        print("\n== cpu route: none; no CPU route passed its gates")
+    else:
+        faster = ", ".join(f"{v:.2f}x {k}" for k, v in best["speedup_vs"].items())
+        print(f"\n== cpu route: {best['backend']} ({best['artifact']}), the fastest CPU route that passed its gates: "
+              f"{best['p50_ms']:.2f} ms at batch {best['batch']}{'; ' + faster if faster else ''}")  # fmt: skip
+    for r in routes:
+        if not r["passed"]:
+            print(f"  {r['backend']} ({r['artifact']}) failed its gates ({r['report'].removesuffix('.json')}.md): not used")
+
+
 def _print_summary(out: Path, summary: dict[str, Any]) -> None:
     """What was built, whether it is right, how fast it is: in that order, for a person reading top-down."""
     from models import SHIPPED_CHECKPOINT
@@ -605,8 +796,11 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
         print(f"  {_plan_line(summary['plan'])}")
         if summary.get("plan_executed") is False:
             print(f"  {_not_executed_line(summary['plan'], summary['verified_artifact'])}")
-    else:
+    elif summary["backend"] == "onnxruntime":
         print(f"  {summary['artifact']}: an ONNX Runtime graph optimized for this machine")
+    if "openvino" in summary:
+        ir = summary["openvino"]
+        print(f"  {ir['line']}" if ir.get("line") else f"  model.xml not built: {ir['refused']}")
 
     seen = summary["verified_on"]
     if summary["gates_enforced"]:
@@ -618,6 +812,11 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
         print(f"  top-1: PyTorch fp32 {seen['reference_top1'] * 100:.2f} %, deployed {seen['deployed_top1'] * 100:.2f} %")
     for metric, g in summary["gates"].items():
         print(f"  {GateResult.from_dict({'metric': metric, **g}).text(judged=summary['gates_enforced'])}")
+    for r in summary.get("cpu_routes", []):
+        if r["artifact"] != summary["artifact"]:  # a second CPU route, judged by the same gates
+            print(
+                f"  {r['artifact']}: {r['line']}: gates {'pass' if r['passed'] else 'FAIL'} ({r['report'].removesuffix('.json')}.md)"
+            )
 
     print(f"\n== fast: p50 latency on {summary['cpu']}")
     for r in summary["latency"]:
@@ -638,4 +837,5 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
         )
     for note in dict.fromkeys(f"  note: {r['note']}" for r in summary["latency"] if r.get("note")):
         print(note)
+    _print_cpu_route(summary)
     print(f"\nfiles: {', '.join(summary['artifacts'])}  (details: summary.json, verify.md, benchmark.md)")

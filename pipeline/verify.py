@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     MODEL_ARGS.add_to_parser(p, "reference model (exactly one)")
-    p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
+    p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime), .plan (TensorRT) or .xml (OpenVINO IR)")
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder or list file of images")
     p.add_argument("--limit", type=int, help="use at most N images (spread over classes)")
     p.add_argument("--precision", choices=sorted(GATES), help="gates to apply; default: read from the artifact")

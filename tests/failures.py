@@ -214,6 +214,18 @@ def full_disk(monkeypatch, *modules) -> None:
         monkeypatch.setattr(module, "open", open_on_full_disk, raising=False)
 
 
+def without_module(monkeypatch, module: str) -> None:
+    """Imports of ``module`` (and its submodules) fail from now on, as on a machine where it is not installed."""
+    real_import = builtins.__import__
+
+    def fails(name, *args, **kwargs):
+        if name == module or name.startswith(f"{module}."):
+            raise ImportError(f"No module named {module!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fails)
+
+
 def run_case(case: Case, shared: Shared, tmp_path: Path, capsys) -> None:
     """Run ``case.tool``'s ``main`` on the bad input: one clean error line, and nothing new in ``tmp_path/out``."""
     argv = case.argv(tmp_path, shared)

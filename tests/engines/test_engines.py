@@ -14,7 +14,7 @@ from engines.build import BuildSettings, parse_batch, parse_compute_capabilities
 from engines.runtime import InputError, check_input
 from engines.shift_kernel import block_config, compile_ptx, launch_grid, shift_into, spatial_shift
 from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
-from engines.trt import TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
+from engines.trt import FLAVOURS, TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
 from models.layers import shift_reference
 from pipeline.export import ExportSettings, export_onnx
 from pipeline.onnx_runtime import OnnxRuntimeRunner
@@ -23,7 +23,7 @@ from tests.failures import Fails, Shared, assert_api_error_is_one_clean_line, tr
 
 
 def _gpu_for(name: str) -> bool:
-    fl = TENSORRT if name == "tensorrt" else TENSORRT_RTX
+    fl = FLAVOURS[name]
     return fl.importable() and fl.gpu_here() is not None
 
 

@@ -69,7 +69,7 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
         assert {o["op"] for o in prof["ops"]}.isdisjoint({"Pad", "Concat"})
     assert out.with_suffix(".md").read_text().startswith("# Benchmark")
     assert "2 rounds, each measuring the ceilings and then every row" in out.with_suffix(".md").read_text()
-    assert "## Profile: tiny.onnx (fp32), batch 2" in out.with_suffix(".md").read_text()
+    assert "## Profile: tiny.onnx (fp32) on onnxruntime, batch 2 (ONNX Runtime profiler)" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
