@@ -19,7 +19,16 @@ import numpy as np
 
 from .errors import S2MLPv2Error
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "DEFAULT_MAX_PIXELS", "load_rgb", "decode_rgb", "to_rgb", "eval_transform", "preprocess"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageError",
+    "DEFAULT_MAX_PIXELS",
+    "load_rgb",
+    "decode_rgb",
+    "to_rgb",
+    "eval_transform",
+    "preprocess",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; ImageNet's largest images are far below this

@@ -470,7 +470,8 @@ class CompiledModels:
     """
 
     backend = "openvino"
-    max_batch = None  # any batch runs
+    batch_range = (1, None)  # (smallest, largest): any batch runs
+    thread_safe = True
 
     def __init__(
         self, model, core, hint: str, precision: str, input_shape, threads: int | None, max_static_shapes: int = 8,
@@ -577,8 +578,9 @@ class OpenVINORunner(CompiledModels):
     batch 8 unpinned. ``pinning=None`` keeps OpenVINO's default.
 
     Attributes: ``path``, ``backend`` (``"openvino"``), ``input_shape`` (C, H, W), ``device``
-    (``"CPU (<name>)"``), ``max_batch`` (None: any batch runs), ``precision`` (what it computes
-    in: ``int8``, ``bf16``, ``fp16`` or ``fp32``), ``hint`` (the ``INFERENCE_PRECISION_HINT``).
+    (``"CPU (<name>)"``), ``batch_range`` (``(1, None)``: any batch runs), ``thread_safe``,
+    ``precision`` (what it computes in: ``int8``, ``bf16``, ``fp16`` or ``fp32``), ``hint`` (the
+    ``INFERENCE_PRECISION_HINT``).
     """
 
     def __init__(

@@ -29,6 +29,7 @@ __all__ = [
     "get_variant",
     "list_models",
     "create_model",
+    "count_macs",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CIFAR10_MEAN",
@@ -191,6 +192,16 @@ class S2MLPv2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def count_macs(model: S2MLPv2) -> float:
+    """Multiply-adds of the GEMMs and convolutions for one image at the model's input size (FlopCounterMode counts 2 each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c, h, w = model.config.preprocessing.input_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, c, h, w))
+    return counter.get_total_flops() / 2
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -58,10 +58,11 @@ from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, a
 from common.versions import cpu_name, tool_versions
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
+from models.s2mlpv2 import count_macs
 
 MODEL_ARGS = ModelArgs(model_help="variant for the torch rows (speed does not depend on the weights)")
 
-__all__ = ["time_fn", "time_interleaved", "gemm_ceilings", "model_macs", "profile_onnx", "plain_export", "main"]
+__all__ = ["time_fn", "time_interleaved", "gemm_ceilings", "profile_onnx", "plain_export", "main"]
 
 # ONNX Runtime kernels that do the model's multiply-adds (fp32 and integer, before and after fusion).
 GEMM_OPS = frozenset(
@@ -238,16 +239,6 @@ def _peer_runners(model, settings: BenchmarkSettings, folder: Path) -> list[tupl
         runner = compile_onnx(graph, sixteen, settings.threads, pinning=False)
         runners.append((f"peer: torch.onnx.export, openvino {runner.precision}, unpinned", runner.precision, runner))
     return runners
-
-
-def model_macs(model) -> float:
-    """Multiply-adds per image (FlopCounterMode counts 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    c, h, w = model.config.preprocessing.input_size
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, c, h, w))
-    return counter.get_total_flops() / 2
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -733,7 +724,7 @@ def _profiles(settings: BenchmarkSettings, rows: Sequence[Row], inputs, ceilings
 
 def _measure(settings: BenchmarkSettings, model, rows: Sequence[Row], reference_name, gates: dict[Path, bool]) -> dict[str, Any]:
     """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result."""
-    macs = model_macs(model)
+    macs = count_macs(model)
 
     def gflops(batch: int, ms: float) -> float:
         """The model's GFLOP/s (2 per multiply-add) at ``batch`` images per ``ms`` milliseconds."""

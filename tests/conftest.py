@@ -114,7 +114,9 @@ class Graphs:
         if (variant, form) not in self._exports:
             fp32 = self.folder / f"{variant}-{form}-fp32.onnx"
             self._exports[variant, form] = (
-                self.model(variant), fp32, export_onnx(self.model(variant), fp32, ExportSettings(shift_impl=form))
+                self.model(variant),
+                fp32,
+                export_onnx(self.model(variant), fp32, ExportSettings(shift_impl=form)),
             )
         return self._exports[variant, form]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -37,7 +38,8 @@ def test_the_python_example_prints_the_top5_with_class_names(shipped_fp16_build:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("onnxruntime on CPU") and "model-fp16.onnx" in lines[0]
+    route = json.loads((shipped_fp16_build / "summary.json").read_text())["cpu_route"]
+    assert lines[0].startswith(f"{route['backend']} on CPU") and route["artifact"] in lines[0]
     classes = r"(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)"
     assert re.fullmatch(rf"\S+/cat/2695\.jpg cat \d+\.\d%(, {classes} \d+\.\d%){{4}}", lines[1]), lines[1]
     assert re.fullmatch(rf"\S+/ship/0015\.jpg ship \d+\.\d%(, {classes} \d+\.\d%){{4}}", lines[2]), lines[2]

@@ -46,7 +46,8 @@ std::unique_ptr<Backend> openPlan(const fs::path& model, const BackendOptions& o
 std::unique_ptr<Backend> openGraph(const fs::path& model, const BackendOptions& options) {
   std::string graph = model.string();
   if (fs::is_directory(model)) {
-    const std::optional<std::string> found = findInDirectory(model.string(), kOpenVinoFiles, std::size(kOpenVinoFiles));
+    std::optional<std::string> found = recordedCpuRoute(model.string());
+    if (!found) found = findInDirectory(model.string(), kOpenVinoFiles, std::size(kOpenVinoFiles));
     if (!found) {
       throw Error(model.string() + " holds none of " + listed(kOpenVinoFiles, std::size(kOpenVinoFiles)) +
                   "; give a build directory of python build_engine.py, or a model file");

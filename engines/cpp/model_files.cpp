@@ -89,6 +89,21 @@ std::optional<std::string> findInDirectory(const std::string& directory, const c
   return std::nullopt;
 }
 
+std::optional<std::string> recordedCpuRoute(const std::string& directory) {
+  const fs::path summary = fs::path(directory) / "summary.json";
+  if (!fs::is_regular_file(summary)) return std::nullopt;
+  try {
+    const nlohmann::json route = nlohmann::json::parse(readText(summary.string())).value("cpu_route", nlohmann::json());
+    if (!route.is_object() || !route.contains("artifact") || !route["artifact"].is_string()) return std::nullopt;
+    const fs::path artifact = fs::path(directory) / route["artifact"].get<std::string>();
+    const bool readable = artifact.extension() == ".xml" || artifact.extension() == ".onnx";
+    if (readable && fs::is_regular_file(artifact)) return artifact.string();
+  } catch (const nlohmann::json::exception&) {
+    // a summary cut short or edited by hand says nothing about the route; the file order decides
+  }
+  return std::nullopt;
+}
+
 std::optional<std::string> onnxMetadata(const std::string& onnxPath, const std::string& key) {
   std::ifstream in(onnxPath, std::ios::binary | std::ios::ate);
   if (!in) throw Error("cannot read " + onnxPath);

@@ -10,14 +10,20 @@
 
 namespace s2mlpv2 {
 
-// What OpenVINO runs from a build directory (build/<model>-<precision>/), the first that
-// exists: model.xml (its IR), then the deployed precision's graph, then the fp32 graph.
+// What OpenVINO runs from a build directory (build/<model>-<precision>/): the CPU route its
+// summary.json records (recordedCpuRoute), as the Python API does; without one, the first that
+// exists of model.xml (its IR), the deployed precision's graph, the fp32 graph.
 inline constexpr const char* kOpenVinoFiles[] = {"model.xml", "model-int8.onnx", "model-fp16.onnx", "model.onnx"};
 // What TensorRT runs from a build directory.
 inline constexpr const char* kPlanFile = "model.plan";
 
 // The first of `names` inside `directory`, or nothing.
 std::optional<std::string> findInDirectory(const std::string& directory, const char* const* names, std::size_t count);
+
+// The file of the fastest CPU route that passed its gates, as `directory`/summary.json records it
+// ("cpu_route": {"artifact": ...}), where that file is an .xml or .onnx that still exists; nothing
+// otherwise (no summary, no route, an unreadable summary: the caller falls back to kOpenVinoFiles).
+std::optional<std::string> recordedCpuRoute(const std::string& directory);
 
 // The value of `key` in an ONNX graph's metadata_props, or nothing. Reads only the top level of
 // the protobuf (the graph itself is skipped, not parsed). Throws Error for an unreadable file.

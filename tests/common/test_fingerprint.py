@@ -10,7 +10,13 @@ from common.fingerprint import HashCache, code_fingerprint
 def test_a_fingerprint_covers_what_the_entry_module_imports_and_nothing_else():
     export = code_fingerprint(["pipeline.export"])
     # imported at the top, lazily inside functions, relatively, and the packages' __init__ files
-    for path in ("pipeline/export.py", "models/layers.py", "calibration/dataset.py", "pipeline/onnx_runtime.py", "pipeline/__init__.py"):
+    for path in (
+        "pipeline/export.py",
+        "models/layers.py",
+        "calibration/dataset.py",
+        "pipeline/onnx_runtime.py",
+        "pipeline/__init__.py",
+    ):
         assert path in export, path
     assert "pipeline/benchmark.py" not in export and "pipeline/serve.py" not in export
     assert all(len(digest) == 64 for digest in export.values())

@@ -1,30 +1,53 @@
-"""Parameter and MAC counts against the paper's numbers (docs/ARCHITECTURE.md)."""
+"""The README's models table, the one place the parameter and MAC counts are written, against the code."""
+
+import re
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from models import create_model
-
-EXPECTED = {
-    # name: (params, MACs at 1x3x224x224); MACs count a multiply-add once
-    "s2mlpv2_small7": (25.13e6, 6.92e9),
-    "s2mlpv2_medium7": (55.30e6, 16.33e9),
-    "s2mlpv2_small14": (29.91e6, 6.87e9),
-    "s2mlpv2_small7_sum": (22.90e6, 6.92e9),
-}
+from models import create_model, list_models
+from models.s2mlpv2 import count_macs
+from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_params_and_macs_match_paper(name):
-    params, macs = EXPECTED[name]
+def readme_models() -> dict[str, dict[str, str]]:
+    """The README's models table: ``{name: {column: cell}}``."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## The models", 1)[1].split("\n\n", 2)[1]
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    return {row[0].strip("`"): dict(zip(header, row)) for row in rows}
+
+
+def count(model) -> tuple[float, float]:
+    """(parameters, multiply-adds for one image at the model's input size)."""
+    return sum(p.numel() for p in model.parameters()), count_macs(model)
+
+
+def _number(cell: str, unit: str) -> float | None:
+    match = re.fullmatch(rf"([\d.]+) {unit}", cell)
+    return float(match.group(1)) if match else None
+
+
+def test_the_table_lists_every_registered_variant():
+    assert sorted(readme_models()) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(readme_models()))
+def test_the_readme_counts_are_the_code_s(name):
+    row = readme_models()[name]
     model = create_model(name).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, 224, 224))
-    n_macs = counter.get_total_flops() / 2  # FlopCounterMode counts 2 per multiply-add
-    assert abs(n_params - params) / params < 0.005, f"{name}: {n_params / 1e6:.2f} M params"
-    assert abs(n_macs - macs) / macs < 0.005, f"{name}: {n_macs / 1e9:.3f} GMACs"
+    params, macs = count(model)
+    assert int(row["input"]) == model.config.preprocessing.input_size[1]
+    # written to two decimals, so they must agree to the last digit shown
+    assert _number(row["params"], "M") == pytest.approx(params / 1e6, abs=0.005), f"{name}: {params / 1e6:.3f} M params"
+    if _number(row["MACs"], "G") is not None:
+        assert _number(row["MACs"], "G") == pytest.approx(macs / 1e9, abs=0.005), f"{name}: {macs / 1e9:.3f} GMACs"
+
+
+@pytest.mark.parametrize("name,paper_params", [("s2mlpv2_small7", 25), ("s2mlpv2_medium7", 55)])
+def test_the_paper_s_sizes_hold(name, paper_params):
+    # the paper's abstract: Small/7 25 M, Medium/7 55 M parameters
+    assert round(float(readme_models()[name]["params"].split()[0])) == paper_params
 
 
 def test_split_attention_hidden_width_is_a_quarter():

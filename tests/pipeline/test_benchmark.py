@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models
-from pipeline.benchmark import gemm_ceilings, model_macs, time_fn
+from pipeline.benchmark import gemm_ceilings, time_fn
 from pipeline.export import ExportSettings, export_onnx
 from pipeline.manifest import Manifest
 from tests.failures import FP32_BUILD, TINY, Case, Fails, Shared, assert_fails_cleanly, files_under, run_case, truncated
@@ -23,13 +23,11 @@ def test_time_fn_runs_warmup_plus_at_least_iters():
     assert len(calls) >= 7 and len(times) >= 5 and (times >= 0).all()
 
 
-def test_model_macs_match_the_paper_count_for_small7():
-    assert abs(model_macs(models.create_model("s2mlpv2_small7")) - 6.92e9) / 6.92e9 < 0.005
-
-
-def test_gemm_ceilings_are_positive_for_both_precisions():
-    c = gemm_ceilings(128, iters=2)
-    assert c["fp32"] > 0 and c["int8"] > 0
+def test_gemm_ceilings_are_in_a_plausible_range_for_a_cpu():
+    c = gemm_ceilings(256, iters=3)
+    # one to a few cores of any CPU from the last decade: a unit slip (ms for s, n^2 for n^3) lands far outside
+    assert 1 < c["fp32"] < 20_000 and 1 < c["int8"] < 100_000
+    assert 0.2 < c["int8"] / c["fp32"] < 50  # integer GEMMs are neither free nor hopeless
 
 
 @pytest.mark.slow
