@@ -301,6 +301,12 @@ def benchmark_stage(run: Run) -> StageOutput:
     return ["benchmark.json", "benchmark.md", "benchmark.png"], None
 
 
+def _int8_defaults() -> dict[str, bool]:
+    from .precision import int8_defaults
+
+    return int8_defaults()
+
+
 def _bench_batches(run: Run) -> tuple[int, ...]:
     lo, opt, _ = run.opts.batch
     return tuple(sorted({lo, opt}))
@@ -322,6 +328,7 @@ STAGES: tuple[Stage, ...] = (
             "precision": run.opts.precision,
             "calib_method": run.opts.calib_method,
             "qdq_placement": run.opts.qdq_placement,
+            **(_int8_defaults() if run.opts.precision == "int8" else {}),  # a new int8 default converts again
         },
         describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
         applies=lambda run: run.opts.precision != "fp32",

@@ -13,12 +13,18 @@ where FP16 and INT8 are decided:
   nodes and the largest activation it measured for every LayerNorm, reduction and softmax.
 * **int8**: ModelOpt's ONNX quantizer, symmetric Q/DQ (zero point 0), entropy calibration by
   default, calibrated on class-stratified images preprocessed by the model card. Q/DQ go on
-  the inputs of MatMul, Gemm and Conv only (``--qdq-placement gemm-inputs``): ONNX Runtime
-  then runs each as one integer kernel, and no other tensor is rounded to int8 (a tensor that
-  feeds two GEMMs gets one Q/DQ pair per GEMM, see ``own_qdq_per_consumer``). The report
-  lists which nodes got Q/DQ and which stayed in higher precision. If the int8 graph misses
-  its gate on a held-out slice of the calibration data, the most sensitive nodes are kept in
-  fp32, one round at a time, until it passes.
+  the inputs of MatMul and Gemm only (``--qdq-placement gemm-inputs``): ONNX Runtime then runs
+  each as one integer kernel, and no other tensor is rounded to int8 (a tensor that feeds two
+  GEMMs gets one Q/DQ pair per GEMM, see ``own_qdq_per_consumer``). Convolutions (the patch
+  embedding, which reads the image, and the stage transition) stay fp32 unless
+  ``--quantize-conv``: ONNX Runtime has no int8 convolution with a float output, so Q/DQ there
+  only cost accuracy, and rounding the input image was the largest single error. Each GEMM
+  input that a Gelu writes is centred and scaled per channel before calibration
+  (``pipeline.equalize``; ``--no-equalize-gelu`` turns it off). docs/PRECISION.md has the
+  measurements behind these defaults. The report lists which nodes got Q/DQ and which stayed
+  in higher precision. If the int8 graph misses its gate on a held-out slice of the
+  calibration data, the nodes whose own rounding costs the most are kept in fp32, one round at
+  a time, until it passes.
 * **plugin graphs** are converted through their standard-ops twin: the shift nodes are
   lowered back to standard ops, the twin is converted (ModelOpt needs TensorRT to calibrate
   through a custom op), then the shifts are swapped back to plugin nodes.
@@ -49,6 +55,7 @@ from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import PRECISION_KEY, load_onnx, read_metadata, write_metadata
 from engines.shift_node import ONNX_DOMAIN
 
+from .equalize import equalize_gelu_inputs, fold_centres
 from .export import read_onnx_card
 from .plugin_swap import graph_links, lower_plugin_nodes, swap_in_plugin_nodes
 
@@ -62,12 +69,18 @@ __all__ = [
     "convert_precision",
     "small_gemms",
     "own_qdq_per_consumer",
+    "sensitive_nodes",
+    "int8_defaults",
     "main",
 ]
 
 log = logging.getLogger("pipeline.precision")
 WATCHED_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax")
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")  # what the report lists as quantized or not
+# The int8 defaults (docs/PRECISION.md has the measurements): Conv inputs keep fp32 and Gelu-fed
+# GEMM inputs are equalized per channel, both with the "gemm-inputs" placement.
+QUANTIZE_CONV = False
+EQUALIZE_GELU = True
 # Where Q/DQ pairs go. "gemm-inputs": only on the inputs of MatMul/Gemm/Conv, so that ONNX
 # Runtime turns each into one integer kernel with a float output and nothing else pays a
 # quantize/dequantize pass. "modelopt": ModelOpt's default, which also quantizes residual
@@ -94,6 +107,7 @@ class PrecisionReport:
     quantized: list[str] = field(default_factory=list)
     not_quantized: list[str] = field(default_factory=list)
     activation_max: dict[str, float] = field(default_factory=dict)
+    equalized: list[str] = field(default_factory=list)
     fallback_rounds: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +135,8 @@ class PrecisionReport:
             lines.append(
                 f"Q/DQ on {len(self.quantized)} nodes; {len(self.not_quantized)} quantizable nodes left in higher precision"
             )
+            if self.equalized:
+                lines.append(f"Gelu-fed GEMM inputs equalized per channel: {len(self.equalized)}")
             for r in self.fallback_rounds:
                 lines.append(
                     f"fallback round {r['round']}: kept {len(r['excluded'])} nodes in fp32, gate {r['gate']} = {r['value']:.4f} ({'pass' if r['passed'] else 'fail'})"
@@ -274,6 +290,11 @@ def own_qdq_per_consumer(model) -> int:
     return added
 
 
+def int8_defaults() -> dict[str, bool]:
+    """The int8 recipe's switches with their defaults (recorded with the precision stage, so a new default reruns it)."""
+    return {"quantize_conv": QUANTIZE_CONV, "equalize_gelu": EQUALIZE_GELU}
+
+
 def quantize_int8(
     onnx_in: Path,
     onnx_out: Path,
@@ -281,7 +302,14 @@ def quantize_int8(
     method: str = "entropy",
     nodes_to_exclude: Sequence[str] = (),
     placement: str = "gemm-inputs",
-) -> None:
+    *,
+    quantize_conv: bool = QUANTIZE_CONV,
+    equalize_gelu: bool = EQUALIZE_GELU,
+) -> list[str]:
+    """Quantize ``onnx_in`` into ``onnx_out``; returns the GEMMs whose Gelu input was equalized.
+
+    ``quantize_conv`` and ``equalize_gelu`` apply to the "gemm-inputs" placement; "modelopt" is
+    ModelOpt's own placement, as it makes it."""
     import onnx
     from modelopt.onnx.quantization import quantize
 
@@ -289,26 +317,35 @@ def quantize_int8(
         raise PrecisionError(f"calibration method must be 'entropy' or 'max', got {method!r}")
     if placement not in QDQ_PLACEMENTS:
         raise PrecisionError(f"Q/DQ placement must be one of {', '.join(QDQ_PLACEMENTS)}; got {placement!r}")
-    exclude = [*small_gemms(onnx.load(str(onnx_in))), *nodes_to_exclude]
-    with _quiet():
-        quantize(
-            onnx_path=str(onnx_in),
-            quantize_mode="int8",
-            calibration_data=calibration,
-            calibration_method=method,
-            calibration_eps=["cpu"],
-            nodes_to_exclude=[re.escape(name) + "$" for name in exclude] or None,  # ModelOpt reads patterns
-            enable_gemv_detection_for_trt=False,  # done above, without the prefix matching
-            op_types_to_quantize=list(QUANTIZABLE_OPS) if placement == "gemm-inputs" else None,
-            use_zero_point=False,  # TensorRT requires symmetric quantization
-            high_precision_dtype="fp32",
-            output_path=str(onnx_out),
-            log_level="ERROR",
-        )
-    if placement == "gemm-inputs":
+    model = onnx.load(str(onnx_in))
+    exclude = [*small_gemms(model), *nodes_to_exclude]
+    gemm_inputs = placement == "gemm-inputs"
+    equalized = equalize_gelu_inputs(model, calibration, exclude) if gemm_inputs and equalize_gelu else []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "equalized.onnx" if equalized else Path(onnx_in)
+        if equalized:
+            onnx.save(model, str(source))
+        with _quiet():
+            quantize(
+                onnx_path=str(source),
+                quantize_mode="int8",
+                calibration_data=calibration,
+                calibration_method=method,
+                calibration_eps=["cpu"],
+                nodes_to_exclude=[re.escape(name) + "$" for name in exclude] or None,  # ModelOpt reads patterns
+                enable_gemv_detection_for_trt=False,  # done above, without the prefix matching
+                op_types_to_quantize=["MatMul", "Gemm", *(["Conv"] if quantize_conv else [])] if gemm_inputs else None,
+                use_zero_point=False,  # TensorRT requires symmetric quantization
+                high_precision_dtype="fp32",
+                output_path=str(onnx_out),
+                log_level="ERROR",
+            )
+    if gemm_inputs:
         quantized = onnx.load(str(onnx_out))
-        if own_qdq_per_consumer(quantized):
-            onnx.save(quantized, str(onnx_out))
+        own_qdq_per_consumer(quantized)
+        fold_centres(quantized, equalized)
+        onnx.save(quantized, str(onnx_out))
+    return [e.gemm for e in equalized]
 
 
 def qdq_summary(model) -> tuple[list[str], list[str]]:
@@ -327,10 +364,10 @@ def _copy_metadata(src, dst, precision: str) -> None:
     write_metadata(dst, {**read_metadata(src), PRECISION_KEY: precision})
 
 
-def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def _logits(model_or_path, images: np.ndarray, batch: int = 32, optimization: str = "all") -> np.ndarray:
     from .onnx_runtime import make_session
 
-    session = make_session(model_or_path)
+    session = make_session(model_or_path, optimization=optimization)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
 
@@ -349,26 +386,42 @@ def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[s
     return metric, float(cos.min()), threshold
 
 
+def _mean_kl(reference: np.ndarray, deployed: np.ndarray) -> float:
+    """Mean KL divergence of softmax(deployed) from softmax(reference), over the images."""
+    a, b = reference.astype(np.float64), deployed.astype(np.float64)
+    log_p = a - a.max(1, keepdims=True) - np.log(np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True))
+    log_q = b - b.max(1, keepdims=True) - np.log(np.exp(b - b.max(1, keepdims=True)).sum(1, keepdims=True))
+    return float((np.exp(log_p) * (log_p - log_q)).sum(1).mean())
+
+
 def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates: Sequence[str], top: int) -> list[str]:
-    """The ``top`` quantized nodes whose outputs deviate most (relative L2) from fp32 on ``images``."""
+    """The ``top`` quantized nodes whose own activation rounding costs the logits the most on ``images``.
+
+    Each candidate is tried alone: the int8 graph runs with that node reading its input
+    unrounded (its weights stay int8), and the candidates are ranked by how close that brings
+    the logits to fp32's (mean KL divergence of the softmaxes). Comparing each node's output
+    with fp32 instead would rank the deepest nodes first, since every error upstream reaches them.
+    """
     import onnx
 
-    def outputs_of(model, names):
-        session = _session_with_outputs(model, names)
-        return dict(zip(names, session.run(names, {session.get_inputs()[0].name: images})))
-
     int8 = onnx.load(str(int8_path))
+    producer, _ = graph_links(int8)
+    weights = {t.name for t in int8.graph.initializer}
     by_name = {n.name: n for n in int8.graph.node}
-    fp32_names = {n.name: n for n in fp32_model.graph.node}
-    names = [c.split(":", 1)[1] for c in candidates if c.split(":", 1)[1] in by_name and c.split(":", 1)[1] in fp32_names]
-    tensors = [fp32_names[n].output[0] for n in names]
-    ref = outputs_of(fp32_model, tensors)
-    got = outputs_of(int8, [by_name[n].output[0] for n in names])
+    reference = _logits(fp32_model, images)
+    # ONNX Runtime's extended optimizations would turn a float input times int8 weights into MatMulNBits,
+    # which rounds that input again: "basic" keeps the dequantized weights and a float MatMul
     scores = []
-    for n, t in zip(names, tensors):
-        r, g = ref[t].astype(np.float64), got[by_name[n].output[0]].astype(np.float64)
-        scores.append((float(np.linalg.norm(r - g) / (np.linalg.norm(r) + 1e-12)), n))
-    scores.sort(reverse=True)
+    for name in (c.split(":", 1)[1] for c in candidates):
+        node = by_name.get(name)
+        dq = producer.get(node.input[0]) if node is not None else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            continue
+        node.input[0] = q.input[0]  # this one node reads its input unrounded
+        scores.append((_mean_kl(reference, _logits(int8, images, optimization="basic")), name))
+        node.input[0] = dq.output[0]
+    scores.sort()
     return [n for _, n in scores[:top]]
 
 
@@ -394,13 +447,28 @@ class _Fallback:
     nodes_per_round: int
 
 
-def _to_int8(standard: Path, fp32, int8_path: Path, calibration, calib_method: str, placement: str, fallback: _Fallback, report):
+@dataclass(frozen=True)
+class _Int8Recipe:
+    """How ``quantize_int8`` is called: calibration method, Q/DQ placement, its switches, the nodes pinned to fp32."""
+
+    method: str
+    placement: str
+    quantize_conv: bool
+    equalize_gelu: bool
+    keep_fp32: tuple[str, ...]
+
+    def quantize(self, standard: Path, int8_path: Path, calibration, excluded: Sequence[str]) -> list[str]:
+        return quantize_int8(standard, int8_path, calibration, self.method, [*self.keep_fp32, *excluded], self.placement,
+                             quantize_conv=self.quantize_conv, equalize_gelu=self.equalize_gelu)  # fmt: skip
+
+
+def _to_int8(standard: Path, fp32, int8_path: Path, calibration, recipe: _Int8Recipe, fallback: _Fallback, report):
     """Quantize; with a held-out slice, keep the most sensitive nodes in fp32, round by round, until its gate passes."""
     import onnx
 
     excluded: list[str] = []
     t_quant = time.perf_counter()
-    quantize_int8(standard, int8_path, calibration, calib_method, placement=placement)
+    report.equalized = recipe.quantize(standard, int8_path, calibration, excluded)
     report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
     holdout = fallback.holdout
     if holdout is not None and len(holdout):
@@ -414,8 +482,8 @@ def _to_int8(standard: Path, fp32, int8_path: Path, calibration, calib_method: s
             if value >= threshold or round_ == fallback.max_rounds:
                 break
             quantized, _ = qdq_summary(onnx.load(str(int8_path)))
-            excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, fallback.nodes_per_round)
-            quantize_int8(standard, int8_path, calibration, calib_method, excluded, placement)
+            excluded += sensitive_nodes(fp32, int8_path, holdout[:32], quantized, fallback.nodes_per_round)
+            report.equalized = recipe.quantize(standard, int8_path, calibration, excluded)
         if not report.fallback_rounds[-1]["passed"]:
             last = report.fallback_rounds[-1]
             raise PrecisionError(
@@ -444,11 +512,17 @@ def convert_precision(
     holdout_labeled: bool = False,
     calib_method: str = "entropy",
     qdq_placement: str = "gemm-inputs",
+    quantize_conv: bool = QUANTIZE_CONV,
+    equalize_gelu: bool = EQUALIZE_GELU,
+    keep_fp32: Sequence[str] = (),
     fp16_data_max: float = 512.0,
     max_fallback_rounds: int = 4,
     nodes_per_round: int = 4,
 ) -> PrecisionReport:
-    """Convert ``onnx_in`` to ``precision`` ('fp16' or 'int8') and write ``onnx_out`` atomically."""
+    """Convert ``onnx_in`` to ``precision`` ('fp16' or 'int8') and write ``onnx_out`` atomically.
+
+    int8 only: ``quantize_conv`` and ``equalize_gelu`` (module docstring), ``keep_fp32``: node
+    names (or ``OP:name`` as the report writes them) to keep in fp32 besides the small GEMMs."""
     import onnx
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -460,6 +534,13 @@ def convert_precision(
         )
     source = load_onnx(onnx_in, PrecisionError, load_external_data=True)
     read_onnx_card(onnx_in)  # ours, or a clear error
+    pinned = tuple(name.split(":", 1)[-1] for name in keep_fp32)
+    unknown = sorted(set(pinned) - {n.name for n in source.graph.node})
+    if unknown:
+        raise PrecisionError(
+            f"--keep-fp32: {onnx_in.name} has no node named {', '.join(unknown)}; give names as the int8 report lists them "
+            "(quantized, not_quantized: OP:name)"
+        )
     t0 = time.perf_counter()
     report = PrecisionReport(
         precision,
@@ -468,6 +549,9 @@ def convert_precision(
         settings={
             "calib_method": calib_method,
             "qdq_placement": qdq_placement,
+            "quantize_conv": quantize_conv,
+            "equalize_gelu": equalize_gelu,
+            "keep_fp32": list(pinned),
             "fp16_data_max": fp16_data_max,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
         },
@@ -481,9 +565,8 @@ def convert_precision(
             converted = _to_fp16(standard, fp32, calibration, fp16_data_max, report)
         else:
             fallback = _Fallback(holdout, holdout_labeled, max_fallback_rounds, nodes_per_round)
-            converted = _to_int8(
-                standard, fp32, Path(tmp) / "int8.onnx", calibration, calib_method, qdq_placement, fallback, report
-            )
+            recipe = _Int8Recipe(calib_method, qdq_placement, quantize_conv, equalize_gelu, pinned)
+            converted = _to_int8(standard, fp32, Path(tmp) / "int8.onnx", calibration, recipe, fallback, report)
         if plugin_form:
             converted = swap_in_plugin_nodes(converted)
         _copy_metadata(source, converted, precision)
@@ -517,6 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
         CalibrationArgs(title="calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)",
                         cache_dir=True).add_to_parser(p)
     )  # fmt: skip
+    g = p.add_argument_group("int8 recipe (gemm-inputs placement; docs/PRECISION.md has the measurements behind the defaults)")
+    g.add_argument(
+        "--equalize-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=EQUALIZE_GELU,
+        help="centre and scale each Gelu-fed GEMM input per channel before calibration (folded into the GEMM's weights and bias)",
+    )
+    g.add_argument(
+        "--quantize-conv",
+        action=argparse.BooleanOptionalAction,
+        default=QUANTIZE_CONV,
+        help="also put Q/DQ on Conv inputs (patch embedding, stage transition); ONNX Runtime runs them in float either way",
+    )
+    g.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE", help="nodes to keep in fp32 (names as the report lists them)")
     p.add_argument("--fp16-data-max", type=float, default=512.0, help="fp16: nodes whose measured |values| exceed this stay fp32")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
     return p
@@ -542,6 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **calibration_inputs(calib),
             calib_method=args.calib_method,
             qdq_placement=args.qdq_placement,
+            quantize_conv=args.quantize_conv,
+            equalize_gelu=args.equalize_gelu,
+            keep_fp32=args.keep_fp32,
             fp16_data_max=args.fp16_data_max,
         )
         print(report)

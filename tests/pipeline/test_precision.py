@@ -180,6 +180,60 @@ def test_sensitive_nodes_ranks_quantized_nodes(tiny, int8):
     assert len(top) == 3 and all(any(q.endswith(":" + t) for q in quantized) for t in top)
 
 
+def test_sensitive_nodes_names_the_node_that_causes_the_error_not_those_after_it(tiny, int8, tmp_path):
+    # every node downstream of a badly rounded one sees its error too; only bypassing the culprit removes it
+    _, std, _, images = tiny
+    out, report = int8
+    model = onnx.load(str(out))
+    culprit = report.quantized[1].split(":", 1)[1]  # the first block's expansion, upstream of most GEMMs
+    producer = {o: n for n in model.graph.node for o in n.output}
+    q = producer[producer[next(n for n in model.graph.node if n.name == culprit).input[0]].input[0]]
+    scale = next(t for t in model.graph.initializer if t.name == q.input[1])
+    coarse = onnx.numpy_helper.to_array(scale) * np.float32(40)  # 40x coarser steps
+    scale.CopyFrom(onnx.numpy_helper.from_array(coarse, scale.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    quantized, _ = qdq_summary(model)
+    assert sensitive_nodes(onnx.load(str(std)), bad, images[:16], quantized, 1) == [culprit]
+
+
+def test_convolutions_stay_fp32_by_default(int8):
+    _, report = int8
+    assert [n for n in report.not_quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+    assert not [n for n in report.quantized if n.startswith("Conv:")]
+
+
+def test_quantize_conv_puts_qdq_on_convolutions(tiny, tmp_path):
+    _, std, _, images = tiny
+    report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], quantize_conv=True)
+    assert [n for n in report.quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+
+
+def test_int8_equalizes_every_gelu_fed_gemm(tiny, int8):
+    # each block's second MLP GEMM reads a Gelu; the split attention's GEMV does too, but it stays fp32
+    out, report = int8
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fc2 = [n.name for n in graph.node if n.op_type == "MatMul" and n.name in {q.split(":")[1] for q in report.quantized}
+           and producer[producer[producer[n.input[0]].input[0]].input[0]].op_type == "Mul"]  # fmt: skip
+    assert len(report.equalized) == 2 and sorted(report.equalized) == sorted(fc2)
+
+
+def test_no_equalize_gelu_leaves_the_graph_as_exported(tiny, tmp_path):
+    _, std, _, images = tiny
+    out = tmp_path / "int8.onnx"
+    report = convert_precision(std, out, "int8", images[:16], equalize_gelu=False)
+    assert report.equalized == [] and not [n for n in onnx.load(str(out)).graph.node if n.op_type == "Sub"]
+
+
+def test_keep_fp32_keeps_the_named_gemm_unquantized(tiny, int8, tmp_path):
+    _, std, _, images = tiny
+    _, before = int8
+    pinned = before.quantized[-1]
+    report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], keep_fp32=[pinned])
+    assert pinned in report.not_quantized and pinned not in report.quantized
+
+
 @pytest.mark.slow
 def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
     _, std, _, _ = tiny
@@ -210,6 +264,10 @@ CLEAN_FAILURES = [
          lambda tmp, s: ["--onnx", str(write_bytes(tmp / "c.onnx", np.random.default_rng(1).bytes(3000))), "--precision", "fp16",
                          "--out", str(tmp / "out" / "m.onnx")],
          Fails("not a readable ONNX file", "re-run the export stage")),
+    Case("keep-fp32-unknown-node", "pipeline.precision",
+         lambda tmp, s: ["--onnx", str(s.onnx), "--precision", "int8", "--calib-data", str(s.images), "--calib-size", "4",
+                         "--cache-dir", str(tmp / "cache"), "--keep-fp32", "node_nowhere", "--out", str(tmp / "out" / "m.onnx")],
+         Fails("has no node named node_nowhere", "as the int8 report lists them")),
     Case("onnx-of-another-project", "pipeline.precision",
          lambda tmp, s: ["--onnx", str(foreign_onnx(tmp / "f.onnx")), "--precision", "fp16", "--out", str(tmp / "out" / "m.onnx")],
          Fails("not written by this project's export stage", "export it with python -m pipeline.export")),
