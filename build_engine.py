@@ -7,8 +7,9 @@
 
 With no --checkpoint and no --model it builds the trained checkpoint the package ships
 (s2mlpv2_cifar10), verifies on 500 bundled CIFAR-10 images the model never trained on and
-calibrates int8 on 320 others, so the gates are judged. Everything lands in --out with a
-manifest.json; re-running with the same inputs skips the finished stages. See README.md.
+calibrates int8 on 256 others (64 more held out to gate it), so the gates are judged.
+Everything lands in --out with a manifest.json; re-running with the same inputs skips the
+finished stages. Defaults live in pipeline/options.py (BuildOptions). See README.md and docs/BUILD.md.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import sys
 from pathlib import Path
 
 from calibration.args import CalibrationArgs
+from calibration.bundled import CALIBRATE_SIZE
+from common.cli import HelpFormatter
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
-from pipeline.precision import add_qdq_placement_argument
+from pipeline.options import PRECISIONS, BuildOptions, add_qdq_placement_argument
+
+DEFAULTS = BuildOptions()
 
 MODEL_ARGS = ModelArgs(
     model_default=None,
@@ -33,23 +38,24 @@ CALIBRATION_ARGS = CalibrationArgs(
     data_help="calibration images (int8 needs them): class folders, a flat folder or a list file; "
     "default: the bundled CIFAR-10 set with the shipped checkpoint",
     size_default=None,
-    size_help="calibration images (default: 512; 256 of the bundled set)",
-    holdout_default=64,
+    size_help=f"calibration images (default: {DEFAULTS.calib_size}; {CALIBRATE_SIZE} of the bundled set)",
+    holdout_default=DEFAULTS.calib_holdout,
     holdout_help="further images held out to gate int8 and, without --eval-data, to verify",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="build_engine.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="precision of the deployed graph")
+    p = argparse.ArgumentParser(prog="build_engine.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision, help="precision of the deployed graph")
     MODEL_ARGS.add_to_parser(p)
     g = p.add_argument_group("export")
     g.add_argument(
-        "--shift-impl", choices=("onnx", "plugin"), default="onnx", help="standard ops, or the TensorRT shift plugin node"
+        "--shift-impl",
+        choices=("onnx", "plugin"),
+        default=DEFAULTS.shift_impl,
+        help="standard ops, or the TensorRT shift plugin node",
     )
-    g.add_argument("--opset", type=int, default=20)
+    g.add_argument("--opset", type=int, default=DEFAULTS.opset)
     add_qdq_placement_argument(CALIBRATION_ARGS.add_to_parser(p))
     g = p.add_argument_group("evaluation")
     g.add_argument(
@@ -58,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="labeled or unlabeled images to verify on (must not overlap the calibration set); "
         "default: the 500 bundled CIFAR-10 images with the shipped checkpoint",
     )
-    g.add_argument("--eval-limit", type=int, default=500, help="verify on at most this many images")
+    g.add_argument("--eval-limit", type=int, default=DEFAULTS.eval_limit, help="verify on at most this many images")
     g = p.add_argument_group("shapes")
-    g.add_argument("--batch", default="1,8,32", help="dynamic batch profile MIN,OPT,MAX")
+    g.add_argument("--batch", default=",".join(map(str, DEFAULTS.batch)), help="dynamic batch profile MIN,OPT,MAX")
     g = p.add_argument_group("backend")
     g.add_argument(
         "--backend",
         choices=("auto", *FLAVOURS, "onnxruntime", "openvino"),
-        default="auto",
+        default=DEFAULTS.backend,
         help="auto: TensorRT 11 where it imports and a CUDA GPU exists; else TensorRT for RTX, whose plan runs here on a GPU "
         "it supports and is otherwise built on the CPU and checked through its ONNX graph on ONNX Runtime; "
         "ONNX Runtime alone where neither is installed. Where no GPU runs the plan, auto also builds an OpenVINO IR "
@@ -83,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="rerun every stage even if its inputs are unchanged")
     g.add_argument("--triton-repo", type=Path, help="also write a Triton Inference Server model repository here")
     g.add_argument(
-        "--bench-seconds", type=float, default=1.0, help="time each benchmark row at least this long (more is steadier)"
+        "--bench-seconds",
+        type=float,
+        default=DEFAULTS.bench_seconds,
+        help="time each benchmark row at least this long (more is steadier)",
     )
+    g.add_argument("--verbose", action="store_true", help="show the tools' own logs and progress bars (ModelOpt's)")
     return p
 
 
@@ -104,17 +114,32 @@ def main(argv=None) -> int:
         args.checkpoint = SHIPPED_CHECKPOINT
         args.eval_data = args.eval_data or VERIFY
         if args.calib_data is None:
-            args.calib_data, args.calib_size = CALIBRATE, args.calib_size or 256
+            args.calib_data, args.calib_size = CALIBRATE, args.calib_size or CALIBRATE_SIZE
     try:
         opts = BuildOptions(
-            precision=args.precision, model=args.model or "s2mlpv2_small7", checkpoint=args.checkpoint, shift_impl=args.shift_impl, opset=args.opset,
-            calib_data=args.calib_data, calib_size=args.calib_size or 512, calib_method=args.calib_method, calib_holdout=args.calib_holdout,
-            calib_seed=args.calib_seed, labels=args.labels,
+            precision=args.precision,
+            model=args.model or DEFAULTS.model,
+            checkpoint=args.checkpoint,
+            shift_impl=args.shift_impl,
+            opset=args.opset,
+            calib_data=args.calib_data,
+            calib_size=args.calib_size or DEFAULTS.calib_size,
+            calib_method=args.calib_method,
+            calib_holdout=args.calib_holdout,
+            calib_seed=args.calib_seed,
+            labels=args.labels,
             qdq_placement=args.qdq_placement,
-            eval_data=args.eval_data, eval_limit=args.eval_limit, batch=parse_batch(args.batch), backend=args.backend,
+            eval_data=args.eval_data,
+            eval_limit=args.eval_limit,
+            batch=parse_batch(args.batch),
+            backend=args.backend,
             compute_capabilities=parse_compute_capabilities(args.compute_capability),
-            out=args.out, force=args.force, triton_repo=args.triton_repo, bench_seconds=args.bench_seconds,
-        )  # fmt: skip
+            out=args.out,
+            force=args.force,
+            triton_repo=args.triton_repo,
+            bench_seconds=args.bench_seconds,
+            verbose=args.verbose,
+        )
         summary = run_pipeline(opts)
     except EXPECTED_ERRORS as e:
         return report_error(e)

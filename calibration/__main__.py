@@ -1,6 +1,6 @@
 """Build (or load from cache) a calibration set and print what it holds.
 
-``python -m calibration --data DIR --checkpoint P [--size 512] [--cache-dir build/calibration-cache]``
+``python -m calibration --data DIR --checkpoint P [--calib-size N] [--cache-dir build/calibration-cache]``
 """
 
 from __future__ import annotations
@@ -9,18 +9,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS
 from models import get_variant, load_checkpoint
 from models.args import ModelArgs
 
+from .args import CALIB_SEED, CALIB_SIZE
 from .dataset import build_calibration_set
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m calibration", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="python -m calibration", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder (synset in file names) or list file")
     ModelArgs(
         exclusive=True,
@@ -28,9 +27,13 @@ def main(argv=None) -> int:
         model_help="take the preprocessing from this variant",
     ).add_to_parser(p, "preprocessing from")
     p.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
-    p.add_argument("--size", type=int, default=512, help="images that calibrate, spread evenly over classes")
-    p.add_argument("--holdout", type=int, default=0, help="further images held out (to gate int8 and to verify)")
-    p.add_argument("--seed", type=int, default=0, help="selects which images calibrate")
+    p.add_argument(
+        "--calib-size", "--size", dest="size", type=int, default=CALIB_SIZE, help="images that calibrate, spread over classes"
+    )
+    p.add_argument(
+        "--calib-holdout", "--holdout", dest="holdout", type=int, default=0, help="further images held out (gate int8, verify)"
+    )
+    p.add_argument("--calib-seed", "--seed", dest="seed", type=int, default=CALIB_SEED, help="selects which images calibrate")
     p.add_argument("--cache-dir", type=Path, default=Path("build/calibration-cache"), help="where the preprocessed set is cached")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

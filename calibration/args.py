@@ -13,20 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the heavy imports wait until a set is built
-    from models.s2mlpv2 import Preprocessing
+    from models.config import Preprocessing
 
     from .dataset import CalibrationSet
 
-__all__ = ["CalibrationArgs", "CALIB_METHODS"]
+__all__ = ["CalibrationArgs", "CALIB_METHODS", "CALIB_SIZE", "CALIB_SEED"]
 
-CALIB_METHODS = ("entropy", "max")
+CALIB_METHODS = ("entropy", "max")  # ModelOpt's int8 calibration methods, the default first
+CALIB_SIZE = 512  # images that calibrate, where a command is not told
+CALIB_SEED = 0
 
 
 @dataclass(frozen=True)
 class CalibrationArgs:
     title: str = "calibration"
     data_help: str = "calibration images: an ImageFolder tree, a flat folder (synset in file names) or a text file of image paths"
-    size_default: int | None = 512
+    size_default: int | None = CALIB_SIZE
     size_help: str = "images used to calibrate"
     holdout_default: int = 0
     holdout_help: str = "extra images held out to gate int8 (sensitivity fallback)"
@@ -37,8 +39,8 @@ class CalibrationArgs:
         g.add_argument("--calib-data", type=Path, help=self.data_help)
         g.add_argument("--calib-size", type=int, default=self.size_default, help=self.size_help)
         g.add_argument("--calib-holdout", type=int, default=self.holdout_default, help=self.holdout_help)
-        g.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy", help="ModelOpt's int8 calibration")
-        g.add_argument("--calib-seed", type=int, default=0, help="selects which images calibrate (class-stratified)")
+        g.add_argument("--calib-method", choices=CALIB_METHODS, default=CALIB_METHODS[0], help="ModelOpt's int8 calibration")
+        g.add_argument("--calib-seed", type=int, default=CALIB_SEED, help="selects which images calibrate (class-stratified)")
         g.add_argument("--labels", type=Path, help="labels file for a flat folder: 'filename label' per line")
         if self.cache_dir:
             g.add_argument(

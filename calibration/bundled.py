@@ -9,7 +9,8 @@ judged on real images:
   held out by ``python -m models.data split --per-class 500``, seed 0; the checkpoint's card
   records the hash of that list). The model never trained on them.
 * ``CALIBRATE`` (``calibration/data/cifar10-calibrate``): 320 labeled images, 32 per class,
-  drawn from the images it trained on.
+  drawn from the images it trained on. ``build_engine.py`` calibrates on ``CALIBRATE_SIZE``
+  (256) of them and holds the other 64 out to gate int8.
 
 No image of one set is in the other, by content hash (a test checks it). Both are ImageFolder
 trees of CIFAR-10's own 32x32 JPEGs, about 2 KB each. ``python -m calibration.bundled --src
@@ -24,13 +25,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["VERIFY", "CALIBRATE", "DATA", "VERIFY_PER_CLASS", "CALIBRATE_PER_CLASS", "write_bundle"]
+__all__ = ["VERIFY", "CALIBRATE", "DATA", "VERIFY_PER_CLASS", "CALIBRATE_PER_CLASS", "CALIBRATE_SIZE", "write_bundle"]
 
 DATA = Path(__file__).parent / "data"
 VERIFY = DATA / "cifar10-verify"
 CALIBRATE = DATA / "cifar10-calibrate"
 VERIFY_PER_CLASS = 50
 CALIBRATE_PER_CLASS = 32
+CALIBRATE_SIZE = 256  # of the 320: build_engine.py's default --calib-holdout (64) takes the rest
 HELD_OUT_PER_CLASS, SPLIT_SEED = 500, 0  # the checkpoint's own split (its card's "validation")
 
 

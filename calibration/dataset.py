@@ -1,6 +1,6 @@
 """Calibration sets: class-stratified, deterministic samples, preprocessed by the model card and cached.
 
-``build_calibration_set(source, preprocessing, size=512)`` lists the images of ``source``
+``build_calibration_set(source, preprocessing, size)`` lists the images of ``source``
 (any layout of ``calibration.sources``), orders them by a seeded round-robin over classes, and
 decodes them in that order until ``size`` usable images are found (plus ``holdout`` more for a
 held-out slice). Corrupt files are skipped, counted and named in the log. The result is cached
@@ -26,8 +26,9 @@ import numpy as np
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_path, atomic_write_json, sha256_file
 from common.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb, preprocess
-from models.s2mlpv2 import Preprocessing
+from models.config import Preprocessing
 
+from .args import CALIB_SIZE
 from .sources import Sample, discover
 
 __all__ = [
@@ -181,7 +182,7 @@ def _load_cache(stem: Path, pre: Preprocessing) -> CalibrationSet | None:
 def build_calibration_set(
     source: str | os.PathLike,
     preprocessing: Preprocessing,
-    size: int = 512,
+    size: int = CALIB_SIZE,
     *,
     holdout: int = 0,
     seed: int = 0,
@@ -229,7 +230,9 @@ def build_calibration_set(
         first = f", first: {skipped[0]}" if skipped else ""
         raise CalibrationError(
             f"only {len(arrays)} usable images in {source} ({len(samples)} found, {len(skipped)} skipped as unreadable{first}); "
-            f"{what} images were asked for: lower the size or add images"
+            f"{what} images were asked for: pass --calib-size {max(len(arrays) - holdout, 1)}"
+            + (f" (or --calib-holdout {max(len(arrays) - size, 0)})" if holdout else "")
+            + " or less, or add images"
         )
     if skipped:
         log.warning("%d of the images tried in %s were skipped as unreadable", len(skipped), source)

@@ -6,6 +6,7 @@ The project's own errors already name the cause and the fix. Errors from the ope
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
@@ -60,3 +61,12 @@ def report_interrupt(what_next: str = "nothing was written: run the same command
     """Ctrl-C: one ``error: interrupted; <what was kept and what to do>`` line, and the conventional exit status 130."""
     print(f"error: interrupted; {what_next}", file=sys.stderr)
     return 130
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where there is none to show (``None``, or one the help names)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)

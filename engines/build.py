@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.build",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--onnx", type=Path, required=True, help="graph from pipeline.export / pipeline.precision")
     p.add_argument(
@@ -345,9 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fl, runs_here = choose_flavour(args.flavour)
         settings = BuildSettings(
-            parse_batch(args.batch), args.workspace_mb, args.timing_cache, args.version_compatible, args.hardware_compatible,
-            fl.name, parse_compute_capabilities(args.compute_capability),
-        )  # fmt: skip
+            parse_batch(args.batch),
+            args.workspace_mb,
+            args.timing_cache,
+            args.version_compatible,
+            args.hardware_compatible,
+            fl.name,
+            parse_compute_capabilities(args.compute_capability),
+        )
         t0 = time.perf_counter()
         result = build_plan(args.onnx, args.plan, settings)
     except EXPECTED_ERRORS as e:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from common.cli import HelpFormatter
 from models import create_model
 from models.layers import shift_reference
 
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.gpu_check",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON report")
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])

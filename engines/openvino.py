@@ -448,11 +448,22 @@ def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | 
             os.replace(Path(tmp) / "model.xml", xml_tmp)
             os.replace(Path(tmp) / "model.bin", bin_tmp)
         sidecar = IRSidecar(
-            openvino_version=openvino_version(), precision=precision, inference_precision_hint=effective, requested_hint=hint,
-            cpu=cpu, optimization_capabilities=capabilities, onnx_sha256=sha256_file(graph), xml_sha256=sha256_file(xml_tmp),
-            bin_sha256=sha256_file(bin_tmp), input_shape=(c, h, w), card=json.loads(props[CARD_KEY]), int8=int8,
-            notes=tuple(notes), source_graph=graph.name, source_precision=graph_precision(proto),
-        )  # fmt: skip
+            openvino_version=openvino_version(),
+            precision=precision,
+            inference_precision_hint=effective,
+            requested_hint=hint,
+            cpu=cpu,
+            optimization_capabilities=capabilities,
+            onnx_sha256=sha256_file(graph),
+            xml_sha256=sha256_file(xml_tmp),
+            bin_sha256=sha256_file(bin_tmp),
+            input_shape=(c, h, w),
+            card=json.loads(props[CARD_KEY]),
+            int8=int8,
+            notes=tuple(notes),
+            source_graph=graph.name,
+            source_precision=graph_precision(proto),
+        )
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2) + "\n")
     return IRBuildResult(xml, sidecar, notes)
 
@@ -474,9 +485,16 @@ class CompiledModels:
     thread_safe = True
 
     def __init__(
-        self, model, core, hint: str, precision: str, input_shape, threads: int | None, max_static_shapes: int = 8,
+        self,
+        model,
+        core,
+        hint: str,
+        precision: str,
+        input_shape,
+        threads: int | None,
+        max_static_shapes: int = 8,
         pinning: bool | None = None,
-    ):  # fmt: skip
+    ):
         self._model, self._core = model, core
         self.hint, self.precision, self.threads, self.pinning = hint, precision, threads, pinning
         self.input_shape = tuple(input_shape)
@@ -489,9 +507,13 @@ class CompiledModels:
     @property
     def settings(self) -> dict[str, Any]:
         """The compile settings, as recorded in reports."""
-        return {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads or 0,
-                "ENABLE_CPU_PINNING": "default" if self.pinning is None else self.pinning,
-                "static_batch_shapes": self.max_static_shapes}  # fmt: skip
+        return {
+            "INFERENCE_PRECISION_HINT": self.hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads or 0,
+            "ENABLE_CPU_PINNING": "default" if self.pinning is None else self.pinning,
+            "static_batch_shapes": self.max_static_shapes,
+        }
 
     def compiled(self, batch: int):
         """(compiled model, its request pool) for ``batch`` images, compiled on first use."""

@@ -1,16 +1,31 @@
 """The S2-MLPv2 model family: registry, model, checkpoints.
 
-``import models`` also registers every variant with timm, so ``timm.create_model(name)``
+``import models`` is light: configs, the registry and model cards need no torch
+(``models.config``, ``models.card``). The first use of a name that needs torch
+(``models.create_model``, ``models.load_checkpoint``, ``models.S2MLPv2``, ...) imports
+``models.s2mlpv2``, which also registers every variant with timm, so ``timm.create_model(name)``
 works afterwards.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from .checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
-from .s2mlpv2 import Preprocessing, S2MLPv2, S2MLPv2Config, create_model, get_variant, list_models
+import importlib
+from pathlib import Path
+from typing import Any
+
+from .card import CheckpointError, read_card
+from .config import Preprocessing, S2MLPv2Config, get_variant, list_models
 
 # The trained checkpoint the package ships: s2mlpv2_cifar10, 80 % top-1 on 5,000 held-out CIFAR-10 images.
 SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "s2mlpv2_cifar10.safetensors"
+
+# The names that need torch, and the module that defines each (imported on first use).
+_LAZY = {
+    "S2MLPv2": ".s2mlpv2",
+    "create_model": ".s2mlpv2",
+    "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+}
 
 __all__ = [
     "S2MLPv2",
@@ -27,26 +42,7 @@ __all__ = [
 ]
 
 
-def _register_with_timm() -> None:
-    from timm.models import register_model
-    from timm.models._registry import is_model
-
-    for name in list_models():
-        if is_model(name):
-            continue
-
-        def _factory(pretrained: bool = False, _name: str = name, **kwargs):
-            if pretrained:
-                raise ValueError(
-                    f"no pretrained weights are published for {_name}; load your own with models.load_checkpoint(path)"
-                )
-            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                kwargs.pop(key, None)
-            return create_model(_name, **kwargs)
-
-        _factory.__name__ = name
-        _factory.__module__ = __name__
-        register_model(_factory)
-
-
-_register_with_timm()
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,23 +12,36 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .checkpoint import load_checkpoint
-from .s2mlpv2 import S2MLPv2, create_model, list_models
+from .config import list_models
 
-__all__ = ["ModelArgs", "load_model"]
+if TYPE_CHECKING:  # torch waits until a model is loaded
+    from .s2mlpv2 import S2MLPv2
+
+__all__ = ["ModelArgs", "load_model", "warn_random_weights"]
 
 
-def load_model(checkpoint: str | os.PathLike | None, model_name: str, role: str = "the model") -> S2MLPv2:
-    """The checkpoint's model, or ``model_name`` with seed-0 random weights and a warning on stderr naming ``role``."""
-    if checkpoint is not None:
-        return load_checkpoint(checkpoint)
+def warn_random_weights(model_name: str, role: str = "the model") -> None:
+    """The one warning, on stderr, that ``role`` has random weights and its accuracy numbers mean nothing."""
     print(
         f"WARNING: no --checkpoint: {role} is {model_name} with RANDOM weights (seed 0); accuracy numbers mean nothing",
         file=sys.stderr,
         flush=True,
     )
+
+
+def load_model(checkpoint: str | os.PathLike | None, model_name: str, role: str = "the model", warn: bool = True) -> S2MLPv2:
+    """The checkpoint's model, or ``model_name`` with seed-0 random weights (and, with ``warn``, the warning)."""
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(checkpoint)
+    if warn:
+        warn_random_weights(model_name, role)
     import torch
+
+    from .s2mlpv2 import create_model
 
     torch.manual_seed(0)
     return create_model(model_name).eval()

@@ -17,71 +17,19 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.errors import S2MLPv2Error
 from common.fileio import atomic_path, atomic_write_json
 
-from .s2mlpv2 import Preprocessing, S2MLPv2, S2MLPv2Config, get_variant, list_models
+from .card import _METADATA_KEY, CheckpointError, ModelCard, _short, card_path_for, read_card
+from .s2mlpv2 import S2MLPv2, S2MLPv2Config, get_variant, list_models
 
 __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "read_card", "card_path_for"]
 
-CARD_FORMAT = "s2mlpv2-card/1"
-_METADATA_KEY = "s2mlpv2_card"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-class CheckpointError(S2MLPv2Error, ValueError):
-    """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
-
-
-@dataclass
-class ModelCard:
-    config: S2MLPv2Config
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.config.preprocessing
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self.config.class_names
-
-    def to_dict(self) -> dict[str, Any]:
-        cfg = self.config.to_dict()
-        preprocessing = cfg.pop("preprocessing")
-        class_names = cfg.pop("class_names")
-        return {
-            "format": CARD_FORMAT,
-            "model": self.config.name,
-            "config": cfg,
-            "preprocessing": preprocessing,
-            "class_names": list(class_names) if class_names is not None else None,
-            "provenance": self.provenance,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "card") -> ModelCard:
-        try:
-            if d.get("format") != CARD_FORMAT:
-                raise ValueError(f"format is {d.get('format')!r}, expected {CARD_FORMAT!r}")
-            cfg = dict(d["config"])
-            cfg["preprocessing"] = d["preprocessing"]
-            cfg["class_names"] = d.get("class_names")
-            return cls(S2MLPv2Config.from_dict(cfg), dict(d.get("provenance") or {}))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"{source} is not a valid S2-MLPv2 model card ({e}); re-save it with models.save_checkpoint"
-            ) from None
-
-
-def card_path_for(path: str | os.PathLike) -> Path:
-    return Path(path).with_suffix(".json")
 
 
 def save_checkpoint(model: S2MLPv2, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
@@ -98,27 +46,6 @@ def save_checkpoint(model: S2MLPv2, path: str | os.PathLike, provenance: dict[st
         save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(card_dict)})
     atomic_write_json(card_path_for(path), card_dict)
     return path
-
-
-def read_card(path: str | os.PathLike) -> ModelCard | None:
-    """The card of a checkpoint: the JSON beside it, else the one inside the safetensors header."""
-    path = Path(path)
-    _check_file(path)
-    sidecar = card_path_for(path)
-    embedded = _embedded_card(path) if path.suffix == ".safetensors" else None
-    if sidecar.is_file() and sidecar != path:
-        try:
-            sidecar_dict = json.loads(sidecar.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"model card {sidecar} is not valid JSON ({e}); fix or delete it") from None
-        card = ModelCard.from_dict(sidecar_dict, str(sidecar))
-        if embedded is not None and embedded.config != card.config:
-            raise CheckpointError(
-                f"model card {sidecar} disagrees with the card inside {path.name} "
-                f"({embedded.config.name} vs {card.config.name} config); delete the stale JSON or re-save the checkpoint"
-            )
-        return card
-    return embedded
 
 
 def load_checkpoint(
@@ -163,34 +90,6 @@ def load_checkpoint(
 
 
 # --------------------------------------------------------------------------- internals
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}; check the path (a .safetensors file or a PyTorch state dict)")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a regular file; give the weights file itself")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); re-copy or re-save it")
-
-
-def _embedded_card(path: Path) -> ModelCard | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for a bad header
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({_short(e)}); it may be truncated or corrupt: re-copy or re-save it"
-        ) from None
-    raw = metadata.get(_METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        return ModelCard.from_dict(json.loads(raw), f"the card inside {path.name}")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"the card inside {path} is not valid JSON ({e}); re-save the checkpoint") from None
 
 
 def _read_state_dict(path: Path, map_location: str) -> dict[str, torch.Tensor]:
@@ -302,8 +201,3 @@ def _check_fit(path: Path, model: S2MLPv2, state: dict[str, torch.Tensor], name:
         hint = f"it looks like a {guess.name} checkpoint: use that model name"
     shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
     raise CheckpointError(f"{path} does not fit {name} ({len(problems)} mismatches: {shown}); {hint}")
-
-
-def _short(e: Exception) -> str:
-    text = " ".join(str(e).split())
-    return text[:160] + ("…" if len(text) > 160 else "")

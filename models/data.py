@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, UsageError
 from common.images import IMAGE_SUFFIXES, load_rgb
 
@@ -136,12 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m models.data",
         description="Data utilities. 'split' holds out N images per class of an ImageFolder tree into OUT/train and OUT/val.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    split = sub.add_parser(
-        "split", help="deterministic class-stratified train/val split", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    split = sub.add_parser("split", help="deterministic class-stratified train/val split", formatter_class=HelpFormatter)
     split.add_argument("--src", required=True, type=Path, help="ImageFolder tree (one folder per class)")
     split.add_argument("--out", required=True, type=Path, help="writes OUT/train and OUT/val (hard links where possible)")
     split.add_argument("--per-class", type=int, default=500, help="validation images per class")

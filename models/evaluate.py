@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, UsageError
 from common.images import eval_transform
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m models.evaluate",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ModelArgs(checkpoint_required=True).add_to_parser(p)
     p.add_argument("--data", required=True, type=Path, help="ImageFolder tree whose folder names are the model's class names")

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.images import eval_transform
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m models.train",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, type=Path, help="ImageFolder training tree")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.cli import HelpFormatter
 from common.fileio import atomic_write_json
 
 from .s2mlpv2 import create_model, list_models
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m models.train_speed",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="s2mlpv2_cifar10", choices=list_models())
     p.add_argument("--batch-size", type=int, default=128)

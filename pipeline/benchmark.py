@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.versions import cpu_name, tool_versions
@@ -67,10 +67,22 @@ __all__ = ["time_fn", "time_interleaved", "gemm_ceilings", "profile_onnx", "plai
 # ONNX Runtime kernels that do the model's multiply-adds (fp32 and integer, before and after fusion).
 GEMM_OPS = frozenset(
     {
-        "MatMul", "Gemm", "Conv", "FusedMatMul", "FusedGemm", "FusedConv", "NhwcFusedConv", "MatMulInteger",
-        "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv", "ConvInteger", "QGemm",
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "FusedMatMul",
+        "FusedGemm",
+        "FusedConv",
+        "NhwcFusedConv",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QLinearMatMul",
+        "QLinearConv",
+        "ConvInteger",
+        "QGemm",
     }
-)  # fmt: skip
+)
 
 
 def time_fn(fn: Callable[[], Any], warmup: int, iters: int, min_seconds: float = 0.0) -> np.ndarray:
@@ -212,9 +224,14 @@ def plain_export(model, path: Path) -> Path:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (torch.randn(2, c, h, w),), str(path), input_names=["input"], output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}, dynamo=True,
-            )  # fmt: skip
+                model,
+                (torch.randn(2, c, h, w),),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                dynamo=True,
+            )
     except Exception as e:  # the exporter raises many types; all mean the same to the user
         raise ExportError(f"the plain torch.onnx.export of the peer rows failed: {str(e).splitlines()[0][:300]}") from e
     return path
@@ -374,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.benchmark",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     MODEL_ARGS.add_to_parser(p)
     p.add_argument("--onnx", type=Path, nargs="*", default=[], help="ONNX artifacts to time with ONNX Runtime")
@@ -502,13 +519,22 @@ def benchmark(
             raise DeployedError(f"artifact not found: {path}")
     runners = _torch_runners(model, settings, [*onnx, *plans])
     rows: list[Row] = [
-        Row(name, precision, run, "torch", peer=name.startswith("torch eager")) for name, precision, run in runners
+        Row(name, precision, run, "torch", kind="eager" if name.startswith("torch eager") else "compiled")
+        for name, precision, run in runners
     ]
     reference = [reference_onnx] if reference_onnx and reference_onnx not in onnx else []
     for path in [*reference, *onnx]:
         precision = artifact_precision(path)
-        rows.append(Row(f"onnxruntime {precision} ({path.name})", precision, OnnxRuntimeRunner(path, threads=settings.threads),
-                        "onnxruntime", path))  # fmt: skip
+        rows.append(
+            Row(
+                f"onnxruntime {precision} ({path.name})",
+                precision,
+                OnnxRuntimeRunner(path, threads=settings.threads),
+                "onnxruntime",
+                path,
+                kind="reference" if reference_onnx is not None and path == Path(reference_onnx) else "artifact",
+            )
+        )
     for path in plans:
         runner = load_runner(path)
         rows.append(
@@ -521,11 +547,10 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="benchmark-peers-") as tmp:
         if settings.peers:
             rows += [
-                Row(name, precision, run, run.backend, peer=True)
+                Row(name, precision, run, run.backend, kind="peer")
                 for name, precision, run in _peer_runners(model, settings, Path(tmp))
             ]
-        reference_name = next((r.name for r in rows if reference_onnx and r.artifact == Path(reference_onnx)), None)
-        result = _measure(settings, model, rows, reference_name, gates)
+        result = _measure(settings, model, rows, gates)
     with atomic_paths(out, out.with_suffix(".md"), out.with_suffix(".png")) as (json_path, md_path, png_path):
         atomic_write_json(json_path, result)
         atomic_write_text(md_path, _markdown(result))
@@ -533,16 +558,30 @@ def benchmark(
     return result
 
 
+ROW_KINDS = ("eager", "compiled", "reference", "artifact", "peer")
+
+
 @dataclass(frozen=True)
 class Row:
-    """One timed thing: its name in the table, the precision it is gated at, the callable, the runtime, its file."""
+    """One timed thing: its name in the table, the precision it is gated at, the callable, the runtime, its file, its kind.
+
+    ``kind``: ``eager`` (PyTorch eager), ``compiled`` (``torch.compile``), ``reference`` (the fp32
+    graph the artifacts came from, on ONNX Runtime), ``artifact`` (ours), ``peer`` (a plain
+    export: what a user gets without this project). Comparisons find rows by these fields, never
+    by their display names.
+    """
 
     name: str
     precision: str
     run: Callable[[np.ndarray], Any]
     runtime: str  # torch, onnxruntime, openvino, tensorrt, tensorrt-rtx
     artifact: Path | None = None
-    peer: bool = False  # what a user gets without this project
+    kind: str = "artifact"
+
+    @property
+    def peer(self) -> bool:
+        """What a user has without this project: a plain export, or PyTorch eager."""
+        return self.kind in ("peer", "eager")
 
 
 def _openvino_runner(path: Path, threads: int):
@@ -575,10 +614,18 @@ def _gates_by_artifact(reports: Sequence[Path]) -> dict[Path, bool]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The command line's ``args`` -> :func:`benchmark`."""
     settings = BenchmarkSettings(
-        batches=tuple(args.batches), warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds, threads=args.threads,
-        gemm_size=args.gemm_size, rounds=args.rounds, eager=not args.no_eager or args.peers, compile=args.compile,
-        profile=args.profile, peers=args.peers,
-    )  # fmt: skip
+        batches=tuple(args.batches),
+        warmup=args.warmup,
+        iters=args.iters,
+        min_seconds=args.min_seconds,
+        threads=args.threads,
+        gemm_size=args.gemm_size,
+        rounds=args.rounds,
+        eager=not args.no_eager or args.peers,
+        compile=args.compile,
+        profile=args.profile,
+        peers=args.peers,
+    )
     model = MODEL_ARGS.load(args, "the benchmark's torch model")
     return benchmark(model, args.out, settings, args.onnx, args.plan, args.reference_onnx, args.openvino, args.verified)
 
@@ -586,8 +633,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
-                               ("--batches", min(args.batches), 1), ("--threads", args.threads, 1)):  # fmt: skip
+    for flag, value, least in (
+        ("--rounds", args.rounds, 1),
+        ("--iters", args.iters, 1),
+        ("--warmup", args.warmup, 0),
+        ("--batches", min(args.batches), 1),
+        ("--threads", args.threads, 1),
+    ):
         if value < least:
             parser.error(f"{flag} must be at least {least}, got {value}")
     try:
@@ -647,6 +699,7 @@ def _row(row: Row, batch: int, by_round: list, gflops, gates: dict[Path, bool]) 
         "backend": name,
         "runtime": row.runtime,
         "artifact": row.artifact.name if row.artifact is not None else None,
+        "kind": row.kind,
         "peer": row.peer,
         "gates": None if passed is None else ("pass" if passed else "FAIL"),
         "precision": precision,
@@ -664,18 +717,18 @@ def _row(row: Row, batch: int, by_round: list, gflops, gates: dict[Path, bool]) 
     }
 
 
-def _compare(rows: list[dict[str, Any]], reference_name: str | None, ceilings: dict[str, float], stand_ins=frozenset()) -> None:
+def _compare(rows: list[dict[str, Any]], ceilings: dict[str, float], stand_ins=frozenset()) -> None:
     """Each row against eager fp32, eager in its own precision, the fp32 graph on the same runtime and the fastest peer; plus its note."""
 
-    def find(batch: int, backend: str | None):
-        return next((b for b in rows if b["batch"] == batch and b["backend"] == backend), None)
+    def find(batch: int, **fields):
+        return next((b for b in rows if b["batch"] == batch and all(b[k] == v for k, v in fields.items())), None)
 
     for r in rows:
-        base = find(r["batch"], "torch eager fp32")
+        base = find(r["batch"], kind="eager", precision="fp32")
         r["speedup_vs_eager"] = base["p50_ms"] / r["p50_ms"] if base else float("nan")
-        same = find(r["batch"], f"torch eager {r['precision']}")
+        same = find(r["batch"], kind="eager", precision=r["precision"])
         r["speedup_vs_eager_same_precision"] = same["p50_ms"] / r["p50_ms"] if same else None
-        ref = find(r["batch"], reference_name)
+        ref = find(r["batch"], kind="reference")
         same_runtime = ref is not None and ref is not r and ref["runtime"] == r["runtime"]
         r["speedup_vs_fp32_graph"] = ref["p50_ms"] / r["p50_ms"] if same_runtime else None
         peers = [p for p in rows if p["peer"] and p["batch"] == r["batch"]]
@@ -696,8 +749,17 @@ def _headline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(peers) < 2 or not eligible:
             continue
         peer, best = min(peers, key=lambda r: r["p50_ms"]), min(eligible, key=lambda r: r["p50_ms"])
-        out.append({"batch": batch, "ours": best["backend"], "ours_ms": best["p50_ms"], "gates": best["gates"],
-                    "peer": peer["backend"], "peer_ms": peer["p50_ms"], "speedup": peer["p50_ms"] / best["p50_ms"]})  # fmt: skip
+        out.append(
+            {
+                "batch": batch,
+                "ours": best["backend"],
+                "ours_ms": best["p50_ms"],
+                "gates": best["gates"],
+                "peer": peer["backend"],
+                "peer_ms": peer["p50_ms"],
+                "speedup": peer["p50_ms"] / best["p50_ms"],
+            }
+        )
     return out
 
 
@@ -711,8 +773,15 @@ def _profiles(settings: BenchmarkSettings, rows: Sequence[Row], inputs, ceilings
             prof = profile_onnx(row.artifact, x, settings.threads) if row.runtime == "onnxruntime" else row.run.profile(x)
             gemm_gflops = gflops(batch, prof["gemm_ms"])
             ceiling = ceilings["int8" if row.precision == "int8" else "fp32"]
-            prof.update(artifact=row.artifact.name, runtime=row.runtime, row=row.name, precision=row.precision, batch=batch,
-                        gemm_gflops=gemm_gflops, gemm_fraction_of_ceiling=gemm_gflops / ceiling)  # fmt: skip
+            prof.update(
+                artifact=row.artifact.name,
+                runtime=row.runtime,
+                row=row.name,
+                precision=row.precision,
+                batch=batch,
+                gemm_gflops=gemm_gflops,
+                gemm_fraction_of_ceiling=gemm_gflops / ceiling,
+            )
             profiles.append(prof)
             print(
                 f"  {row.name} batch {batch}: GEMM kernels {prof['gemm_ms']:.1f} of {prof['kernel_ms']:.1f} ms "
@@ -722,7 +791,7 @@ def _profiles(settings: BenchmarkSettings, rows: Sequence[Row], inputs, ceilings
     return profiles
 
 
-def _measure(settings: BenchmarkSettings, model, rows: Sequence[Row], reference_name, gates: dict[Path, bool]) -> dict[str, Any]:
+def _measure(settings: BenchmarkSettings, model, rows: Sequence[Row], gates: dict[Path, bool]) -> dict[str, Any]:
     """Ceilings, timed rows and (with ``profile``) per-op profiles, as the JSON result."""
     macs = count_macs(model)
 
@@ -736,7 +805,7 @@ def _measure(settings: BenchmarkSettings, model, rows: Sequence[Row], reference_
     ceilings = {key: float(np.median([ceil[key] for ceil, _ in by_round])) for key in ("fp32", "int8")}
     table = [_row(row, batch, by_round, gflops, gates) for batch in settings.batches for row in rows]
     stand_ins = frozenset(row.name for row in rows if getattr(row.run, "python_shift", False))
-    _compare(table, reference_name, ceilings, stand_ins)
+    _compare(table, ceilings, stand_ins)
     openvino = next((r.run for r in rows if r.runtime == "openvino"), None)
     return {
         "model": model.config.name,

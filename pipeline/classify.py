@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 
 from .deployed import BACKENDS, DeployedModel, InputImageError, Prediction, iter_image_files
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.classify",
         description=__doc__.split("\n\n")[0],
         epilog="Which runner is chosen, and why: pipeline/deployed.py (docs/USING.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan or an .onnx")
     p.add_argument("images", type=Path, nargs="+", help="image files and folders (walked recursively)")

@@ -161,7 +161,7 @@ def read_card(artifact: str | os.PathLike):
 
     A plan whose sidecar predates cards falls back to the ONNX graph beside it that the plan was built from.
     """
-    from models.checkpoint import ModelCard
+    from models.card import ModelCard
 
     path = Path(artifact)
     if path.suffix == ".onnx":

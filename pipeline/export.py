@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import CARD_KEY, MODEL_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
 from models.args import ModelArgs, load_model
-from models.checkpoint import ModelCard
+from models.card import ModelCard
 from models.layers import S2MLPv2ExportMixer, S2MLPv2Mixer
 from models.s2mlpv2 import S2MLPv2
 
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.export",
         description=__doc__.split("\n\n")[0],
         epilog="Prints the node count, the op histogram and the seconds taken.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ModelArgs().add_to_parser(p)
     p.add_argument(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from common.cli import HelpFormatter
 from common.fileio import atomic_write_json
 from models import create_model, list_models
 
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.export_report",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--images", type=Path, help="folder of images for the parity check (e.g. an ImageNet sample)")
     p.add_argument("--models", nargs="+", default=list_models(), choices=list_models())

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 
@@ -139,8 +139,21 @@ class Server:
 def start_server(build: Path, extra: Sequence[str] = (), timeout_s: float = READY_TIMEOUT_S) -> Server:
     """Start ``pipeline.serve`` on free loopback ports; returns once it printed its ready line (else stops it and raises)."""
     http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "pipeline.serve", str(build), "--host", "127.0.0.1", "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.serve",
+        str(build),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        *extra,
+    ]
     server = Server(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), http, grpc, metrics)
 
     def read() -> None:
@@ -173,8 +186,9 @@ def stop_server(server: Server, timeout_s: float = 30) -> int:
     return proc.returncode
 
 
-def run_level(url: str, model_name: str, inputs: np.ndarray, concurrency: int, requests: int, seconds: float, mode: str,
-              batch: int = 1) -> LoadLevel:  # fmt: skip
+def run_level(
+    url: str, model_name: str, inputs: np.ndarray, concurrency: int, requests: int, seconds: float, mode: str, batch: int = 1
+) -> LoadLevel:
     """``concurrency`` clients share ``requests`` requests of ``batch`` images each, for at most ``seconds``."""
     import tritonclient.grpc as grpcclient
 
@@ -303,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.loadtest",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("build", type=Path, help="the build directory the server serves (names the model and its card)")
     p.add_argument("--url", help="gRPC HOST:PORT of a running server (loopback only); default: start pipeline.serve twice")
@@ -319,8 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag, value in (("--requests", args.requests), ("--batch", args.batch), ("--seconds", args.seconds),
-                        ("--concurrency", min(args.concurrency))):  # fmt: skip
+    for flag, value in (
+        ("--requests", args.requests),
+        ("--batch", args.batch),
+        ("--seconds", args.seconds),
+        ("--concurrency", min(args.concurrency)),
+    ):
         if value <= 0:
             return report_error(UsageError(f"{flag} must be positive, got {value}"))
     proc = None
@@ -329,9 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_loopback(args.url.rsplit(":", 1)[0].strip("[]"))
         model_name, card = _served(args.build)
         inputs, what = _inputs(card, args.images)
-        modes = [("as running", None)] if args.url else [
-            ("dynamic batching", ["--queue-delay-us", str(args.queue_delay_us)]), ("no dynamic batching", ["--no-dynamic-batching"])
-        ]  # fmt: skip
+        modes = (
+            [("as running", None)]
+            if args.url
+            else [
+                ("dynamic batching", ["--queue-delay-us", str(args.queue_delay_us)]),
+                ("no dynamic batching", ["--no-dynamic-batching"]),
+            ]
+        )
         levels: list[LoadLevel] = []
         for mode, extra in modes:
             url = args.url

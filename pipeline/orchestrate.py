@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import S2MLPv2Error
 from common.fileio import atomic_write_json
 from common.fingerprint import HashCache
 from common.versions import tool_versions
@@ -64,6 +63,7 @@ from models.args import load_model
 
 from .gates import GateResult
 from .manifest import Manifest, OutputLock, StageKey
+from .options import BuildOptions, PipelineError
 
 __all__ = [
     "Backend",
@@ -85,50 +85,6 @@ TENSORRT_HINT = (
 )
 OPENVINO_HINT = "OpenVINO is not installed (`pip install openvino`): the CPU route is ONNX Runtime alone"
 CPU_BACKENDS = ("onnxruntime", "openvino")
-
-
-class PipelineError(S2MLPv2Error, RuntimeError):
-    """A stage cannot run with these options; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    precision: str = "fp16"
-    model: str = "s2mlpv2_small7"
-    checkpoint: Path | None = None
-    shift_impl: str = "onnx"
-    opset: int = 20
-    calib_data: Path | None = None
-    calib_size: int = 512
-    calib_method: str = "entropy"
-    qdq_placement: str = "gemm-inputs"
-    calib_holdout: int = 64
-    calib_seed: int = 0
-    labels: Path | None = None
-    eval_data: Path | None = None
-    eval_limit: int | None = 500
-    batch: tuple[int, int, int] = (1, 8, 32)
-    backend: str = "auto"
-    compute_capabilities: tuple[str, ...] | None = None  # TensorRT for RTX targets; None: the builder's default set
-    out: Path | None = None
-    force: bool = False
-    triton_repo: Path | None = None
-    bench_seconds: float = 1.0
-
-    def out_dir(self, model_name: str) -> Path:
-        return self.out or Path("build") / f"{model_name}-{self.precision}"
-
-    def check(self) -> None:
-        if self.precision not in ("fp32", "fp16", "int8"):
-            raise PipelineError(f"--precision must be fp32, fp16 or int8, got {self.precision!r}")
-        if self.precision == "int8" and self.calib_data is None:
-            raise PipelineError(
-                "--precision int8 needs --calib-data: a folder of a few hundred representative images "
-                "(an ImageNet-style class-folder tree, a flat folder with synsets in the file names, or a list file)"
-            )
-        lo, opt, hi = self.batch
-        if not 1 <= lo <= opt <= hi:
-            raise PipelineError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -188,13 +144,21 @@ class Run:
     """
 
     opts: BuildOptions
-    model: Any
+    config: Any  # models.S2MLPv2Config: the variant, its preprocessing and class names (no torch needed)
     out: Path
     backend: Backend
     calib: Any  # calibration.dataset.CalibrationSet | None
     weights_id: dict[str, str | None]  # the checkpoint's and its card's hashes, or what the random init was
     hashes: Any = None  # common.fingerprint.HashCache for the evaluation images
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded: Any = None  # the PyTorch model, once a stage has needed it
+
+    @property
+    def model(self):
+        """The PyTorch model, loaded on first use: a rerun whose stages are all current never imports torch."""
+        if self.loaded is None:
+            self.loaded = load_model(self.opts.checkpoint, self.opts.model, warn=False)
+        return self.loaded
 
     @property
     def fp32_graph(self) -> Path:
@@ -309,6 +273,7 @@ def precision_stage(run: Run) -> StageOutput:
         **calibration_inputs(run.calib),
         calib_method=opts.calib_method,
         qdq_placement=opts.qdq_placement,
+        verbose=opts.verbose,
     )
     report_name = f"precision-{opts.precision}.json"
     atomic_write_json(run.out / report_name, report.to_dict())
@@ -401,16 +366,16 @@ def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], st
     """(images, labels, paths, source): the evaluation set, else the calibration set's held-out slice, else random inputs."""
     from calibration.dataset import load_images
 
-    opts, model, calib = run.opts, run.model, run.calib
+    opts, config, calib = run.opts, run.config, run.calib
     if opts.eval_data is not None:
-        images, labels, paths = load_images(opts.eval_data, model.config.preprocessing, opts.eval_limit, model.config.class_names)
+        images, labels, paths = load_images(opts.eval_data, config.preprocessing, opts.eval_limit, config.class_names)
         return images, labels, paths, str(opts.eval_data)
     if calib is not None and len(calib.holdout):
-        index = {n: i for i, n in enumerate(model.config.class_names or ())}
+        index = {n: i for i, n in enumerate(config.class_names or ())}
         found = [index.get(x) for x in calib.holdout_labels]
         labels = np.array(found) if found and all(x is not None for x in found) else None
         return calib.holdout, labels, calib.files[calib.size :], f"held-out slice of {opts.calib_data}"
-    c, h, w = model.config.preprocessing.input_size
+    c, h, w = config.preprocessing.input_size
     images = np.random.default_rng(0).standard_normal((16, c, h, w)).astype(np.float32)
     return images, None, [f"random-{i}" for i in range(16)], "16 random inputs"
 
@@ -431,9 +396,14 @@ def verify_stage(run: Run) -> StageOutput:
         write_report(result, report)
         outputs += [report.name, report.with_suffix(".md").name, report.with_suffix(".png").name]
         routes.append(
-            {"backend": route.backend, "artifact": route.artifact.name, "report": report.name, "passed": result.passed,
-             "line": str(result).splitlines()[0]}
-        )  # fmt: skip
+            {
+                "backend": route.backend,
+                "artifact": route.artifact.name,
+                "report": report.name,
+                "passed": result.passed,
+                "line": str(result).splitlines()[0],
+            }
+        )
     return outputs, {"passed": routes[0]["passed"], "line": routes[0]["line"], "routes": routes}
 
 
@@ -483,7 +453,7 @@ STAGES: tuple[Stage, ...] = (
         "export",
         export_stage,
         inputs=lambda run: dict(run.weights_id),
-        settings=lambda run: {"shift_impl": run.opts.shift_impl, "opset": run.opts.opset, "model": run.model.config.name},
+        settings=lambda run: {"shift_impl": run.opts.shift_impl, "opset": run.opts.opset, "model": run.config.name},
         describe=lambda run, rec: f"model.onnx, {rec.get('nodes')} nodes",
         code=lambda run: ("pipeline.export",),
         tools=lambda run: ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime"),
@@ -560,13 +530,15 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     if note:
         print(note, flush=True)
     t0 = time.perf_counter()
-    model = load_model(opts.checkpoint, opts.model, "the model")
-    out = opts.out_dir(model.config.name)
+    config, model = _model_config(opts)
+    out = opts.out_dir(config.name)
+    if model is None and (opts.force or not (out / "manifest.json").is_file()):
+        model = load_model(opts.checkpoint, opts.model, warn=False)  # a new build: the weights are checked before any file
     versions = tool_versions()
     with OutputLock(out):
         manifest = Manifest(out)
         hashes = HashCache(out / ".hashes.json")
-        run = Run(opts, model, out, backend, _calibration(opts, model, out), _weights_id(opts), hashes)
+        run = Run(opts, config, out, backend, _calibration(opts, config, out), _weights_id(opts), hashes, loaded=model)
         earlier_code: tuple[str, ...] = ()
         for stage in STAGES:
             if not stage.applies(run):
@@ -591,16 +563,34 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     return summary
 
 
+def _model_config(opts: BuildOptions) -> tuple[Any, Any]:
+    """(the model's config, the model where it had to be loaded to know it): from the checkpoint's card or the
+    registry, without torch; a checkpoint without a card is loaded, since its variant is read from its weights."""
+    if opts.checkpoint is None:
+        from models.args import warn_random_weights
+        from models.config import get_variant
+
+        warn_random_weights(opts.model, "the model")
+        return get_variant(opts.model), None
+    from models.card import read_card
+
+    card = read_card(opts.checkpoint)
+    if card is None:
+        model = load_model(opts.checkpoint, opts.model)
+        return model.config, model
+    return card.config, None
+
+
 def _weights_id(opts: BuildOptions) -> dict[str, str | None]:
     """The checkpoint and the card beside it, by content (the card decides preprocessing); or the random init."""
     if opts.checkpoint is None:
         return {"weights": f"random-init:{opts.model}:seed0"}
-    from models.checkpoint import card_path_for
+    from models.card import card_path_for
 
     return Manifest.hashes({"checkpoint": opts.checkpoint, "checkpoint card": card_path_for(opts.checkpoint)})
 
 
-def _calibration(opts: BuildOptions, model, out: Path):
+def _calibration(opts: BuildOptions, config, out: Path):
     """The calibration set (cached under OUT/calibration) for int8, fp16's range check and verify's held-out slice."""
     if opts.calib_data is None:
         return None
@@ -622,7 +612,7 @@ def _calibration(opts: BuildOptions, model, out: Path):
         )
     calib = build_calibration_set(
         opts.calib_data,
-        model.config.preprocessing,
+        config.preprocessing,
         opts.calib_size,
         holdout=holdout,
         seed=opts.calib_seed,
@@ -647,7 +637,7 @@ def _write_triton_repository(run: Run) -> None:
         served = run.graph
     else:
         served = run.artifact
-    config = run.model.config
+    config = run.config
     repo = write_model_repository(
         run.opts.triton_repo,
         f"{config.name}_{run.opts.precision}",
@@ -663,8 +653,18 @@ def _summary(run: Run, seconds: float) -> dict[str, Any]:
     opts, out, backend = run.opts, run.out, run.backend
     verify_report = json.loads((out / "verify.json").read_text())
     bench = json.loads((out / "benchmark.json").read_text())
-    keys = ("backend", "precision", "batch", "p50_ms", "images_per_s", "speedup_vs_eager", "speedup_vs_eager_same_precision",
-            "speedup_vs_fp32_graph", "note")  # fmt: skip
+    keys = (
+        "backend",
+        "kind",
+        "precision",
+        "batch",
+        "p50_ms",
+        "images_per_s",
+        "speedup_vs_eager",
+        "speedup_vs_eager_same_precision",
+        "speedup_vs_fp32_graph",
+        "note",
+    )
     summary: dict[str, Any] = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "backend": backend.name,
@@ -672,7 +672,7 @@ def _summary(run: Run, seconds: float) -> dict[str, Any]:
     if backend.builds_plan:
         summary.update(plan=run.records["build"]["plan"], plan_executed=backend.runs_plan, verified_artifact=run.artifact.name)
     summary.update(
-        model={"name": run.model.config.name, "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
+        model={"name": run.config.name, "checkpoint": str(opts.checkpoint) if opts.checkpoint else None},
         precision=opts.precision,
         artifact=run.artifact.name,
         artifacts={p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")},
@@ -707,18 +707,33 @@ def _cpu_routes(run: Run, bench: dict[str, Any]) -> dict[str, Any]:
         if route["backend"] not in CPU_BACKENDS:
             continue
         row = next(
-            (r for r in bench["rows"] if r.get("artifact") == route["artifact"] and r.get("runtime") == route["backend"]
-             and r["batch"] == batch),
+            (
+                r
+                for r in bench["rows"]
+                if r.get("artifact") == route["artifact"] and r.get("runtime") == route["backend"] and r["batch"] == batch
+            ),
             None,
-        )  # fmt: skip
-        routes.append({"backend": route["backend"], "artifact": route["artifact"], "passed": route["passed"],
-                       "report": route["report"], "line": route["line"], "batch": batch,
-                       "p50_ms": row["p50_ms"] if row else None})  # fmt: skip
+        )
+        routes.append(
+            {
+                "backend": route["backend"],
+                "artifact": route["artifact"],
+                "passed": route["passed"],
+                "report": route["report"],
+                "line": route["line"],
+                "batch": batch,
+                "p50_ms": row["p50_ms"] if row else None,
+            }
+        )
     timed = [r for r in routes if r["passed"] and r["p50_ms"] is not None]
     best = min(timed, key=lambda r: r["p50_ms"]) if timed else None
     if best is not None:
-        best = {**best, "speedup_vs": {f"{r['backend']} ({r['artifact']})": r["p50_ms"] / best["p50_ms"]
-                                       for r in routes if r is not best and r["p50_ms"]}}  # fmt: skip
+        best = {
+            **best,
+            "speedup_vs": {
+                f"{r['backend']} ({r['artifact']})": r["p50_ms"] / best["p50_ms"] for r in routes if r is not best and r["p50_ms"]
+            },
+        }
         best = {k: v for k, v in best.items() if k not in ("passed", "report", "line")}
     return {"cpu_routes": routes, "cpu_route": best} if routes else {}
 
@@ -773,8 +788,10 @@ def _print_cpu_route(summary: dict[str, Any]) -> None:
         print("\n== cpu route: none; no CPU route passed its gates")
     else:
         faster = ", ".join(f"{v:.2f}x {k}" for k, v in best["speedup_vs"].items())
-        print(f"\n== cpu route: {best['backend']} ({best['artifact']}), the fastest CPU route that passed its gates: "
-              f"{best['p50_ms']:.2f} ms at batch {best['batch']}{'; ' + faster if faster else ''}")  # fmt: skip
+        print(
+            f"\n== cpu route: {best['backend']} ({best['artifact']}), the fastest CPU route that passed its gates: "
+            f"{best['p50_ms']:.2f} ms at batch {best['batch']}{'; ' + faster if faster else ''}"
+        )
     for r in routes:
         if not r["passed"]:
             print(f"  {r['backend']} ({r['artifact']}) failed its gates ({r['report'].removesuffix('.json')}.md): not used")
@@ -826,11 +843,11 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
                 ("speedup_vs_fp32_graph", "the fp32 graph"),
                 ("speedup_vs_eager_same_precision", f"eager {r['precision']}"),
                 ("speedup_vs_eager", "eager fp32"),
-            )  # fmt: skip
+            )
             if r.get(k) is not None
             and r[k] == r[k]
             and not (k == "speedup_vs_eager" and r.get("speedup_vs_eager_same_precision"))
-            and r["backend"] != "torch eager fp32"
+            and not (r.get("kind") == "eager" and r["precision"] == "fp32")
         ]
         print(
             f"  {r['backend']:44s} batch {r['batch']:3d}  {r['p50_ms']:8.2f} ms  {r['images_per_s']:8.1f} img/s  {', '.join(ratios)}"

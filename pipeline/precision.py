@@ -13,12 +13,18 @@ where FP16 and INT8 are decided:
   nodes and the largest activation it measured for every LayerNorm, reduction and softmax.
 * **int8**: ModelOpt's ONNX quantizer, symmetric Q/DQ (zero point 0), entropy calibration by
   default, calibrated on class-stratified images preprocessed by the model card. Q/DQ go on
-  the inputs of MatMul, Gemm and Conv only (``--qdq-placement gemm-inputs``): ONNX Runtime
-  then runs each as one integer kernel, and no other tensor is rounded to int8 (a tensor that
-  feeds two GEMMs gets one Q/DQ pair per GEMM, see ``own_qdq_per_consumer``). The report
-  lists which nodes got Q/DQ and which stayed in higher precision. If the int8 graph misses
-  its gate on a held-out slice of the calibration data, the most sensitive nodes are kept in
-  fp32, one round at a time, until it passes.
+  the inputs of MatMul and Gemm only (``--qdq-placement gemm-inputs``): ONNX Runtime then runs
+  each as one integer kernel, and no other tensor is rounded to int8 (a tensor that feeds two
+  GEMMs gets one Q/DQ pair per GEMM, see ``own_qdq_per_consumer``). Convolutions (the patch
+  embedding, which reads the image, and the stage transition) stay fp32 unless
+  ``--quantize-conv``: ONNX Runtime has no int8 convolution with a float output, so Q/DQ there
+  only cost accuracy, and rounding the input image was the largest single error. Each GEMM
+  input that a Gelu writes is centred and scaled per channel before calibration
+  (``pipeline.equalize``; ``--no-equalize-gelu`` turns it off). docs/PRECISION.md has the
+  measurements behind these defaults. The report lists which nodes got Q/DQ and which stayed
+  in higher precision. If the int8 graph misses its gate on a held-out slice of the
+  calibration data, the nodes whose own rounding costs the most are kept in fp32, one round at
+  a time, until it passes.
 * **plugin graphs** are converted through their standard-ops twin: the shift nodes are
   lowered back to standard ops, the twin is converted (ModelOpt needs TensorRT to calibrate
   through a custom op), then the shifts are swapped back to plugin nodes.
@@ -43,13 +49,15 @@ from typing import Any
 import numpy as np
 
 from calibration.args import CalibrationArgs
-from common.cli import report_error, report_interrupt
+from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error
 from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import PRECISION_KEY, load_onnx, read_metadata, write_metadata
 from engines.shift_node import ONNX_DOMAIN
 
+from .equalize import equalize_gelu_inputs, fold_centres
 from .export import read_onnx_card
+from .options import QDQ_PLACEMENTS, add_qdq_placement_argument
 from .plugin_swap import graph_links, lower_plugin_nodes, swap_in_plugin_nodes
 
 __all__ = [
@@ -62,18 +70,17 @@ __all__ = [
     "convert_precision",
     "small_gemms",
     "own_qdq_per_consumer",
+    "sensitive_nodes",
     "main",
 ]
 
 log = logging.getLogger("pipeline.precision")
 WATCHED_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax")
-QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
-# Where Q/DQ pairs go. "gemm-inputs": only on the inputs of MatMul/Gemm/Conv, so that ONNX
-# Runtime turns each into one integer kernel with a float output and nothing else pays a
-# quantize/dequantize pass. "modelopt": ModelOpt's default, which also quantizes residual
-# Adds and other inputs (TensorRT fuses those into int8 layers; ONNX Runtime runs each Q/DQ
-# as a separate pass and loses accuracy at every one).
-QDQ_PLACEMENTS = ("gemm-inputs", "modelopt")
+QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")  # what the report lists as quantized or not
+# The int8 defaults (docs/PRECISION.md has the measurements): Conv inputs keep fp32 and Gelu-fed
+# GEMM inputs are equalized per channel, both with the "gemm-inputs" placement.
+QUANTIZE_CONV = False
+EQUALIZE_GELU = True
 # ModelOpt keeps GEMMs that TensorRT runs faster unquantized in high precision: one row per
 # image (a GEMV at batch 1) or K or N below 16. It passes its own list of them on as regular
 # expressions, unanchored, so "node_linear_2" also excluded node_linear_21 to node_linear_29.
@@ -94,6 +101,7 @@ class PrecisionReport:
     quantized: list[str] = field(default_factory=list)
     not_quantized: list[str] = field(default_factory=list)
     activation_max: dict[str, float] = field(default_factory=dict)
+    equalized: list[str] = field(default_factory=list)
     fallback_rounds: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +129,8 @@ class PrecisionReport:
             lines.append(
                 f"Q/DQ on {len(self.quantized)} nodes; {len(self.not_quantized)} quantizable nodes left in higher precision"
             )
+            if self.equalized:
+                lines.append(f"Gelu-fed GEMM inputs equalized per channel: {len(self.equalized)}")
             for r in self.fallback_rounds:
                 lines.append(
                     f"fallback round {r['round']}: kept {len(r['excluded'])} nodes in fp32, gate {r['gate']} = {r['value']:.4f} ({'pass' if r['passed'] else 'fail'})"
@@ -129,12 +139,15 @@ class PrecisionReport:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """ModelOpt logs at INFO level and prints progress; keep the stage's output to its own lines."""
+def _quiet(verbose: bool):
+    """ModelOpt logs at INFO level and draws progress bars: shown with ``verbose``, else kept out of the stage's output."""
+    if verbose:
+        yield
+        return
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         logging.disable(previous)
@@ -189,10 +202,9 @@ def convert_fp16(onnx_in: Path, calibration: np.ndarray | None, data_max: float 
             npz = Path(tmp) / "calibration.npz"
             np.savez(npz, input=calibration[:64])
             kwargs["calibration_data"] = str(npz)
-        with _quiet():
-            converted = convert_to_mixed_precision(
-                onnx_path=str(onnx_in), low_precision_type="fp16", keep_io_types=True, data_max=data_max, **kwargs
-            )
+        converted = convert_to_mixed_precision(
+            onnx_path=str(onnx_in), low_precision_type="fp16", keep_io_types=True, data_max=data_max, **kwargs
+        )
     types = _float_outputs(converted)
     kept = [
         f"{n.op_type}:{n.name}"
@@ -281,7 +293,14 @@ def quantize_int8(
     method: str = "entropy",
     nodes_to_exclude: Sequence[str] = (),
     placement: str = "gemm-inputs",
-) -> None:
+    *,
+    quantize_conv: bool = QUANTIZE_CONV,
+    equalize_gelu: bool = EQUALIZE_GELU,
+) -> list[str]:
+    """Quantize ``onnx_in`` into ``onnx_out``; returns the GEMMs whose Gelu input was equalized.
+
+    ``quantize_conv`` and ``equalize_gelu`` apply to the "gemm-inputs" placement; "modelopt" is
+    ModelOpt's own placement, as it makes it."""
     import onnx
     from modelopt.onnx.quantization import quantize
 
@@ -289,26 +308,34 @@ def quantize_int8(
         raise PrecisionError(f"calibration method must be 'entropy' or 'max', got {method!r}")
     if placement not in QDQ_PLACEMENTS:
         raise PrecisionError(f"Q/DQ placement must be one of {', '.join(QDQ_PLACEMENTS)}; got {placement!r}")
-    exclude = [*small_gemms(onnx.load(str(onnx_in))), *nodes_to_exclude]
-    with _quiet():
+    model = onnx.load(str(onnx_in))
+    exclude = [*small_gemms(model), *nodes_to_exclude]
+    gemm_inputs = placement == "gemm-inputs"
+    equalized = equalize_gelu_inputs(model, calibration, exclude) if gemm_inputs and equalize_gelu else []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "equalized.onnx" if equalized else Path(onnx_in)
+        if equalized:
+            onnx.save(model, str(source))
         quantize(
-            onnx_path=str(onnx_in),
+            onnx_path=str(source),
             quantize_mode="int8",
             calibration_data=calibration,
             calibration_method=method,
             calibration_eps=["cpu"],
             nodes_to_exclude=[re.escape(name) + "$" for name in exclude] or None,  # ModelOpt reads patterns
             enable_gemv_detection_for_trt=False,  # done above, without the prefix matching
-            op_types_to_quantize=list(QUANTIZABLE_OPS) if placement == "gemm-inputs" else None,
+            op_types_to_quantize=["MatMul", "Gemm", *(["Conv"] if quantize_conv else [])] if gemm_inputs else None,
             use_zero_point=False,  # TensorRT requires symmetric quantization
             high_precision_dtype="fp32",
             output_path=str(onnx_out),
             log_level="ERROR",
         )
-    if placement == "gemm-inputs":
+    if gemm_inputs:
         quantized = onnx.load(str(onnx_out))
-        if own_qdq_per_consumer(quantized):
-            onnx.save(quantized, str(onnx_out))
+        own_qdq_per_consumer(quantized)
+        fold_centres(quantized, equalized)
+        onnx.save(quantized, str(onnx_out))
+    return [e.gemm for e in equalized]
 
 
 def qdq_summary(model) -> tuple[list[str], list[str]]:
@@ -327,10 +354,10 @@ def _copy_metadata(src, dst, precision: str) -> None:
     write_metadata(dst, {**read_metadata(src), PRECISION_KEY: precision})
 
 
-def _logits(model_or_path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def _logits(model_or_path, images: np.ndarray, batch: int = 32, optimization: str = "all") -> np.ndarray:
     from .onnx_runtime import make_session
 
-    session = make_session(model_or_path)
+    session = make_session(model_or_path, optimization=optimization)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
 
@@ -349,26 +376,42 @@ def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[s
     return metric, float(cos.min()), threshold
 
 
+def _mean_kl(reference: np.ndarray, deployed: np.ndarray) -> float:
+    """Mean KL divergence of softmax(deployed) from softmax(reference), over the images."""
+    a, b = reference.astype(np.float64), deployed.astype(np.float64)
+    log_p = a - a.max(1, keepdims=True) - np.log(np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True))
+    log_q = b - b.max(1, keepdims=True) - np.log(np.exp(b - b.max(1, keepdims=True)).sum(1, keepdims=True))
+    return float((np.exp(log_p) * (log_p - log_q)).sum(1).mean())
+
+
 def sensitive_nodes(fp32_model, int8_path: Path, images: np.ndarray, candidates: Sequence[str], top: int) -> list[str]:
-    """The ``top`` quantized nodes whose outputs deviate most (relative L2) from fp32 on ``images``."""
+    """The ``top`` quantized nodes whose own activation rounding costs the logits the most on ``images``.
+
+    Each candidate is tried alone: the int8 graph runs with that node reading its input
+    unrounded (its weights stay int8), and the candidates are ranked by how close that brings
+    the logits to fp32's (mean KL divergence of the softmaxes). Comparing each node's output
+    with fp32 instead would rank the deepest nodes first, since every error upstream reaches them.
+    """
     import onnx
 
-    def outputs_of(model, names):
-        session = _session_with_outputs(model, names)
-        return dict(zip(names, session.run(names, {session.get_inputs()[0].name: images})))
-
     int8 = onnx.load(str(int8_path))
+    producer, _ = graph_links(int8)
+    weights = {t.name for t in int8.graph.initializer}
     by_name = {n.name: n for n in int8.graph.node}
-    fp32_names = {n.name: n for n in fp32_model.graph.node}
-    names = [c.split(":", 1)[1] for c in candidates if c.split(":", 1)[1] in by_name and c.split(":", 1)[1] in fp32_names]
-    tensors = [fp32_names[n].output[0] for n in names]
-    ref = outputs_of(fp32_model, tensors)
-    got = outputs_of(int8, [by_name[n].output[0] for n in names])
+    reference = _logits(fp32_model, images)
+    # ONNX Runtime's extended optimizations would turn a float input times int8 weights into MatMulNBits,
+    # which rounds that input again: "basic" keeps the dequantized weights and a float MatMul
     scores = []
-    for n, t in zip(names, tensors):
-        r, g = ref[t].astype(np.float64), got[by_name[n].output[0]].astype(np.float64)
-        scores.append((float(np.linalg.norm(r - g) / (np.linalg.norm(r) + 1e-12)), n))
-    scores.sort(reverse=True)
+    for name in (c.split(":", 1)[1] for c in candidates):
+        node = by_name.get(name)
+        dq = producer.get(node.input[0]) if node is not None else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            continue
+        node.input[0] = q.input[0]  # this one node reads its input unrounded
+        scores.append((_mean_kl(reference, _logits(int8, images, optimization="basic")), name))
+        node.input[0] = dq.output[0]
+    scores.sort()
     return [n for _, n in scores[:top]]
 
 
@@ -394,13 +437,36 @@ class _Fallback:
     nodes_per_round: int
 
 
-def _to_int8(standard: Path, fp32, int8_path: Path, calibration, calib_method: str, placement: str, fallback: _Fallback, report):
+@dataclass(frozen=True)
+class _Int8Recipe:
+    """How ``quantize_int8`` is called: calibration method, Q/DQ placement, its switches, the nodes pinned to fp32."""
+
+    method: str
+    placement: str
+    quantize_conv: bool
+    equalize_gelu: bool
+    keep_fp32: tuple[str, ...]
+
+    def quantize(self, standard: Path, int8_path: Path, calibration, excluded: Sequence[str]) -> list[str]:
+        return quantize_int8(
+            standard,
+            int8_path,
+            calibration,
+            self.method,
+            [*self.keep_fp32, *excluded],
+            self.placement,
+            quantize_conv=self.quantize_conv,
+            equalize_gelu=self.equalize_gelu,
+        )
+
+
+def _to_int8(standard: Path, fp32, int8_path: Path, calibration, recipe: _Int8Recipe, fallback: _Fallback, report):
     """Quantize; with a held-out slice, keep the most sensitive nodes in fp32, round by round, until its gate passes."""
     import onnx
 
     excluded: list[str] = []
     t_quant = time.perf_counter()
-    quantize_int8(standard, int8_path, calibration, calib_method, placement=placement)
+    report.equalized = recipe.quantize(standard, int8_path, calibration, excluded)
     report.settings["seconds_first_calibration_and_quantization"] = round(time.perf_counter() - t_quant, 2)
     holdout = fallback.holdout
     if holdout is not None and len(holdout):
@@ -408,14 +474,20 @@ def _to_int8(standard: Path, fp32, int8_path: Path, calibration, calib_method: s
         for round_ in range(fallback.max_rounds + 1):
             name, value, threshold = _gate(reference, _logits(str(int8_path), holdout), fallback.labeled)
             report.fallback_rounds.append(
-                {"round": round_, "excluded": list(excluded), "gate": name, "value": value, "threshold": threshold,
-                 "passed": value >= threshold}
-            )  # fmt: skip
+                {
+                    "round": round_,
+                    "excluded": list(excluded),
+                    "gate": name,
+                    "value": value,
+                    "threshold": threshold,
+                    "passed": value >= threshold,
+                }
+            )
             if value >= threshold or round_ == fallback.max_rounds:
                 break
             quantized, _ = qdq_summary(onnx.load(str(int8_path)))
-            excluded += sensitive_nodes(fp32, int8_path, holdout[:16], quantized, fallback.nodes_per_round)
-            quantize_int8(standard, int8_path, calibration, calib_method, excluded, placement)
+            excluded += sensitive_nodes(fp32, int8_path, holdout[:32], quantized, fallback.nodes_per_round)
+            report.equalized = recipe.quantize(standard, int8_path, calibration, excluded)
         if not report.fallback_rounds[-1]["passed"]:
             last = report.fallback_rounds[-1]
             raise PrecisionError(
@@ -444,11 +516,19 @@ def convert_precision(
     holdout_labeled: bool = False,
     calib_method: str = "entropy",
     qdq_placement: str = "gemm-inputs",
+    quantize_conv: bool = QUANTIZE_CONV,
+    equalize_gelu: bool = EQUALIZE_GELU,
+    keep_fp32: Sequence[str] = (),
     fp16_data_max: float = 512.0,
     max_fallback_rounds: int = 4,
     nodes_per_round: int = 4,
+    verbose: bool = False,
 ) -> PrecisionReport:
-    """Convert ``onnx_in`` to ``precision`` ('fp16' or 'int8') and write ``onnx_out`` atomically."""
+    """Convert ``onnx_in`` to ``precision`` ('fp16' or 'int8') and write ``onnx_out`` atomically.
+
+    int8 only: ``quantize_conv`` and ``equalize_gelu`` (module docstring), ``keep_fp32``: node
+    names (or ``OP:name`` as the report writes them) to keep in fp32 besides the small GEMMs.
+    ``verbose`` shows ModelOpt's log and progress bars."""
     import onnx
 
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -460,6 +540,13 @@ def convert_precision(
         )
     source = load_onnx(onnx_in, PrecisionError, load_external_data=True)
     read_onnx_card(onnx_in)  # ours, or a clear error
+    pinned = tuple(name.split(":", 1)[-1] for name in keep_fp32)
+    unknown = sorted(set(pinned) - {n.name for n in source.graph.node})
+    if unknown:
+        raise PrecisionError(
+            f"--keep-fp32: {onnx_in.name} has no node named {', '.join(unknown)}; give names as the int8 report lists them "
+            "(quantized, not_quantized: OP:name)"
+        )
     t0 = time.perf_counter()
     report = PrecisionReport(
         precision,
@@ -468,11 +555,14 @@ def convert_precision(
         settings={
             "calib_method": calib_method,
             "qdq_placement": qdq_placement,
+            "quantize_conv": quantize_conv,
+            "equalize_gelu": equalize_gelu,
+            "keep_fp32": list(pinned),
             "fp16_data_max": fp16_data_max,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
         },
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet(verbose):
         standard = Path(tmp) / "standard.onnx"
         plugin_form = any(n.domain == ONNX_DOMAIN for n in source.graph.node)
         onnx.save(lower_plugin_nodes(source) if plugin_form else source, str(standard))
@@ -481,9 +571,8 @@ def convert_precision(
             converted = _to_fp16(standard, fp32, calibration, fp16_data_max, report)
         else:
             fallback = _Fallback(holdout, holdout_labeled, max_fallback_rounds, nodes_per_round)
-            converted = _to_int8(
-                standard, fp32, Path(tmp) / "int8.onnx", calibration, calib_method, qdq_placement, fallback, report
-            )
+            recipe = _Int8Recipe(calib_method, qdq_placement, quantize_conv, equalize_gelu, pinned)
+            converted = _to_int8(standard, fp32, Path(tmp) / "int8.onnx", calibration, recipe, fallback, report)
         if plugin_form:
             converted = swap_in_plugin_nodes(converted)
         _copy_metadata(source, converted, precision)
@@ -494,31 +583,39 @@ def convert_precision(
     return report
 
 
-def add_qdq_placement_argument(group) -> None:
-    """``--qdq-placement``, shared by this stage's CLI and build_engine.py."""
-    group.add_argument(
-        "--qdq-placement",
-        choices=QDQ_PLACEMENTS,
-        default="gemm-inputs",
-        help="int8: Q/DQ only on MatMul/Gemm/Conv inputs (fastest in ONNX Runtime), or ModelOpt's default placement",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.precision",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--onnx", type=Path, required=True, help="fp32 graph written by pipeline.export")
     p.add_argument("--precision", choices=("fp16", "int8"), required=True)
     p.add_argument("--out", type=Path, required=True, help="output .onnx")
     add_qdq_placement_argument(
-        CalibrationArgs(title="calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)",
-                        cache_dir=True).add_to_parser(p)
-    )  # fmt: skip
+        CalibrationArgs(
+            title="calibration (required for int8; optional for fp16, where it decides which nodes stay fp32)", cache_dir=True
+        ).add_to_parser(p)
+    )
+    g = p.add_argument_group("int8 recipe (gemm-inputs placement; docs/PRECISION.md has the measurements behind the defaults)")
+    g.add_argument(
+        "--equalize-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=EQUALIZE_GELU,
+        help="centre and scale each Gelu-fed GEMM input per channel before calibration (folded into the GEMM's weights and bias)",
+    )
+    g.add_argument(
+        "--quantize-conv",
+        action=argparse.BooleanOptionalAction,
+        default=QUANTIZE_CONV,
+        help="also put Q/DQ on Conv inputs (patch embedding, stage transition); ONNX Runtime runs them in float either way",
+    )
+    g.add_argument(
+        "--keep-fp32", nargs="+", default=[], metavar="NODE", help="nodes to keep in fp32 (names as the report lists them)"
+    )
     p.add_argument("--fp16-data-max", type=float, default=512.0, help="fp16: nodes whose measured |values| exceed this stay fp32")
     p.add_argument("--report", type=Path, help="write the report as JSON here")
+    p.add_argument("--verbose", action="store_true", help="show ModelOpt's log and progress bars")
     return p
 
 
@@ -542,7 +639,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             **calibration_inputs(calib),
             calib_method=args.calib_method,
             qdq_placement=args.qdq_placement,
+            quantize_conv=args.quantize_conv,
+            equalize_gelu=args.equalize_gelu,
+            keep_fp32=args.keep_fp32,
             fp16_data_max=args.fp16_data_max,
+            verbose=args.verbose,
         )
         print(report)
         if args.report:

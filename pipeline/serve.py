@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 
 from .deployed import BACKENDS, DeployedModel
@@ -193,11 +193,16 @@ def serve(build: str | os.PathLike, settings: ServeSettings = ServeSettings(), r
     with tempfile.TemporaryDirectory(prefix="s2mlpv2-serve-") as tmp:
         log_file = None if settings.verbose else Path(tmp) / "tritonserver.log"  # the server's own log, shown when it fails
         config = TritonConfig(
-            http_address=settings.host, http_port=settings.http_port,
-            grpc_address=settings.host, grpc_port=settings.grpc_port,
-            metrics_address=settings.host, metrics_port=settings.metrics_port,
-            exit_timeout_secs=EXIT_TIMEOUT_S, log_verbose=1 if settings.verbose else 0, log_file=log_file,
-        )  # fmt: skip
+            http_address=settings.host,
+            http_port=settings.http_port,
+            grpc_address=settings.host,
+            grpc_port=settings.grpc_port,
+            metrics_address=settings.host,
+            metrics_port=settings.metrics_port,
+            exit_timeout_secs=EXIT_TIMEOUT_S,
+            log_verbose=1 if settings.verbose else 0,
+            log_file=log_file,
+        )
         return _run(Triton(config=config), model, settings, log_file, ready)
 
 
@@ -249,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.serve",
         description=__doc__.split("\n\n")[0],
         epilog="Models, tensors and the production path: docs/SERVING.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan or an .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
@@ -268,10 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = ServeSettings(
-        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching,
-        top_k=args.top_k, backend=args.backend, verbose=args.verbose,
-    )  # fmt: skip
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        dynamic_batching=not args.no_dynamic_batching,
+        top_k=args.top_k,
+        backend=args.backend,
+        verbose=args.verbose,
+    )
     try:
         return serve(args.model, settings)
     except EXPECTED_ERRORS as e:

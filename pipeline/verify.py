@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import report_error
+from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from models.args import ModelArgs
@@ -31,9 +31,12 @@ from models.args import ModelArgs
 from .gates import GATES, GateResult, judge
 
 MODEL_ARGS = ModelArgs(
-    model_default=None, exclusive=True, one_required=True, model_help="random-init reference (seed 0, as pipeline.export uses)",
+    model_default=None,
+    exclusive=True,
+    one_required=True,
+    model_help="random-init reference (seed 0, as pipeline.export uses)",
     checkpoint_help="reference weights (.safetensors with card, or a state dict)",
-)  # fmt: skip
+)
 
 __all__ = [
     "VerifyResult",
@@ -277,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.verify",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     MODEL_ARGS.add_to_parser(p, "reference model (exactly one)")
     p.add_argument("--artifact", type=Path, required=True, help=".onnx (ONNX Runtime), .plan (TensorRT) or .xml (OpenVINO IR)")

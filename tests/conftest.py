@@ -165,7 +165,10 @@ def shipped_fp16_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shipped") / "s2mlpv2_cifar10-fp16"
     proc = subprocess.run(
         [sys.executable, "build_engine.py", "--precision", "fp16", "--out", str(out), "--bench-seconds", "0.05"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -176,9 +176,17 @@ def verify_on(artifact: Path, data: Path, tmp: Path) -> list[str]:
 
 
 def trt11_sidecar(**overrides) -> Sidecar:
-    base = dict(flavour="tensorrt", flavour_version="11.4.0", gpu_name="NVIDIA H100", compute_capabilities=("9.0",),
-                onnx_sha256="a" * 64, plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 32, 32),
-                precision="fp32")  # fmt: skip
+    base = dict(
+        flavour="tensorrt",
+        flavour_version="11.4.0",
+        gpu_name="NVIDIA H100",
+        compute_capabilities=("9.0",),
+        onnx_sha256="a" * 64,
+        plugin_sha256=None,
+        batch_profile=(1, 8, 32),
+        input_shape=(3, 32, 32),
+        precision="fp32",
+    )
     return Sidecar(**{**base, **overrides})
 
 

@@ -197,8 +197,21 @@ def test_int8_without_calibration_data_says_what_is_needed(tmp_path):
 def test_int8_with_calibration_folder_and_triton_repository(tmp_path):
     calib = make_image_folder(tmp_path / "calib", classes=3, per_class=12)
     out, repo = tmp_path / "out", tmp_path / "repo"
-    proc = _run("--precision", "int8", *TINY_ARGS, "--calib-data", calib, "--calib-size", "24", "--calib-holdout", "20",
-                "--out", out, "--triton-repo", repo)  # fmt: skip
+    proc = _run(
+        "--precision",
+        "int8",
+        *TINY_ARGS,
+        "--calib-data",
+        calib,
+        "--calib-size",
+        "24",
+        "--calib-holdout",
+        "20",
+        "--out",
+        out,
+        "--triton-repo",
+        repo,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "held-out slice" in proc.stdout
     assert "36 images: 24 calibrate, 12 are held out (asked for 20)" in proc.stdout
@@ -213,8 +226,18 @@ def test_int8_with_calibration_folder_and_triton_repository(tmp_path):
 
 @pytest.mark.slow
 def test_trained_checkpoint_passes_fp16_gates_on_labeled_eval_folder(tmp_path):
-    proc = _run("--precision", "fp16", "--checkpoint", "models/weights/s2mlpv2_cifar10.safetensors", "--batch", "1,8,16",
-                "--eval-data", DATA / "cifar10-val", "--out", tmp_path / "o")  # fmt: skip
+    proc = _run(
+        "--precision",
+        "fp16",
+        "--checkpoint",
+        "models/weights/s2mlpv2_cifar10.safetensors",
+        "--batch",
+        "1,8,16",
+        "--eval-data",
+        DATA / "cifar10-val",
+        "--out",
+        tmp_path / "o",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "o" / "verify.json").read_text())
     assert report["passed"] and report["deployed"]["top1"] is not None and report["n_images"] == 200
@@ -233,10 +256,15 @@ def test_second_run_on_a_locked_output_directory(tmp_path: Path, capsys):
     assert files_under(out) == before == {".lock"}
 
 
+def _int8_on(images: Path, out: Path) -> list[str]:
+    """build_engine's arguments for the tiny model in int8 on ONNX Runtime, calibrated on ``images``, into ``out``."""
+    command = ["--precision", "int8", "--model", TINY, "--batch", "1,2,4", "--backend", "onnxruntime"]
+    return [*command, "--calib-data", str(images), "--out", str(out)]
+
+
 def test_eval_set_overlapping_calibration_is_refused_before_any_stage(shared: Shared, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    argv = ["--precision", "int8", "--model", TINY, "--batch", "1,2,4", "--backend", "onnxruntime", "--calib-data", str(shared.images),
-            "--calib-size", "4", "--calib-holdout", "0", "--eval-data", str(shared.images), "--out", str(out)]  # fmt: skip
+    argv = [*_int8_on(shared.images, out), "--calib-size", "4", "--calib-holdout", "0", "--eval-data", str(shared.images)]
     status = importlib.import_module("build_engine").main(argv)
     assert_fails_cleanly(
         status,
@@ -250,8 +278,7 @@ def test_eval_set_overlapping_calibration_is_refused_before_any_stage(shared: Sh
 
 def test_too_few_calibration_images_name_the_option_before_any_stage(shared: Shared, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    argv = ["--precision", "int8", "--model", TINY, "--batch", "1,2,4", "--backend", "onnxruntime",
-            "--calib-data", str(shared.images), "--calib-size", "16", "--out", str(out)]  # fmt: skip
+    argv = [*_int8_on(shared.images, out), "--calib-size", "16"]
     status = importlib.import_module("build_engine").main(argv)
     assert_fails_cleanly(
         status, capsys.readouterr().err, Fails("has 8 images, fewer than the 16 to calibrate on", "pass --calib-size 8 or less")

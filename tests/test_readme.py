@@ -34,8 +34,12 @@ def test_the_python_example_prints_the_top5_with_class_names(shipped_fp16_build:
     (tmp_path / "calibration").symlink_to(ROOT / "calibration")
     proc = subprocess.run(
         [sys.executable, "-c", readme_block("python")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     route = json.loads((shipped_fp16_build / "summary.json").read_text())["cpu_route"]

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from common.cli import report_error, report_interrupt  # noqa: E402
+from common.cli import HelpFormatter, report_error, report_interrupt  # noqa: E402
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error  # noqa: E402
 from common.images import load_rgb, preprocess  # noqa: E402
 
@@ -108,7 +108,7 @@ def run_python(s: Settings, batch: int) -> dict[str, list[float]]:
     """Milliseconds per call of each kind at ``batch``, in Python."""
     import openvino as ov
 
-    from models.checkpoint import ModelCard
+    from models.card import ModelCard
 
     core = ov.Core()
     model = core.read_model(str(s.model))
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python engines/cpp/bench.py",
         description="Time s2mlpv2_classify's work in C++ against the same work in Python, on one OpenVINO artifact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model", type=Path, help="a build directory of build_engine.py, or an .xml or .onnx file")
     p.add_argument(

@@ -239,24 +239,43 @@ def test_overlap_between_eval_and_calibration_is_an_error(tmp_path):
 
 
 CLEAN_FAILURES = [
-    Case("data-folder-empty", "calibration.__main__",
-         lambda tmp, s: calibration_on(write_bytes(tmp / "data" / ".keep", b"").parent, tmp),
-         Fails("no images found", "give an ImageFolder tree")),
-    Case("data-folder-without-images", "calibration.__main__",
-         lambda tmp, s: calibration_on(write_bytes(tmp / "data" / "notes.txt", b"hello").parent, tmp),
-         Fails("no images found", "give an ImageFolder tree")),
-    Case("data-only-corrupt-images", "calibration.__main__", only_corrupt,
-         Fails(r"only 0 usable images .*3 skipped as unreadable, first: .*corrupt or truncated", "add images")),
-    Case("data-list-of-missing-files", "calibration.__main__",
-         lambda tmp, s: calibration_on(write_bytes(tmp / "list.txt", b"gone/a.png\ngone/b.png\n"), tmp),
-         Fails(r"only 0 usable images .*gone/[ab]\.png: does not exist", "add images")),
-    Case("data-binary-file-as-list", "calibration.__main__",
-         lambda tmp, s: calibration_on(write_bytes(tmp / "data.bin", bytes(range(256))), tmp),
-         Fails("is a binary file", "give a folder of images or a text file listing image paths")),
-    Case("data-decompression-bomb", "calibration.__main__",
-         lambda tmp, s: calibration_on(png_declaring(tmp / "data" / "bomb.png", 100_000, 100_000).parent, tmp, size=1),
-         Fails(r"only 0 usable .*bomb\.png: over Pillow's pixel limit .*10000000000 pixels.*decompression bomb", "add images")),
-]  # fmt: skip
+    Case(
+        "data-folder-empty",
+        "calibration.__main__",
+        lambda tmp, s: calibration_on(write_bytes(tmp / "data" / ".keep", b"").parent, tmp),
+        Fails("no images found", "give an ImageFolder tree"),
+    ),
+    Case(
+        "data-folder-without-images",
+        "calibration.__main__",
+        lambda tmp, s: calibration_on(write_bytes(tmp / "data" / "notes.txt", b"hello").parent, tmp),
+        Fails("no images found", "give an ImageFolder tree"),
+    ),
+    Case(
+        "data-only-corrupt-images",
+        "calibration.__main__",
+        only_corrupt,
+        Fails(r"only 0 usable images .*3 skipped as unreadable, first: .*corrupt or truncated", "add images"),
+    ),
+    Case(
+        "data-list-of-missing-files",
+        "calibration.__main__",
+        lambda tmp, s: calibration_on(write_bytes(tmp / "list.txt", b"gone/a.png\ngone/b.png\n"), tmp),
+        Fails(r"only 0 usable images .*gone/[ab]\.png: does not exist", "add images"),
+    ),
+    Case(
+        "data-binary-file-as-list",
+        "calibration.__main__",
+        lambda tmp, s: calibration_on(write_bytes(tmp / "data.bin", bytes(range(256))), tmp),
+        Fails("is a binary file", "give a folder of images or a text file listing image paths"),
+    ),
+    Case(
+        "data-decompression-bomb",
+        "calibration.__main__",
+        lambda tmp, s: calibration_on(png_declaring(tmp / "data" / "bomb.png", 100_000, 100_000).parent, tmp, size=1),
+        Fails(r"only 0 usable .*bomb\.png: over Pillow's pixel limit .*10000000000 pixels.*decompression bomb", "add images"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
@@ -308,8 +327,14 @@ def test_symlink_loops_end_and_count_every_image_once(shared: Shared, tmp_path: 
     assert len(record["skipped"]) == 1 and "self.png" in record["skipped"][0]
 
 
-FORMATS = {"PNG": ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"), "JPEG": ("RGB", "L", "CMYK"), "TIFF": ("RGB", "CMYK", "I;16", "F"),
-           "BMP": ("RGB", "P"), "GIF": ("P", "L"), "WEBP": ("RGB", "RGBA")}  # fmt: skip
+FORMATS = {
+    "PNG": ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"),
+    "JPEG": ("RGB", "L", "CMYK"),
+    "TIFF": ("RGB", "CMYK", "I;16", "F"),
+    "BMP": ("RGB", "P"),
+    "GIF": ("P", "L"),
+    "WEBP": ("RGB", "RGBA"),
+}
 ENCODINGS = [(fmt, mode) for fmt, modes in FORMATS.items() for mode in modes]
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

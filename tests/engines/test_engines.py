@@ -13,7 +13,7 @@ import models
 from engines.build import BuildSettings, parse_batch, parse_compute_capabilities, planned_sidecar, reusable
 from engines.runtime import InputError, check_input
 from engines.shift_kernel import block_config, compile_ptx, launch_grid, shift_into, spatial_shift
-from engines.sidecar import EngineMismatchError, ProfileError, Sidecar, read_sidecar
+from engines.sidecar import EngineMismatchError, ProfileError, read_sidecar
 from engines.trt import FLAVOURS, TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
 from models.layers import shift_reference
 from pipeline.export import ExportSettings, export_onnx
@@ -28,8 +28,12 @@ def _gpu_for(name: str) -> bool:
 
 
 def test_import_engines_works_without_tensorrt_or_cuda():
-    proc = subprocess.run([sys.executable, "-c", "import engines, engines.build, engines.runtime, engines.sidecar; print('ok')"],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", "import engines, engines.build, engines.runtime, engines.sidecar; print('ok')"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
@@ -77,8 +81,10 @@ def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
     # a subprocess without TRITON_INTERPRET: the interpreter (used by the other kernel tests) cannot compile
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from engines.shift_kernel import compile_ptx; "
-            f"print(json.dumps([compile_ptx({dtype!r}, 2, c, {arch}) for c in (192, 12)]))")  # fmt: skip
+    code = (
+        "import json; from engines.shift_kernel import compile_ptx; "
+        f"print(json.dumps([compile_ptx({dtype!r}, 2, c, {arch}) for c in (192, 12)]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (name, ptx, threads, shared), (_, ptx_odd, _, _) = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -91,19 +97,24 @@ def test_kernel_compiles_to_ptx_without_a_gpu(arch, dtype):
 
 
 def _sidecar(**overrides):
-    base = dict(flavour="tensorrt", flavour_version="11.4.0", gpu_name="NVIDIA H100", compute_capabilities=("9.0",),
-                onnx_sha256="a" * 64, plugin_sha256=None, batch_profile=(1, 8, 32), input_shape=(3, 224, 224),
-                precision="fp16")  # fmt: skip
-    return Sidecar(**{**base, **overrides})
+    """A TensorRT 11 fp16 plan's sidecar for a 224 x 224 model."""
+    return trt11_sidecar(**{"input_shape": (3, 224, 224), "precision": "fp16", **overrides})
 
 
 def test_sidecar_key_depends_on_what_the_plan_depends_on():
     base = _sidecar()
     assert base.key() == _sidecar(gpu_name="H100 PCIe").key()  # same architecture, same plan
     assert base.key() == _sidecar(plan_sha256="f" * 64).key()  # the plan's own hash is an output
-    for change in (dict(onnx_sha256="b" * 64), dict(batch_profile=(1, 8, 64)), dict(flavour_version="11.5.0"),
-                   dict(compute_capabilities=("8.0",)), dict(plugin_sha256="c" * 64), dict(precision="int8"),
-                   dict(flavour="tensorrt-rtx"), dict(plugin_source="other")):  # fmt: skip
+    for change in (
+        dict(onnx_sha256="b" * 64),
+        dict(batch_profile=(1, 8, 64)),
+        dict(flavour_version="11.5.0"),
+        dict(compute_capabilities=("8.0",)),
+        dict(plugin_sha256="c" * 64),
+        dict(precision="int8"),
+        dict(flavour="tensorrt-rtx"),
+        dict(plugin_source="other"),
+    ):
         assert _sidecar(**change).key() != base.key(), change
 
 

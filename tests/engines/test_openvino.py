@@ -198,7 +198,12 @@ def test_runner_matches_onnx_runtime_on_the_same_graph(tiny_ir, graphs):
 def test_runner_has_the_interface_of_the_other_flavours(tiny_ir):
     runner = OpenVINORunner(tiny_ir)
     assert runner.backend == "openvino" and runner.path == tiny_ir and runner.input_shape == (3, 32, 32)
-    assert runner.device.startswith("CPU (") and runner.max_batch is None and runner.precision == "fp32"
+    assert (
+        runner.device.startswith("CPU (")
+        and runner.batch_range == (1, None)
+        and runner.thread_safe
+        and runner.precision == "fp32"
+    )
 
 
 def test_runner_is_safe_from_several_threads_at_once(tiny_ir):

@@ -1,9 +1,13 @@
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
 
 import models
 from models.s2mlpv2 import S2MLPv2Config, register_variant
+from tests.conftest import ROOT
 
 PAPER_VARIANTS = ["s2mlpv2_small7", "s2mlpv2_medium7", "s2mlpv2_small14", "s2mlpv2_small7_sum"]
 
@@ -30,6 +34,15 @@ def test_overrides_replace_config_fields():
     assert model.head.out_features == 7
     with pytest.raises(TypeError, match="unknown config fields"):
         models.create_model("s2mlpv2_tiny_test", depth=3)
+
+
+def test_configs_registry_and_cards_load_without_torch():
+    code = (
+        "import sys, models; names = models.list_models(); card = models.read_card(models.SHIPPED_CHECKPOINT); "
+        "print(card.config.name, len(names), 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.split() == ["s2mlpv2_cifar10", str(len(models.list_models())), "False"], proc.stderr
 
 
 def test_timm_creates_registered_variants():

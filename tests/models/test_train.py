@@ -16,10 +16,36 @@ from tests.conftest import ROOT, make_image_folder
 from tests.failures import Case, Fails, Shared, assert_fails_cleanly, run_case, write_bytes
 
 FAST_RECIPE = [
-    "--model", "s2mlpv2_tiny_test", "--batch-size", "8", "--lr", "3e-3", "--warmup-epochs", "0",
-    "--aa", "none", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--scale", "1", "1",
-    "--smoothing", "0", "--drop-path", "0", "--ema-decay", "0.9", "--workers", "0", "--device", "cpu",
-]  # fmt: skip
+    "--model",
+    "s2mlpv2_tiny_test",
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--warmup-epochs",
+    "0",
+    "--aa",
+    "none",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--reprob",
+    "0",
+    "--scale",
+    "1",
+    "1",
+    "--smoothing",
+    "0",
+    "--drop-path",
+    "0",
+    "--ema-decay",
+    "0.9",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +114,31 @@ def test_ddp_training_with_gloo_on_cpu(folders, tmp_path):
     train, val = folders
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-         "-m", "models.train", "--train", str(train), "--val", str(val), "--output", str(out), "--epochs", "2", *FAST_RECIPE],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            "-m",
+            "models.train",
+            "--train",
+            str(train),
+            "--val",
+            str(val),
+            "--output",
+            str(out),
+            "--epochs",
+            "2",
+            *FAST_RECIPE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((out / "last.json").read_text())
     assert card["provenance"]["processes"] == 2
@@ -103,21 +150,52 @@ def test_ddp_training_with_gloo_on_cpu(folders, tmp_path):
 
 
 CLEAN_FAILURES = [
-    Case("evaluate-folder-empty", "models.evaluate",
-         lambda tmp, s: ["--checkpoint", str(s.checkpoint), "--data", str(write_bytes(tmp / "d" / ".keep", b"").parent), "--workers", "0"],
-         Fails("is not an ImageFolder tree", "one sub-folder of images per class")),
-    Case("evaluate-text-named-jpg", "models.evaluate",
-         lambda tmp, s: ["--checkpoint", str(s.checkpoint), "--data", str(write_bytes(tmp / "d" / "c0" / "a.jpg", b"text").parents[1]),
-                         "--workers", "0"],
-         Fails(r"no readable images .*1 unreadable", "give readable images")),
-    Case("evaluate-folders-are-not-the-model-classes", "models.evaluate",
-         lambda tmp, s: ["--checkpoint", str(ROOT / "models/weights/s2mlpv2_cifar10.safetensors"), "--data", str(s.images),
-                         "--workers", "0"],
-         Fails(r"folders \['class_0', 'class_1'\] .* are not classes of this model", "sub-folders are the class names")),
-    Case("split-holds-out-too-many", "models.data",
-         lambda tmp, s: ["split", "--src", str(s.images), "--out", str(tmp / "out"), "--per-class", "4"],
-         Fails("class class_0 has 4 images, not more than the 4 to hold out", "hold out fewer per class")),
-]  # fmt: skip
+    Case(
+        "evaluate-folder-empty",
+        "models.evaluate",
+        lambda tmp, s: [
+            "--checkpoint",
+            str(s.checkpoint),
+            "--data",
+            str(write_bytes(tmp / "d" / ".keep", b"").parent),
+            "--workers",
+            "0",
+        ],
+        Fails("is not an ImageFolder tree", "one sub-folder of images per class"),
+    ),
+    Case(
+        "evaluate-text-named-jpg",
+        "models.evaluate",
+        lambda tmp, s: [
+            "--checkpoint",
+            str(s.checkpoint),
+            "--data",
+            str(write_bytes(tmp / "d" / "c0" / "a.jpg", b"text").parents[1]),
+            "--workers",
+            "0",
+        ],
+        Fails(r"no readable images .*1 unreadable", "give readable images"),
+    ),
+    Case(
+        "evaluate-folders-are-not-the-model-classes",
+        "models.evaluate",
+        lambda tmp, s: [
+            "--checkpoint",
+            str(ROOT / "models/weights/s2mlpv2_cifar10.safetensors"),
+            "--data",
+            str(s.images),
+            "--workers",
+            "0",
+        ],
+        Fails(r"folders \['class_0', 'class_1'\] .* are not classes of this model", "sub-folders are the class names"),
+    ),
+    Case(
+        "split-holds-out-too-many",
+        "models.data",
+        lambda tmp, s: ["split", "--src", str(s.images), "--out", str(tmp / "out"), "--per-class", "4"],
+        Fails("class class_0 has 4 images, not more than the 4 to hold out", "hold out fewer per class"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

@@ -36,8 +36,28 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(models.create_model("s2mlpv2_tiny_test").eval(), onnx_path, ExportSettings())
     out = tmp_path / "bench.json"
-    run_cli("pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", onnx_path, "--batches", "1", "2",
-            "--iters", "3", "--min-seconds", "0", "--gemm-size", "128", "--profile", "--rounds", "2", "--out", out, check=True)  # fmt: skip
+    run_cli(
+        "pipeline.benchmark",
+        "--model",
+        "s2mlpv2_tiny_test",
+        "--onnx",
+        onnx_path,
+        "--batches",
+        "1",
+        "2",
+        "--iters",
+        "3",
+        "--min-seconds",
+        "0",
+        "--gemm-size",
+        "128",
+        "--profile",
+        "--rounds",
+        "2",
+        "--out",
+        out,
+        check=True,
+    )
     result = json.loads(out.read_text())
     backends = {r["backend"] for r in result["rows"]}
     assert backends == {"torch eager fp32", "onnxruntime fp32 (tiny.onnx)"}
@@ -71,16 +91,16 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, run_cli):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_missing_artifact_is_one_line_error(tmp_path, run_cli):
-    proc = run_cli(
-        "pipeline.benchmark", "--model", "s2mlpv2_tiny_test", "--onnx", tmp_path / "nope.onnx", "--out", tmp_path / "b.json"
-    )
-    assert proc.returncode == 2 and "artifact not found" in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_missing_artifact_is_one_line_error(tmp_path, capsys):
+    argv = ["--model", "s2mlpv2_tiny_test", "--onnx", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "b.json")]
+    status = importlib.import_module("pipeline.benchmark").main(argv)
+    assert_fails_cleanly(status, capsys.readouterr().err, Fails("artifact not found", "nope.onnx"))
 
 
-def test_cli_rejects_zero_rounds(tmp_path, run_cli):
-    proc = run_cli("pipeline.benchmark", "--rounds", "0", "--out", tmp_path / "b.json")
-    assert proc.returncode == 2 and "--rounds must be at least 1, got 0" in proc.stderr.splitlines()[-1]
+def test_cli_rejects_zero_rounds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        importlib.import_module("pipeline.benchmark").main(["--rounds", "0", "--out", str(tmp_path / "b.json")])
+    assert exit_.value.code == 2 and "--rounds must be at least 1, got 0" in capsys.readouterr().err.splitlines()[-1]
     assert not any(tmp_path.iterdir())
 
 
@@ -88,11 +108,22 @@ def test_cli_rejects_zero_rounds(tmp_path, run_cli):
 
 
 CLEAN_FAILURES = [
-    Case("onnx-truncated-benchmark", "pipeline.benchmark",
-         lambda tmp, s: ["--model", TINY, "--onnx", str(truncated(s.onnx, tmp / "t.onnx")), "--threads", "1",
-                         "--out", str(tmp / "out" / "b.json")],
-         Fails("not a readable ONNX file", "re-run the export stage")),
-]  # fmt: skip
+    Case(
+        "onnx-truncated-benchmark",
+        "pipeline.benchmark",
+        lambda tmp, s: [
+            "--model",
+            TINY,
+            "--onnx",
+            str(truncated(s.onnx, tmp / "t.onnx")),
+            "--threads",
+            "1",
+            "--out",
+            str(tmp / "out" / "b.json"),
+        ],
+        Fails("not a readable ONNX file", "re-run the export stage"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

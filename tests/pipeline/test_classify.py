@@ -89,13 +89,25 @@ def empty_folder(tmp: Path) -> Path:
 
 
 CLEAN_FAILURES = [
-    Case("model-missing", "pipeline.classify", lambda tmp, s: [str(tmp / "nowhere"), str(s.images)],
-         Fails("nowhere does not exist", "give a build directory")),
-    Case("no-images", "pipeline.classify", lambda tmp, s: [str(s.build), str(empty_folder(tmp))],
-         Fails("no images in .*empty", "give image files or folders")),
-    Case("top-k-zero", "pipeline.classify", lambda tmp, s: [str(s.build), str(s.images), "--top-k", "0"],
-         Fails("--top-k must be at least 1", "at least 1")),
-]  # fmt: skip
+    Case(
+        "model-missing",
+        "pipeline.classify",
+        lambda tmp, s: [str(tmp / "nowhere"), str(s.images)],
+        Fails("nowhere does not exist", "give a build directory"),
+    ),
+    Case(
+        "no-images",
+        "pipeline.classify",
+        lambda tmp, s: [str(s.build), str(empty_folder(tmp))],
+        Fails("no images in .*empty", "give image files or folders"),
+    ),
+    Case(
+        "top-k-zero",
+        "pipeline.classify",
+        lambda tmp, s: [str(s.build), str(s.images), "--top-k", "0"],
+        Fails("--top-k must be at least 1", "at least 1"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pipeline.export import ExportError, ExportSettings, export_onnx, load_image
 from pipeline.onnx_runtime import OnnxRuntimeRunner
 from pipeline.plugin_swap import PluginSwapError, swap_in_plugin_nodes
 from tests.conftest import DATA
-from tests.failures import Fails, assert_api_error_is_one_clean_line, foreign_onnx
+from tests.failures import Fails, assert_api_error_is_one_clean_line, assert_fails_cleanly, foreign_onnx
 
 
 @pytest.fixture
@@ -161,12 +162,11 @@ def test_cli_exports_from_a_checkpoint(tmp_path, run_cli):
     assert read_onnx_card(out).provenance == {"note": "cli test"}
 
 
-def test_cli_bad_checkpoint_is_one_line_error(tmp_path, run_cli):
+def test_cli_bad_checkpoint_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 100)
-    proc = run_cli("pipeline.export", "--checkpoint", bad, "--out", tmp_path / "x.onnx")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    status = importlib.import_module("pipeline.export").main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx")])
+    assert_fails_cleanly(status, capsys.readouterr().err, Fails("not a readable safetensors file", "re-copy or re-save"))
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,17 @@ def _build(*args, timeout=900):
 
 
 def test_verify_cli_runs_an_ir_and_judges_it_by_its_precision(ir, shared: Shared, tmp_path, run_cli):
-    proc = run_cli("pipeline.verify", "--checkpoint", shared.checkpoint, "--artifact", ir, "--data", shared.images,
-                   "--out", tmp_path / "r.json")  # fmt: skip
+    proc = run_cli(
+        "pipeline.verify",
+        "--checkpoint",
+        shared.checkpoint,
+        "--artifact",
+        ir,
+        "--data",
+        shared.images,
+        "--out",
+        tmp_path / "r.json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["backend"] == "openvino" and report["precision"] == "fp32" and report["passed"]
@@ -53,10 +63,13 @@ def test_verify_cli_runs_an_ir_and_judges_it_by_its_precision(ir, shared: Shared
 
 
 CLEAN_FAILURES = [
-    Case("xml-without-sidecar", "pipeline.verify",
-         lambda tmp, s: verify_on(write_bytes(tmp / "model.xml", b"<net/>"), s.images, tmp),
-         Fails(r"cannot run .*model\.xml: .*model\.openvino\.json is missing", "rebuild the IR")),
-]  # fmt: skip
+    Case(
+        "xml-without-sidecar",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(write_bytes(tmp / "model.xml", b"<net/>"), s.images, tmp),
+        Fails(r"cannot run .*model\.xml: .*model\.openvino\.json is missing", "rebuild the IR"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
@@ -82,9 +95,11 @@ def test_interleaved_timing_gives_every_function_its_calls_and_seconds():
 
     def count(name):
         calls[name] += 1
+        time.sleep(0.001)  # a call that takes time, as a model's does: 50 ms is reached in tens of calls
 
-    times = time_interleaved({"a": lambda: count("a"), "b": lambda: count("b")}, warmup=1, iters=4, min_seconds=0.05,
-                             slice_seconds=0.01)  # fmt: skip
+    times = time_interleaved(
+        {"a": lambda: count("a"), "b": lambda: count("b")}, warmup=1, iters=4, min_seconds=0.05, slice_seconds=0.01
+    )
     assert set(times) == {"a", "b"} and all(len(t) >= 4 for t in times.values())
     assert all(t.sum() >= 50 for t in times.values())  # ms
     # a turn's first call is not counted when the turn has more than one
@@ -94,12 +109,46 @@ def test_interleaved_timing_gives_every_function_its_calls_and_seconds():
 @pytest.mark.slow
 def test_benchmark_times_irs_and_peers_and_names_our_fastest_passing_artifact(ir, shared: Shared, tmp_path, run_cli):
     report = tmp_path / "verify.json"
-    run_cli("pipeline.verify", "--checkpoint", shared.checkpoint, "--artifact", ir, "--data", shared.images, "--out", report,
-            check=True)  # fmt: skip
+    run_cli(
+        "pipeline.verify",
+        "--checkpoint",
+        shared.checkpoint,
+        "--artifact",
+        ir,
+        "--data",
+        shared.images,
+        "--out",
+        report,
+        check=True,
+    )
     out = tmp_path / "bench.json"
-    run_cli("pipeline.benchmark", "--checkpoint", shared.checkpoint, "--onnx", shared.onnx, "--openvino", ir, "--peers",
-            "--verified", report, "--batches", "1", "2", "--iters", "2", "--min-seconds", "0", "--gemm-size", "64",
-            "--threads", "1", "--profile", "--out", out, check=True)  # fmt: skip
+    run_cli(
+        "pipeline.benchmark",
+        "--checkpoint",
+        shared.checkpoint,
+        "--onnx",
+        shared.onnx,
+        "--openvino",
+        ir,
+        "--peers",
+        "--verified",
+        report,
+        "--batches",
+        "1",
+        "2",
+        "--iters",
+        "2",
+        "--min-seconds",
+        "0",
+        "--gemm-size",
+        "64",
+        "--threads",
+        "1",
+        "--profile",
+        "--out",
+        out,
+        check=True,
+    )
     result = json.loads(out.read_text())
     rows = {r["backend"] for r in result["rows"]}
     assert {"openvino fp32 (model.xml)", "onnxruntime fp32 (model.onnx)", "torch eager fp32"} <= rows
@@ -148,8 +197,22 @@ def test_auto_without_a_gpu_verifies_and_times_both_cpu_routes_and_records_the_f
     from engines.trt import TENSORRT_RTX
 
     out = tmp_path / "o"
-    proc = _build("--precision", "fp32", "--checkpoint", "models/weights/s2mlpv2_cifar10.safetensors", "--batch", "1,8,8",
-                  "--eval-data", DATA / "cifar10-val", "--eval-limit", "64", "--bench-seconds", "0.1", "--out", out)  # fmt: skip
+    proc = _build(
+        "--precision",
+        "fp32",
+        "--checkpoint",
+        "models/weights/s2mlpv2_cifar10.safetensors",
+        "--batch",
+        "1,8,8",
+        "--eval-data",
+        DATA / "cifar10-val",
+        "--eval-limit",
+        "64",
+        "--bench-seconds",
+        "0.1",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == ("tensorrt-rtx" if TENSORRT_RTX.importable() else "onnxruntime")

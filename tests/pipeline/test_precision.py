@@ -1,18 +1,15 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 
-import models
-from pipeline.export import ExportSettings, export_onnx, load_images
 from pipeline.onnx_runtime import OnnxRuntimeRunner
-from pipeline.plugin_swap import PluginSwapError, swap_in_plugin_nodes
 from pipeline.precision import (
     PrecisionError,
     convert_precision,
@@ -22,19 +19,13 @@ from pipeline.precision import (
     small_gemms,
 )
 from tests.conftest import DATA
-from tests.failures import Case, Fails, Shared, foreign_onnx, run_case, write_bytes
+from tests.failures import Case, Fails, Shared, assert_fails_cleanly, foreign_onnx, run_case, write_bytes
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    model = models.create_model("s2mlpv2_tiny_test").eval()
-    folder = tmp_path_factory.mktemp("precision")
-    std, plug = folder / "std.onnx", folder / "plug.onnx"
-    export_onnx(model, std, ExportSettings())
-    export_onnx(model, plug, ExportSettings(shift_impl="plugin"))
-    images = load_images(DATA / "cifar10-val", model, 64).numpy()
-    return model, std, plug, images
+def tiny(graphs):
+    """(model, standard graph, plugin graph, 64 preprocessed images): the session's tiny exports (``graphs``)."""
+    return graphs.model("tiny"), graphs.get("tiny"), graphs.get("tiny", "plugin"), graphs.images("tiny", 64)
 
 
 @pytest.fixture(scope="module")
@@ -164,56 +155,132 @@ def test_int8_without_calibration_is_a_clear_error(tiny, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_swap_on_graph_without_shifts_is_an_error():
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
-    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    with pytest.raises(PluginSwapError, match="no spatial shifts"):
-        swap_in_plugin_nodes(onnx.helper.make_model(graph))
-
-
-def test_sensitive_nodes_ranks_quantized_nodes(tiny, int8):
+def test_sensitive_nodes_names_the_node_that_causes_the_error_not_those_after_it(tiny, int8, tmp_path):
+    # every node downstream of a badly rounded one sees its error too; only bypassing the culprit removes it
     _, std, _, images = tiny
-    out, _ = int8
-    quantized, _ = qdq_summary(onnx.load(str(out)))
-    top = sensitive_nodes(onnx.load(str(std)), out, images[:8], quantized, 3)
-    assert len(top) == 3 and all(any(q.endswith(":" + t) for q in quantized) for t in top)
+    out, report = int8
+    model = onnx.load(str(out))
+    culprit = report.quantized[1].split(":", 1)[1]  # the first block's expansion, upstream of most GEMMs
+    producer = {o: n for n in model.graph.node for o in n.output}
+    q = producer[producer[next(n for n in model.graph.node if n.name == culprit).input[0]].input[0]]
+    scale = next(t for t in model.graph.initializer if t.name == q.input[1])
+    coarse = onnx.numpy_helper.to_array(scale) * np.float32(40)  # 40x coarser steps
+    scale.CopyFrom(onnx.numpy_helper.from_array(coarse, scale.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    quantized, _ = qdq_summary(model)
+    assert sensitive_nodes(onnx.load(str(std)), bad, images[:16], quantized, 1) == [culprit]
+
+
+def test_convolutions_stay_fp32_by_default(int8):
+    _, report = int8
+    assert [n for n in report.not_quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+    assert not [n for n in report.quantized if n.startswith("Conv:")]
+
+
+def test_quantize_conv_puts_qdq_on_convolutions(tiny, tmp_path):
+    _, std, _, images = tiny
+    report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], quantize_conv=True)
+    assert [n for n in report.quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+
+
+def test_int8_equalizes_every_gelu_fed_gemm(tiny, int8):
+    # each block's second MLP GEMM reads a Gelu; the split attention's GEMV does too, but it stays fp32
+    out, report = int8
+    graph = onnx.load(str(out)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fc2 = [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and n.name in {q.split(":")[1] for q in report.quantized}
+        and producer[producer[producer[n.input[0]].input[0]].input[0]].op_type == "Mul"
+    ]
+    assert len(report.equalized) == 2 and sorted(report.equalized) == sorted(fc2)
+
+
+def test_no_equalize_gelu_leaves_the_graph_as_exported(tiny, tmp_path):
+    _, std, _, images = tiny
+    out = tmp_path / "int8.onnx"
+    report = convert_precision(std, out, "int8", images[:16], equalize_gelu=False)
+    assert report.equalized == [] and not [n for n in onnx.load(str(out)).graph.node if n.op_type == "Sub"]
+
+
+def test_keep_fp32_keeps_the_named_gemm_unquantized(tiny, int8, tmp_path):
+    _, std, _, images = tiny
+    _, before = int8
+    pinned = before.quantized[-1]
+    report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], keep_fp32=[pinned])
+    assert pinned in report.not_quantized and pinned not in report.quantized
 
 
 @pytest.mark.slow
 def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
     _, std, _, _ = tiny
     out = tmp_path / "int8.onnx"
-    proc = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val",
-                   "--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out,
-                   "--report", tmp_path / "report.json", check=True)  # fmt: skip
+    command = ["pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val"]
+    command += ["--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out]
+    proc = run_cli(*command, "--report", tmp_path / "report.json", check=True)
     assert "Q/DQ on" in proc.stdout and "fallback round 0" in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["quantized"] and report["fallback_rounds"][0]["gate"] == "top1_agreement"
     assert out.is_file()
-    again = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val",
-                    "--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out, check=True)  # fmt: skip
+    again = run_cli(*command, check=True)
     assert "(cached)" in again.stdout
 
 
-def test_cli_int8_without_calib_data_fails_cleanly(tiny, tmp_path, run_cli):
+def test_cli_int8_without_calib_data_fails_cleanly(tiny, tmp_path, capsys):
     _, std, _, _ = tiny
-    proc = run_cli("pipeline.precision", "--onnx", std, "--precision", "int8", "--out", tmp_path / "x.onnx")
-    assert proc.returncode == 2 and "--calib-data" in proc.stderr and "Traceback" not in proc.stderr
+    argv = ["--onnx", str(std), "--precision", "int8", "--out", str(tmp_path / "x.onnx")]
+    status = importlib.import_module("pipeline.precision").main(argv)
+    assert_fails_cleanly(status, capsys.readouterr().err, Fails("int8 needs calibration images", "--calib-data"))
 
 
 # ----------------------------------------------------------------------------- bad input, through the tools
 
 
 CLEAN_FAILURES = [
-    Case("onnx-corrupt", "pipeline.precision",
-         lambda tmp, s: ["--onnx", str(write_bytes(tmp / "c.onnx", np.random.default_rng(1).bytes(3000))), "--precision", "fp16",
-                         "--out", str(tmp / "out" / "m.onnx")],
-         Fails("not a readable ONNX file", "re-run the export stage")),
-    Case("onnx-of-another-project", "pipeline.precision",
-         lambda tmp, s: ["--onnx", str(foreign_onnx(tmp / "f.onnx")), "--precision", "fp16", "--out", str(tmp / "out" / "m.onnx")],
-         Fails("not written by this project's export stage", "export it with python -m pipeline.export")),
-]  # fmt: skip
+    Case(
+        "onnx-corrupt",
+        "pipeline.precision",
+        lambda tmp, s: [
+            "--onnx",
+            str(write_bytes(tmp / "c.onnx", np.random.default_rng(1).bytes(3000))),
+            "--precision",
+            "fp16",
+            "--out",
+            str(tmp / "out" / "m.onnx"),
+        ],
+        Fails("not a readable ONNX file", "re-run the export stage"),
+    ),
+    Case(
+        "keep-fp32-unknown-node",
+        "pipeline.precision",
+        lambda tmp, s: [
+            "--onnx",
+            str(s.onnx),
+            "--precision",
+            "int8",
+            "--calib-data",
+            str(s.images),
+            "--calib-size",
+            "4",
+            "--cache-dir",
+            str(tmp / "cache"),
+            "--keep-fp32",
+            "node_nowhere",
+            "--out",
+            str(tmp / "out" / "m.onnx"),
+        ],
+        Fails("has no node named node_nowhere", "as the int8 report lists them"),
+    ),
+    Case(
+        "onnx-of-another-project",
+        "pipeline.precision",
+        lambda tmp, s: ["--onnx", str(foreign_onnx(tmp / "f.onnx")), "--precision", "fp16", "--out", str(tmp / "out" / "m.onnx")],
+        Fails("not written by this project's export stage", "export it with python -m pipeline.export"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

@@ -23,9 +23,23 @@ from tests.failures import TINY
 STAGES = ["export", "build", "verify", "benchmark"]  # fp32: no precision stage
 
 
+def _command(checkpoint: Path, images: Path, out: Path) -> list[str]:
+    """build_engine.py's arguments for the same build as ``_options``."""
+    command = ["--precision", "fp32", "--model", TINY, "--checkpoint", str(checkpoint), "--batch", "1,2,4"]
+    return [*command, "--backend", "onnxruntime", "--eval-data", str(images), "--out", str(out), "--bench-seconds", "0.05"]
+
+
 def _options(tmp_path: Path, checkpoint: Path, images: Path) -> BuildOptions:
-    return BuildOptions(precision="fp32", model=TINY, checkpoint=checkpoint, batch=(1, 2, 4), backend="onnxruntime",
-                        eval_data=images, out=tmp_path / "out", bench_seconds=0.05)  # fmt: skip
+    return BuildOptions(
+        precision="fp32",
+        model=TINY,
+        checkpoint=checkpoint,
+        batch=(1, 2, 4),
+        backend="onnxruntime",
+        eval_data=images,
+        out=tmp_path / "out",
+        bench_seconds=0.05,
+    )
 
 
 @pytest.fixture
@@ -54,6 +68,22 @@ def _rerun(opts: BuildOptions, capsys) -> dict[str, str]:
 def test_nothing_changed_skips_every_stage(built, capsys):
     opts, _ = built
     assert _rerun(opts, capsys) == dict.fromkeys(STAGES, "skipped")
+
+
+def test_an_unchanged_rerun_never_imports_torch(built):
+    # what keeps a rerun fast: the stage keys come from the card, hashes and sources, and no stage needs the model
+    opts, images = built
+    argv = ["build_engine.py", *_command(opts.checkpoint, images, opts.out)]
+    code = (
+        f"import runpy, sys; sys.argv = {argv!r}\n"
+        "try:\n    runpy.run_path('build_engine.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    print('exit', e.code)\n"
+        "print('torch imported:', 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "exit 0" in proc.stdout and "torch imported: False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    for stage in STAGES:
+        assert re.search(rf"^\[{stage}\s*\] unchanged, skipped", proc.stdout, re.M), proc.stdout
 
 
 def test_a_changed_evaluation_image_reruns_verify_only(built, capsys):
@@ -99,9 +129,7 @@ def test_a_changed_export_module_reruns_export_and_everything_after_it(tmp_path,
     for name in ("common", "models", "calibration", "engines", "pipeline", "build_engine.py"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, project / name)
     images = make_image_folder(tmp_path / "images", classes=2, per_class=3)
-    args = [sys.executable, "build_engine.py", "--precision", "fp32", "--model", TINY, "--checkpoint", str(shared.checkpoint),
-            "--batch", "1,2,4", "--backend", "onnxruntime", "--eval-data", str(images), "--out", str(tmp_path / "out"),
-            "--bench-seconds", "0.05"]  # fmt: skip
+    args = [sys.executable, "build_engine.py", *_command(shared.checkpoint, images, tmp_path / "out")]
 
     def run() -> str:
         proc = subprocess.run(args, cwd=project, capture_output=True, text=True, timeout=900)

@@ -132,10 +132,12 @@ def _post(server, body: bytes, headers: dict | None = None) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "body,status,problem",
-    [(b"", 400, r"input byte size mismatch .* got 0"),
-     (b'{"inputs": [{"name": "input", "shape": [1, 3', 500, r"failed to parse the request JSON buffer")],
+    [
+        (b"", 400, r"input byte size mismatch .* got 0"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 3', 500, r"failed to parse the request JSON buffer"),
+    ],
     ids=["empty-body", "malformed-json"],
-)  # fmt: skip
+)
 def test_an_empty_or_malformed_http_body_is_refused(body, status, problem, server, batch):
     import re
 
@@ -193,8 +195,21 @@ def test_an_interpreter_without_a_shared_libpython_is_one_line(monkeypatch, caps
 
 def test_the_load_test_reports_every_level_against_a_running_server(server, shared: Shared, run_cli, tmp_path):
     out = tmp_path / "load.md"
-    proc = run_cli("pipeline.loadtest", shared.build, "--url", server.grpc_url, "--concurrency", "1", "2",
-                   "--requests", "12", "--seconds", "60", "--out", out)  # fmt: skip
+    proc = run_cli(
+        "pipeline.loadtest",
+        shared.build,
+        "--url",
+        server.grpc_url,
+        "--concurrency",
+        "1",
+        "2",
+        "--requests",
+        "12",
+        "--seconds",
+        "60",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     report = out.read_text()
     assert "| as running | 1 | 12 | 0 |" in report and "| as running | 2 | 12 | 0 |" in report
@@ -210,14 +225,25 @@ def free_port_flags() -> list[str]:
 
 
 CLEAN_FAILURES = [
-    Case("loadtest-elsewhere", "pipeline.loadtest",
-         lambda tmp, s: [str(s.build), "--url", "192.0.2.7:8001", "--out", str(tmp / "out" / "l.md")],
-         Fails("192.0.2.7 is not a loopback address", "127.0.0.1 or localhost only")),
-    Case("serve-no-model", "pipeline.serve", lambda tmp, s: [str(tmp / "nowhere"), *free_port_flags()],
-         Fails("nowhere does not exist", "give a build directory")),
-    Case("serve-same-ports", "pipeline.serve", lambda tmp, s: [str(s.build), "--http-port", "9", "--grpc-port", "9"],
-         Fails("must differ", "must differ")),
-]  # fmt: skip
+    Case(
+        "loadtest-elsewhere",
+        "pipeline.loadtest",
+        lambda tmp, s: [str(s.build), "--url", "192.0.2.7:8001", "--out", str(tmp / "out" / "l.md")],
+        Fails("192.0.2.7 is not a loopback address", "127.0.0.1 or localhost only"),
+    ),
+    Case(
+        "serve-no-model",
+        "pipeline.serve",
+        lambda tmp, s: [str(tmp / "nowhere"), *free_port_flags()],
+        Fails("nowhere does not exist", "give a build directory"),
+    ),
+    Case(
+        "serve-same-ports",
+        "pipeline.serve",
+        lambda tmp, s: [str(s.build), "--http-port", "9", "--grpc-port", "9"],
+        Fails("must differ", "must differ"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

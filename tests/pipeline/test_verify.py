@@ -150,15 +150,46 @@ def test_fp16_and_int8_of_trained_model_pass_on_labeled_sample(cifar, tmp_path):
 @pytest.mark.slow
 def test_cli_exits_1_on_failed_gate_and_2_on_bad_input(cifar, tmp_path, run_cli):
     model, onnx_path = cifar
-    ok = run_cli("pipeline.verify", "--checkpoint", "models/weights/s2mlpv2_cifar10.safetensors", "--artifact", onnx_path,
-                 "--data", DATA / "cifar10-val", "--limit", "20", "--out", tmp_path / "r.json")  # fmt: skip
+    ok = run_cli(
+        "pipeline.verify",
+        "--checkpoint",
+        "models/weights/s2mlpv2_cifar10.safetensors",
+        "--artifact",
+        onnx_path,
+        "--data",
+        DATA / "cifar10-val",
+        "--limit",
+        "20",
+        "--out",
+        tmp_path / "r.json",
+    )
     assert ok.returncode == 0, ok.stderr
     assert "PASS" in ok.stdout
-    wrong = run_cli("pipeline.verify", "--model", "s2mlpv2_cifar10", "--artifact", onnx_path,
-                    "--data", DATA / "cifar10-val", "--limit", "20", "--out", tmp_path / "w.json")  # fmt: skip
+    wrong = run_cli(
+        "pipeline.verify",
+        "--model",
+        "s2mlpv2_cifar10",
+        "--artifact",
+        onnx_path,
+        "--data",
+        DATA / "cifar10-val",
+        "--limit",
+        "20",
+        "--out",
+        tmp_path / "w.json",
+    )
     assert wrong.returncode == 1 and "FAIL" in wrong.stdout and "RANDOM" in wrong.stderr
-    missing = run_cli("pipeline.verify", "--model", "s2mlpv2_cifar10", "--artifact", tmp_path / "none.onnx",
-                      "--data", DATA / "cifar10-val", "--out", tmp_path / "m.json")  # fmt: skip
+    missing = run_cli(
+        "pipeline.verify",
+        "--model",
+        "s2mlpv2_cifar10",
+        "--artifact",
+        tmp_path / "none.onnx",
+        "--data",
+        DATA / "cifar10-val",
+        "--out",
+        tmp_path / "m.json",
+    )
     assert missing.returncode == 2 and "error: artifact not found" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -166,22 +197,37 @@ def test_cli_exits_1_on_failed_gate_and_2_on_bad_input(cifar, tmp_path, run_cli)
 
 
 CLEAN_FAILURES = [
-    Case("onnx-truncated", "pipeline.verify",
-         lambda tmp, s: verify_on(truncated(s.onnx, tmp / "t.onnx"), s.images, tmp),
-         Fails("cannot load .*t.onnx", "re-run the export stage")),
-    Case("onnx-of-another-model", "pipeline.verify",
-         lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx"), s.images, tmp),
-         Fails(r"logits of shape \(8, 3\), the reference model \(8, 5\)", "verify the artifact against the checkpoint")),
-    Case("onnx-for-another-input-size", "pipeline.verify",
-         lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx", size=64), s.images, tmp),
-         Fails("input images are 32x32, the graph expects 64x64", "preprocess them with the card of the model")),
-    Case("data-text-named-jpg", "pipeline.verify",
-         lambda tmp, s: verify_on(s.onnx, write_bytes(tmp / "data" / "photo.jpg", b"not an image").parent, tmp),
-         Fails(r"no usable images .*1 unreadable", "give a folder of readable images")),
-    Case("plan-without-sidecar", "pipeline.verify",
-         lambda tmp, s: verify_on(write_bytes(tmp / "m.plan", b"plan"), s.images, tmp),
-         Fails(r"m\.json is missing", "rebuild the plan")),
-]  # fmt: skip
+    Case(
+        "onnx-truncated",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(truncated(s.onnx, tmp / "t.onnx"), s.images, tmp),
+        Fails("cannot load .*t.onnx", "re-run the export stage"),
+    ),
+    Case(
+        "onnx-of-another-model",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx"), s.images, tmp),
+        Fails(r"logits of shape \(8, 3\), the reference model \(8, 5\)", "verify the artifact against the checkpoint"),
+    ),
+    Case(
+        "onnx-for-another-input-size",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(foreign_onnx(tmp / "f.onnx", size=64), s.images, tmp),
+        Fails("input images are 32x32, the graph expects 64x64", "preprocess them with the card of the model"),
+    ),
+    Case(
+        "data-text-named-jpg",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(s.onnx, write_bytes(tmp / "data" / "photo.jpg", b"not an image").parent, tmp),
+        Fails(r"no usable images .*1 unreadable", "give a folder of readable images"),
+    ),
+    Case(
+        "plan-without-sidecar",
+        "pipeline.verify",
+        lambda tmp, s: verify_on(write_bytes(tmp / "m.plan", b"plan"), s.images, tmp),
+        Fails(r"m\.json is missing", "rebuild the plan"),
+    ),
+]
 
 
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.equalize import MIN_RELATIVE_SCALE, equalize_gelu_inputs, gelu_gemms
+from pipeline.onnx_runtime import OnnxRuntimeRunner, make_session
+from pipeline.precision import _session_with_outputs, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def tiny(graphs):
+    """(standard graph, 32 preprocessed images): the session's tiny export (``graphs``)."""
+    return graphs.get("tiny"), graphs.images("tiny", 32)
+
+
+def _gelu_mlp(path, k: int = 32, n: int = 16, seed: int = 0):
+    """input (B, 4, K) -> Gelu -> MatMul (K x N) -> Add bias -> output: the shape of an MLP's second GEMM."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gelu", ["x"], ["g"], name="gelu"),
+            helper.make_node("MatMul", ["g", "w"], ["h"], name="fc2"),
+            helper.make_node("Add", ["h", "b"], ["y"], name="fc2_bias"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, n])],
+        [
+            numpy_helper.from_array((rng.standard_normal((k, n)) * 0.2).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10), str(path))
+    # channels of very different ranges, as a Gelu's are
+    return (rng.standard_normal((64, 4, k)) * np.linspace(0.2, 4.0, k)).astype(np.float32)
+
+
+def test_equalized_fp32_graph_computes_the_same_logits(tiny, tmp_path):
+    path, images = tiny
+    model = onnx.load(str(path))
+    equalized = equalize_gelu_inputs(model, images)
+    assert len(equalized) == 2  # one MLP per block, two blocks
+    onnx.save(model, str(tmp_path / "equalized.onnx"))
+    ref, got = OnnxRuntimeRunner(path)(images), OnnxRuntimeRunner(tmp_path / "equalized.onnx")(images)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_equalized_channels_share_one_symmetric_range(tiny):
+    path, images = tiny
+    model = onnx.load(str(path))
+    equalized = equalize_gelu_inputs(model, images)
+    tensors = [n.input[0] for n in model.graph.node if n.name in {e.gemm for e in equalized}]
+    session = _session_with_outputs(model, tensors)
+    for e, out in zip(equalized, session.run(tensors, {session.get_inputs()[0].name: images})):
+        rows = out.reshape(-1, out.shape[-1])
+        lo, hi = rows.min(0), rows.max(0)
+        bound = max(-lo.min(), hi.max())
+        stretched = e.scale > MIN_RELATIVE_SCALE
+        # every channel is centred and spans the same range, the widest one's: one int8 step fits all
+        np.testing.assert_allclose(hi[stretched], bound, rtol=1e-4)
+        np.testing.assert_allclose(lo[stretched], -bound, rtol=1e-4)
+
+
+def test_gemms_kept_in_fp32_are_not_equalized(tiny):
+    path, _ = tiny
+    model = onnx.load(str(path))
+    names = [m.name for m, *_ in gelu_gemms(model)]
+    assert len(names) == 2 and [m.name for m, *_ in gelu_gemms(model, exclude=names[:1])] == names[1:]
+
+
+def test_int8_bias_meets_the_weights_the_graph_dequantizes(tmp_path):
+    # A bias folded from the fp32 weights would multiply each weight's rounding by the centre.
+    src, out = tmp_path / "mlp.onnx", tmp_path / "mlp-int8.onnx"
+    x = _gelu_mlp(src)
+    assert quantize_int8(src, out, x, "max") == ["fc2"]
+    model = onnx.load(str(out))
+    fc2 = next(n for n in model.graph.node if n.name == "fc2")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weight_dq, activation_dq = producer[fc2.input[1]], producer[fc2.input[0]]
+    # read the weight the graph dequantizes through ONNX Runtime, then let fc2 read its input unrounded
+    weight = _session_with_outputs(model, [weight_dq.output[0]]).run([weight_dq.output[0]], {"x": x[:1]})[0]
+    fc2.input[0] = producer[activation_dq.input[0]].input[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src)).graph.initializer}
+    g = _session_with_outputs(onnx.load(str(src)), ["g"]).run(["g"], {"x": x})[0].astype(np.float64)
+    expected = g @ (weight * inits["fc2_input_inverse_scale"][:, None]) + original["b"]
+    # ONNX Runtime's extended optimizations would run the bypassed GEMM as MatMulNBits, which rounds its input again
+    got = make_session(model, optimization="basic").run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
