@@ -404,6 +404,16 @@ class DeployedModel:
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     # --- running
+    def warm_up(self, max_batch: int | None = None) -> None:
+        """Run every batch size from the smallest to ``max_batch`` (default: ``self.max_batch``) once, on zeros.
+
+        A runner may prepare each batch size on first use (OpenVINO compiles one per size), which a
+        server with dynamic batching would otherwise pay inside some client's request.
+        """
+        c, h, w = self.input_size
+        for n in range(self.min_batch, min(max_batch or self.max_batch, self.max_batch) + 1):
+            self.logits(np.zeros((n, c, h, w), np.float32))
+
     def logits(self, batch, check_finite: bool = True) -> np.ndarray:
         """Logits ``(N, classes)`` of a preprocessed float ``(N, C, H, W)`` batch, run in batches the artifact accepts.
 

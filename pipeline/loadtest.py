@@ -266,6 +266,8 @@ def _markdown(result: dict) -> str:
         f"request when the last is answered; {result['batch']} image(s) per request, {result['inputs']}. At most "
         f"{result['requests']} requests and {result['seconds']:.0f} s per level. Command: `{result['command']}`",
         "",
+        *[f"The {mode} server said: `{line}`" for mode, line in result.get("servers", {}).items()],
+        "",
         "| batching | clients | requests | errors | requests/s | images/s | p50 ms | p90 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -356,12 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
         levels: list[LoadLevel] = []
+        servers: dict[str, str] = {}  # mode -> the server's ready line: which runner, device and precision it chose
         for mode, extra in modes:
             url = args.url
             if extra is not None:
                 print(f"starting pipeline.serve ({mode}) ...", file=sys.stderr, flush=True)
                 proc = start_server(args.build, extra)
                 url = proc.grpc_url
+                servers[mode] = next(line for line in proc.stdout if line.startswith("ready:")).strip()
             run_level(url, model_name, inputs, 2, WARMUP_REQUESTS, args.seconds, "warm-up", args.batch)  # not reported
             for c in args.concurrency:
                 level = run_level(url, model_name, inputs, c, args.requests, args.seconds, mode, args.batch)
@@ -394,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requests": args.requests,
         "seconds": args.seconds,
         "command": " ".join(["python -m pipeline.loadtest", *(argv if argv is not None else sys.argv[1:])]),
+        "servers": servers,
         "levels": [lv.to_dict() for lv in levels],
         "ratios": _ratios(levels),
         "total_requests": sum(lv.requests for lv in levels),

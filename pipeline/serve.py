@@ -219,6 +219,7 @@ def _run(triton, model: DeployedModel, settings: ServeSettings, log_file: Path |
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
         float_name, image_name, max_batch = _bind(triton, model, settings)
+        model.warm_up(max_batch)  # every batch size the batcher may form, before the first client's request
         try:
             triton.run()
         except Exception as e:  # PyTriton's own errors and timeouts, with the server's log kept by PyTriton

@@ -91,6 +91,17 @@ def test_work_is_split_into_batches_the_profile_accepts(shared: Shared):
     assert counting.sizes == [4, 4, 1]
 
 
+def test_warm_up_runs_every_batch_size_the_server_may_form_once(shared: Shared):
+    plain = DeployedModel.open(shared.build)
+    counting = Counting(plain.runner, batch_range=(2, 4))
+    model = DeployedModel(counting, plain.card, batch=8)
+    model.warm_up()
+    assert counting.sizes == [2, 3, 4]  # the profile's smallest to its largest
+    counting.sizes.clear()
+    model.warm_up(3)
+    assert counting.sizes == [2, 3]
+
+
 def test_a_batch_below_the_profile_is_padded_and_the_padding_dropped(shared: Shared):
     plain = DeployedModel.open(shared.build)
     counting = Counting(plain.runner, batch_range=(3, 4))
