@@ -92,6 +92,15 @@ def _input_changes(name: str, old: Any, new: Any) -> list[str]:
     return [f"{name} changed"] if old != new else []
 
 
+def _setting_changes(name: str, old: Any, new: Any) -> list[str]:
+    """The leaves of a setting that differ, each as ``path old -> new`` (``gates.labeled[0].threshold 1.0 -> 0.98``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in dict.fromkeys([*old, *new]) for c in _setting_changes(f"{name}.{k}", old.get(k), new.get(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in _setting_changes(f"{name}[{i}]", a, b)]
+    return [f"{name} {old!r} -> {new!r}"] if old != new else []
+
+
 def _listed(items: list[str], most: int = 3) -> list[str]:
     return items[:most] + ([f"{len(items) - most} more"] if len(items) > most else [])
 
@@ -126,11 +135,13 @@ class Manifest:
         for name in dict.fromkeys([*old_inputs, *key.inputs]):
             reasons += _input_changes(name, old_inputs.get(name), key.inputs.get(name))
         old_settings = record.get("settings", {})
-        reasons += [
-            f"{name} {old_settings.get(name)!r} -> {key.settings.get(name)!r}"
-            for name in dict.fromkeys([*old_settings, *key.settings])
-            if old_settings.get(name) != key.settings.get(name)
-        ]
+        reasons += _listed(
+            [
+                change
+                for name in dict.fromkeys([*old_settings, *key.settings])
+                for change in _setting_changes(name, old_settings.get(name), key.settings.get(name))
+            ]
+        )
         old_code = record.get("code", {})
         reasons += _listed(
             [f"{path} changed" for path in sorted(key.code.keys() | old_code.keys()) if old_code.get(path) != key.code.get(path)]
