@@ -13,14 +13,16 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from .card import CheckpointError, read_card
 from .config import Preprocessing, S2MLPv2Config, get_variant, list_models
 
 # The trained checkpoint the package ships: s2mlpv2_cifar10, 80 % top-1 on 5,000 held-out CIFAR-10 images.
 SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "s2mlpv2_cifar10.safetensors"
 
-# The names that need torch, and the module that defines each (imported on first use).
+# Names imported on first use, and the module that defines each: those that need torch, and the card's (so that
+# ``python -m models.card`` runs a module not yet imported).
 _LAZY = {
+    "CheckpointError": ".card",
+    "read_card": ".card",
     "S2MLPv2": ".s2mlpv2",
     "create_model": ".s2mlpv2",
     "load_checkpoint": ".checkpoint",

@@ -17,6 +17,7 @@ from tests.failures import (
     Fails,
     RunsCode,
     Shared,
+    assert_fails_cleanly,
     edited_card,
     other_variant,
     pickle_running_code,
@@ -143,6 +144,22 @@ def test_invalid_card_json_is_an_error(tiny, tmp_path):
     (tmp_path / "tiny.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(path)
+
+
+def test_card_command_shows_the_card_and_stores_provenance(tiny, tmp_path, capsys):
+    from models.card import main
+
+    path = save_checkpoint(tiny, tmp_path / "w.safetensors")
+    value = tmp_path / "speed.json"
+    value.write_text(json.dumps({"b1_ms": 1.5}))
+    assert main(["set", str(path), "speed", str(value)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(path)]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["model"] == tiny.config.name and card["provenance"]["speed"] == {"b1_ms": 1.5}
+    value.write_text("not json")
+    status = main(["set", str(path), "speed", str(value)])
+    assert_fails_cleanly(status, capsys.readouterr().err, Fails("is not JSON", "give a JSON file"))
 
 
 def test_failed_save_leaves_no_partial_file(tiny, tmp_path, monkeypatch):
