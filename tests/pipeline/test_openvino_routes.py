@@ -44,18 +44,14 @@ def _build(*args, timeout=900):
 # ----------------------------------------------------------------------------- verify
 
 
+def _verify_ir(run_cli, ir: Path, shared: Shared, report: Path, check: bool = False):
+    """``python -m pipeline.verify`` of the IR against the tiny checkpoint on the shared images."""
+    command = ["--checkpoint", shared.checkpoint, "--artifact", ir, "--data", shared.images, "--out", report]
+    return run_cli("pipeline.verify", *command, check=check)
+
+
 def test_verify_cli_runs_an_ir_and_judges_it_by_its_precision(ir, shared: Shared, tmp_path, run_cli):
-    proc = run_cli(
-        "pipeline.verify",
-        "--checkpoint",
-        shared.checkpoint,
-        "--artifact",
-        ir,
-        "--data",
-        shared.images,
-        "--out",
-        tmp_path / "r.json",
-    )
+    proc = _verify_ir(run_cli, ir, shared, tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["backend"] == "openvino" and report["precision"] == "fp32" and report["passed"]
@@ -109,18 +105,7 @@ def test_interleaved_timing_gives_every_function_its_calls_and_seconds():
 @pytest.mark.slow
 def test_benchmark_times_irs_and_peers_and_names_our_fastest_passing_artifact(ir, shared: Shared, tmp_path, run_cli):
     report = tmp_path / "verify.json"
-    run_cli(
-        "pipeline.verify",
-        "--checkpoint",
-        shared.checkpoint,
-        "--artifact",
-        ir,
-        "--data",
-        shared.images,
-        "--out",
-        report,
-        check=True,
-    )
+    _verify_ir(run_cli, ir, shared, report, check=True)
     out = tmp_path / "bench.json"
     run_cli(
         "pipeline.benchmark",
