@@ -460,17 +460,18 @@ class BenchmarkSettings:
     peers: bool = False
 
 
-def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[tuple[str, str, Callable]]:
+def _torch_rows(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[Row]:
+    """PyTorch's rows: eager fp32 (and fp16 on a GPU where an artifact is fp16), and ``torch.compile`` when asked."""
     from .deployed import artifact_precision
 
-    runners: list[tuple[str, str, Callable[[np.ndarray], Any]]] = []
+    runners: list[Row] = []
     if settings.eager:
 
         def eager(x, _m=model):
             with torch.inference_mode():
                 return _m(torch.from_numpy(x))
 
-        runners.append(("torch eager fp32", "fp32", eager))
+        runners.append(Row("torch eager fp32", "fp32", eager, "torch", kind="eager"))
         wants_fp16 = any(artifact_precision(p) == "fp16" for p in artifacts)
         if wants_fp16 and torch.cuda.is_available():  # on a CPU PyTorch has no fast fp16 path: no honest fp16 eager row
             half = _half_copy(model)
@@ -479,7 +480,7 @@ def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]
                 with torch.inference_mode():
                     return _m(torch.from_numpy(x).cuda().half()).float().cpu()
 
-            runners.append(("torch eager fp16 (cuda)", "fp16", eager_fp16))
+            runners.append(Row("torch eager fp16 (cuda)", "fp16", eager_fp16, "torch", kind="eager"))
     if settings.compile:
         compiled = torch.compile(model)
 
@@ -487,7 +488,7 @@ def _torch_runners(model, settings: BenchmarkSettings, artifacts: Sequence[Path]
             with torch.inference_mode():
                 return _m(torch.from_numpy(x))
 
-        runners.append(("torch.compile fp32", "fp32", comp))
+        runners.append(Row("torch.compile fp32", "fp32", comp, "torch", kind="compiled"))
     return runners
 
 
@@ -517,11 +518,7 @@ def benchmark(
     for path in [*onnx, *plans, *openvino, *verified, *([reference_onnx] if reference_onnx else [])]:
         if not Path(path).is_file():
             raise DeployedError(f"artifact not found: {path}")
-    runners = _torch_runners(model, settings, [*onnx, *plans])
-    rows: list[Row] = [
-        Row(name, precision, run, "torch", kind="eager" if name.startswith("torch eager") else "compiled")
-        for name, precision, run in runners
-    ]
+    rows = _torch_rows(model, settings, [*onnx, *plans])
     reference = [reference_onnx] if reference_onnx and reference_onnx not in onnx else []
     for path in [*reference, *onnx]:
         precision = artifact_precision(path)
