@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "load_rgb",
     "decode_rgb",
+    "declared_pixels",
     "to_rgb",
     "eval_transform",
     "preprocess",
@@ -68,6 +69,28 @@ def decode_rgb(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_P
     if not data:
         raise ImageError(f"{name}: empty (0 bytes)")
     return _open_rgb(io.BytesIO(bytes(data)), name, max_pixels)
+
+
+def declared_pixels(data: bytes, name: str = "image") -> int:
+    """The pixel count an encoded image's header declares, read without decoding a pixel; ``ImageError`` if unreadable."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as img:
+                w, h = img.size
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: declares more pixels than Pillow opens; refused as a possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({' '.join(str(e).split())[:120] or type(e).__name__})") from None
+    return w * h
 
 
 def _open_rgb(source, name: str, max_pixels: int):

@@ -14,13 +14,27 @@ serves two models from the artifact ``pipeline.deployed.DeployedModel`` chooses:
 
 The float model batches requests dynamically: the largest batch is the plan's profile (or the
 build's) unless ``--max-batch`` says otherwise, and ``--queue-delay-us`` is how long a request
-may wait for others. The image model runs each request on its own, so that one client's
-undecodable image fails only that client's request. Triton itself refuses a wrong dtype, a wrong
-shape and a batch over the maximum before the model sees them.
+may wait for others. The image model runs each request on its own (two at a time), so that one
+client's undecodable or large image costs only that client's request.
 
-The server binds to 127.0.0.1 unless ``--host`` says otherwise, prints one line when it is
-ready, and on SIGTERM or Ctrl-C lets the requests in flight finish and exits 0, leaving no
-``tritonserver`` process behind. A port in use is one ``error:`` line before anything starts.
+Built to face hostile clients (docs/SERVING.md has the probes and what each now gets):
+
+* **A front checks every request** (``pipeline.serve_front``) on the public ports before Triton
+  parses it: sizes, shapes, datatypes, models, per-image bytes; the model-repository,
+  shared-memory, trace and logging APIs are closed (403 / PERMISSION_DENIED). A refused request
+  is HTTP 400 or gRPC INVALID_ARGUMENT with one line; no traceback or server path is ever sent.
+* **Triton runs isolated and supervised** (``pipeline.serve_worker``): in a network namespace of
+  its own, with no access token anywhere. If it dies, readiness is false at once, and it is
+  restarted with a growing delay (1, 2, 4, 8, 16 s); more than ``--max-restarts`` failures in
+  10 minutes end ``serve`` with status 1.
+* **Limits that fit the model**, with flags: bytes and pixels per image, pixels decoded per
+  request, bytes per request; the defaults scale with the model's input and largest batch.
+
+The server binds to 127.0.0.1 unless ``--host`` says otherwise, prints one line on stdout when it
+is ready (and nothing else there), and on SIGTERM or Ctrl-C lets the requests in flight finish
+and exits 0, leaving no ``tritonserver`` process and no temporary folder behind, as it does when
+killed with SIGKILL. A port in use, by another ``serve`` too, is one ``error:`` line and exit 2
+before anything starts.
 
 Triton's Python backend loads ``libpython3.X.so`` by name: this command puts the running
 interpreter's library folder first on ``LD_LIBRARY_PATH`` for the server it starts, so that the
@@ -30,28 +44,35 @@ backend does not pick another installation's library of the same name.
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
+import json
 import os
+import queue
+import re
+import shutil
 import signal
-import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 
-from .deployed import BACKENDS, DeployedModel
+from .deployed import BACKENDS
 
-__all__ = ["ServeSettings", "ServeError", "model_names", "python_library_dir", "check_ports", "serve", "main"]
+__all__ = ["ServeSettings", "ServeError", "Supervisor", "model_names", "python_library_dir", "check_settings", "serve", "main"]
 
-EXIT_TIMEOUT_S = 20  # tritonserver's wait for requests in flight at shutdown; the whole stop stays under 30 s
+RUN_DIR_PREFIX = "s2mlpv2-serve-"
+READY_TIMEOUT_S = 180  # a worker's start: the model, its warm-up, tritonserver
+STOP_TIMEOUT_S = 30
+RESTART_BACKOFF_S = (1, 2, 4, 8, 16)
+RESTART_WINDOW_S = 600
 
 
 class ServeError(S2MLPv2Error, RuntimeError):
@@ -70,6 +91,12 @@ class ServeSettings:
     top_k: int = 5
     backend: str = "auto"
     verbose: bool = False
+    # None: scaled to the model (pipeline.serve_front.Limits.for_model)
+    max_image_bytes: int | None = None
+    max_image_pixels: int | None = None
+    max_request_pixels: int | None = None
+    max_request_bytes: int | None = None
+    max_restarts: int = 5
 
     def ports(self) -> dict[str, int]:
         return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
@@ -93,161 +120,304 @@ def python_library_dir() -> Path:
     return Path(libdir)
 
 
-def check_ports(settings: ServeSettings) -> None:
-    """Refuse, before anything starts, ports that repeat or that another process holds."""
+def _port_error(settings: ServeSettings, busy) -> UsageError:
+    flag = next((f for f, p in settings.ports().items() if f"port {p}" == str(busy.port)), "--http-port")
+    return UsageError(
+        f"{busy.port} on {settings.host} is not free ({busy.reason}); stop what holds it (another serve?) or pass {flag} with a free port"
+    )
+
+
+def check_settings(settings: ServeSettings) -> None:
+    """Refuse settings that cannot work, before anything starts."""
     ports = settings.ports()
     if len(set(ports.values())) != len(ports):
         raise UsageError(f"--http-port, --grpc-port and --metrics-port must differ, got {', '.join(map(str, ports.values()))}")
     for flag, port in ports.items():
         if not 1 <= port <= 65535:
             raise UsageError(f"{flag} must be a port number from 1 to 65535, got {port}")
-        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((settings.host, port))
-            except OSError as e:
-                raise ServeError(
-                    f"port {port} on {settings.host} is not free ({e.strerror}); stop what holds it or pass {flag} with a free port"
-                ) from None
-
-
-def _infer_logits(model: DeployedModel):
-    from pytriton.decorators import batch
-
-    @batch
-    def infer(input: np.ndarray):  # noqa: A002 - the tensor's name is the input's name
-        return {"logits": model.logits(input, check_finite=False)}
-
-    return infer
-
-
-def _infer_images(model: DeployedModel, top_k: int):
-    from pytriton.decorators import batch
-
-    @batch
-    def infer(image: np.ndarray):
-        images = [bytes(row[0]) for row in image]
-        predictions = model.predict(images, top_k=top_k)
-        return {
-            "labels": np.array([[c.label.encode() for c in p.top] for p in predictions], dtype=object),
-            "probabilities": np.array([[c.probability for c in p.top] for p in predictions], dtype=np.float32),
-            "indices": np.array([[c.index for c in p.top] for p in predictions], dtype=np.int32),
-        }
-
-    return infer
-
-
-def _bind(triton, model: DeployedModel, settings: ServeSettings) -> tuple[str, str, int]:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-
-    float_name, image_name = model_names(model.name, model.precision)
-    max_batch = settings.max_batch or model.max_batch
-    if max_batch < model.min_batch:
-        raise UsageError(f"--max-batch {max_batch} is below the plan's smallest batch {model.min_batch}")
-    classes = model.card.config.num_classes
-    top_k = min(settings.top_k, classes)
-    batcher = DynamicBatcher(max_queue_delay_microseconds=settings.queue_delay_us) if settings.dynamic_batching else None
-    triton.bind(
-        model_name=float_name,
-        infer_func=_infer_logits(model),
-        inputs=[Tensor(name="input", dtype=np.float32, shape=model.input_size)],
-        outputs=[Tensor(name="logits", dtype=np.float32, shape=(classes,))],
-        config=ModelConfig(max_batch_size=max_batch, batcher=batcher),
-        strict=True,
-    )
-    triton.bind(
-        model_name=image_name,
-        infer_func=_infer_images(model, top_k),
-        inputs=[Tensor(name="image", dtype=bytes, shape=(1,))],
-        outputs=[
-            Tensor(name="labels", dtype=bytes, shape=(top_k,)),
-            Tensor(name="probabilities", dtype=np.float32, shape=(top_k,)),
-            Tensor(name="indices", dtype=np.int32, shape=(top_k,)),
-        ],
-        config=ModelConfig(max_batch_size=max_batch, batcher=None),
-        strict=True,
-    )
-    return float_name, image_name, max_batch
+    if settings.queue_delay_us < 0:
+        raise UsageError(f"--queue-delay-us must be 0 or more, got {settings.queue_delay_us}")
+    for flag, value in (
+        ("--top-k", settings.top_k),
+        ("--max-batch", settings.max_batch),
+        ("--max-image-bytes", settings.max_image_bytes),
+        ("--max-image-pixels", settings.max_image_pixels),
+        ("--max-request-pixels", settings.max_request_pixels),
+        ("--max-request-bytes", settings.max_request_bytes),
+        ("--max-restarts", settings.max_restarts),
+    ):
+        if value is not None and value < (0 if flag == "--max-restarts" else 1):
+            raise UsageError(f"{flag} must be at least {0 if flag == '--max-restarts' else 1}, got {value}")
 
 
 def serve(build: str | os.PathLike, settings: ServeSettings = ServeSettings(), ready=None) -> int:
     """Serve ``build`` until SIGTERM or Ctrl-C; returns the exit status. ``ready(line)`` is called once it answers."""
-    if settings.queue_delay_us < 0:
-        raise UsageError(f"--queue-delay-us must be 0 or more, got {settings.queue_delay_us}")
-    if settings.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {settings.top_k}")
-    if settings.max_batch is not None and settings.max_batch < 1:
-        raise UsageError(f"--max-batch must be at least 1, got {settings.max_batch}")
-    check_ports(settings)
+    from .serve_front import Front, PortBusy
+
+    check_settings(settings)
+    if not Path(build).exists():
+        raise UsageError(f"{build} does not exist; give a build directory (build_engine.py --out), a .plan, an .onnx or an .xml")
     libdir = python_library_dir()
-    model = DeployedModel.open(build, settings.backend)
+    front = Front(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
     try:
-        from pytriton.triton import Triton, TritonConfig
-    except ImportError as e:
-        raise ServeError(
-            f"NVIDIA PyTriton is not installed ({e}); `pip install nvidia-pytriton` (Linux, Python 3.8-3.12)"
-        ) from None
-    # the server inherits this process's environment: the interpreter's own libpython comes first
-    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libdir), os.environ.get("LD_LIBRARY_PATH")]))
-    if not settings.verbose:
-        logging.getLogger("pytriton").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="s2mlpv2-serve-") as tmp:
-        log_file = None if settings.verbose else Path(tmp) / "tritonserver.log"  # the server's own log, shown when it fails
-        config = TritonConfig(
-            http_address=settings.host,
-            http_port=settings.http_port,
-            grpc_address=settings.host,
-            grpc_port=settings.grpc_port,
-            metrics_address=settings.host,
-            metrics_port=settings.metrics_port,
-            exit_timeout_secs=EXIT_TIMEOUT_S,
-            log_verbose=1 if settings.verbose else 0,
-            log_file=log_file,
-        )
-        return _run(Triton(config=config), model, settings, log_file, ready)
-
-
-def _log_tail(log_file: Path | None) -> str:
-    """The server log's last error line, for a one-line message."""
-    try:
-        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.startswith("E")] if log_file else []
-    except OSError:
-        lines = []
-    return f"; its log says: {' '.join(lines[-1].split()[4:])[:300]}" if lines else ""
-
-
-def _run(triton, model: DeployedModel, settings: ServeSettings, log_file: Path | None, ready) -> int:
+        front.bind()  # every public port now, atomically: a second serve on them stops here
+    except PortBusy as busy:
+        raise _port_error(settings, busy) from None
+    _remove_stale_run_dirs()
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+    _become_subreaper()  # a tritonserver whose worker died comes to us, to be stopped
+    supervisor = Supervisor(Path(build), settings, run_dir, libdir)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
-        float_name, image_name, max_batch = _bind(triton, model, settings)
-        model.warm_up(max_batch)  # every batch size the batcher may form, before the first client's request
-        try:
-            triton.run()
-        except Exception as e:  # PyTriton's own errors and timeouts, with the server's log kept by PyTriton
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            raise ServeError(
-                f"the Triton server did not start ({reason}{_log_tail(log_file)}); rerun with --verbose to see its log"
-            ) from None
-        if settings.dynamic_batching:
-            batching = f"dynamic batching up to {max_batch}, queue delay {settings.queue_delay_us} us"
-        else:
-            batching = f"no dynamic batching, batches up to {max_batch}"
-        line = (
-            f"ready: {float_name} (input -> logits) and {image_name} (image bytes -> top-{min(settings.top_k, model.card.config.num_classes)}) "
-            f"on http://{settings.host}:{settings.http_port}, grpc {settings.host}:{settings.grpc_port}, "
-            f"metrics :{settings.metrics_port}; {model.description}; {batching}; pid {os.getpid()}, SIGTERM or Ctrl-C stops"
-        )
-        (ready or (lambda text: print(text, flush=True)))(line)
-        while triton.is_alive():
-            time.sleep(0.5)
-        print("error: the Triton server stopped by itself; rerun with --verbose to see its log", file=sys.stderr)
-        return 1
+        front.start()
+        return _serve_until_stopped(front, supervisor, settings, ready)
     except KeyboardInterrupt:
         print("stopping: requests in flight finish first", file=sys.stderr, flush=True)
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
-        triton.stop()
+        front.stop()
+        supervisor.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_until_stopped(front, supervisor: Supervisor, settings: ServeSettings, ready) -> int:
+    from .serve_front import Backend, Limits, ServedModels
+
+    crashes: list[float] = []
+    announced = False
+    while True:
+        message = supervisor.start()
+        if "error" in message:
+            if not announced:  # the first start: the settings or the build are wrong
+                raise (UsageError if message.get("status") == 2 else ServeError)(message["error"])
+            reason = message["error"]
+        else:
+            info = message["ready"]
+            models = ServedModels.from_dict(info["models"])
+            front.attach(models, Limits(**info["limits"]), Backend(**info["backend"]))
+            if not announced:
+                (ready or (lambda text: print(text, flush=True)))(_ready_line(settings, models, info))
+                if info["isolation"]:
+                    print(
+                        f"warning: Triton is not isolated: {info['isolation']}; local users can reach its ports", file=sys.stderr
+                    )
+                announced = True
+            else:
+                print(f"restarted: ready again after {time.monotonic() - crashes[-1]:.1f} s", file=sys.stderr, flush=True)
+            reason = supervisor.wait()  # until the worker or its tritonserver dies
+            front.detach()  # readiness is false until the restart is ready
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < RESTART_WINDOW_S] + [now]
+        if len(crashes) > settings.max_restarts:
+            print(
+                f"error: the Triton server failed {len(crashes)} times in {RESTART_WINDOW_S} s (last: {reason}); giving up",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        delay = RESTART_BACKOFF_S[min(len(crashes), len(RESTART_BACKOFF_S)) - 1]
+        print(
+            f"restarting: the Triton server stopped ({reason}); again in {delay} s, restart {len(crashes)} of at most "
+            f"{settings.max_restarts} in {RESTART_WINDOW_S} s; not ready meanwhile",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(delay)
+
+
+def _ready_line(settings: ServeSettings, models, info: dict) -> str:
+    if settings.dynamic_batching:
+        batching = f"dynamic batching up to {models.max_batch}, queue delay {settings.queue_delay_us} us"
+    else:
+        batching = f"no dynamic batching, batches up to {models.max_batch}"
+    return (
+        f"ready: {models.float_name} (input -> logits) and {models.image_name} (image bytes -> top-{models.top_k}) "
+        f"on http://{settings.host}:{settings.http_port}, grpc {settings.host}:{settings.grpc_port}, "
+        f"metrics :{settings.metrics_port}; {info['description']}; {batching}; pid {os.getpid()}, SIGTERM or Ctrl-C stops"
+    )
+
+
+class Supervisor:
+    """Starts ``pipeline.serve_worker`` (the model and its tritonserver), waits for it, and stops it and all it started."""
+
+    def __init__(self, build: Path, settings: ServeSettings, run_dir: Path, libdir: Path):
+        self.build, self.settings, self.run_dir, self.libdir = build, settings, run_dir, libdir
+        self.proc: subprocess.Popen | None = None
+        self._messages: queue.Queue = queue.Queue()
+        self._stub_dirs: set[Path] = set()  # the Python backend's model copies (/tmp/folderXXXXXX), left when Triton is killed
+
+    def start(self) -> dict:
+        """Start a worker; its first message: ``{"ready": ...}`` or ``{"error": ..., "status": ...}``."""
+        from .loadtest import free_ports
+
+        read_fd, write_fd = os.pipe()
+        http, grpc, metrics = free_ports(3)  # used only where the kernel refuses the worker a namespace of its own
+        s = self.settings
+        config = {
+            "parent": os.getpid(),
+            "channel_fd": write_fd,
+            "run_dir": str(self.run_dir),
+            "build": str(self.build),
+            "backend": s.backend,
+            "max_batch": s.max_batch,
+            "queue_delay_us": s.queue_delay_us,
+            "dynamic_batching": s.dynamic_batching,
+            "top_k": s.top_k,
+            "verbose": s.verbose,
+            "max_image_bytes": s.max_image_bytes,
+            "max_image_pixels": s.max_image_pixels,
+            "max_request_pixels": s.max_request_pixels,
+            "max_request_bytes": s.max_request_bytes,
+            "fallback_ports": {"http": http, "grpc": grpc, "metrics": metrics},
+        }
+        env = dict(os.environ)
+        # the server inherits this environment: the interpreter's own libpython first; its temp files in the run's folder
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(self.libdir), os.environ.get("LD_LIBRARY_PATH")]))
+        env["TMPDIR"] = str(self.run_dir)
+        env["PYTRITON_HOME"] = str(self.run_dir / "pytriton-home")
+        log = None if s.verbose else open(self.run_dir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.serve_worker"],
+                stdin=subprocess.PIPE,
+                stdout=log if log else sys.stderr,
+                stderr=log if log else sys.stderr,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # its own process group: stopped as one, and Ctrl-C reaches only serve
+                env=env,
+            )
+        finally:
+            os.close(write_fd)
+            if log:
+                log.close()
+        self.proc.stdin.write(json.dumps(config).encode())
+        self.proc.stdin.close()
+        self._messages = queue.Queue()
+        threading.Thread(target=self._read, args=(read_fd, self._messages), daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                message = self._messages.get(timeout=0.2)
+                self._stub_dirs |= _python_backend_dirs(self.proc.pid)
+                return message
+            except queue.Empty:
+                if self.proc.poll() is not None and self._messages.empty():
+                    time.sleep(0.2)  # the reader's last line
+                    if self._messages.empty():
+                        return {"error": f"the worker exited with status {self.proc.returncode}{self._log_line()}", "status": 1}
+        self.stop()
+        return {"error": f"the worker was not ready within {READY_TIMEOUT_S} s{self._log_line()}", "status": 1}
+
+    @staticmethod
+    def _read(fd: int, messages: queue.Queue) -> None:
+        with os.fdopen(fd, "r") as channel:
+            for line in channel:
+                try:
+                    messages.put(json.loads(line))
+                except ValueError:
+                    continue
+
+    def _log_line(self) -> str:
+        try:
+            text = (self.run_dir / "worker.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        # the worker's own line, else a Python error's last line; not Triton's log lines
+        lines = [line.strip() for line in text.splitlines() if re.match(r"worker: |\w+(Error|Exception)\b", line)]
+        return f"; {lines[-1].removeprefix('worker: ')[:300]}" if lines else ""
+
+    def wait(self) -> str:
+        """Block until the worker exits; returns why, for one log line. Its leftovers are stopped."""
+        while self.proc.poll() is None:
+            time.sleep(0.2)
+        reason = f"worker exit {self.proc.returncode}{self._log_line()}"
+        self.stop()
+        return reason
+
+    def stop(self) -> None:
+        """SIGTERM to the worker's process group (Triton lets requests in flight finish), SIGKILL after 30 s; then any
+        tritonserver it left behind, and its files."""
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # anything of its group still there
+        for pid in _orphans():
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        for leftover in self.run_dir.glob("pytriton-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.run_dir.glob("*.sock"):
+            leftover.unlink(missing_ok=True)
+        for folder in self._stub_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._stub_dirs.clear()
+
+
+def _python_backend_dirs(pid: int) -> set[Path]:
+    """The model folders that Triton's Python backend stubs below ``pid`` run from (their first argument's grandparent)."""
+    from .probe_serve import descendants
+
+    found = set()
+    for child in descendants(pid):
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"triton_python_backend_stub") and len(args) > 1:
+            folder = Path(os.fsdecode(args[1])).parent.parent
+            if folder.name.startswith("folder") and folder.parent == Path("/tmp"):
+                found.add(folder)
+    return found
+
+
+def _become_subreaper() -> None:
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _orphans() -> list[int]:
+    """Processes that came to this one as their subreaper (a killed worker's tritonserver): children not started here."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == me and stat[stat.index("(") + 1 : stat.rindex(")")] == "tritonserver":
+            found.append(int(entry.name))
+    return found
+
+
+def _remove_stale_run_dirs() -> None:
+    """Run folders of serve processes that no longer exist (a machine crash): removed."""
+    for run_dir in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*-*"):
+        try:
+            pid = int(run_dir.name[len(RUN_DIR_PREFIX) :].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists() and run_dir.owner() == _user():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Models, tensors and the production path: docs/SERVING.md.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan or an .onnx")
+    p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan, an .onnx or an .xml")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -267,7 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--top-k", type=int, default=5, help="classes the image model returns")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the plan on a GPU it runs on, else the CPU route")
-    p.add_argument("--verbose", action="store_true", help="print the server's own log")
+    limits = p.add_argument_group("request limits (default: scaled to the model's input and largest batch)")
+    limits.add_argument(
+        "--max-image-bytes", type=int, help="encoded bytes per image (default: 1 MiB at 32x32 .. 25 MB at 224x224)"
+    )
+    limits.add_argument("--max-image-pixels", type=int, help="declared pixels per image (default: 1,024 x the input's, 1-64 Mpx)")
+    limits.add_argument("--max-request-pixels", type=int, help="pixels decoded for one image request (default: 4 images' worth)")
+    limits.add_argument(
+        "--max-request-bytes", type=int, help="bytes per request (default: the largest batch of floats or images)"
+    )
+    p.add_argument("--max-restarts", type=int, default=5, help="Triton failures tolerated in 10 minutes before serve gives up")
+    p.add_argument("--verbose", action="store_true", help="print the server's own log (on stderr)")
     return p
 
 
@@ -284,6 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         top_k=args.top_k,
         backend=args.backend,
         verbose=args.verbose,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_request_bytes=args.max_request_bytes,
+        max_restarts=args.max_restarts,
     )
     try:
         return serve(args.model, settings)

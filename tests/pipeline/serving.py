@@ -26,19 +26,17 @@ def require_pytriton() -> None:
 
 
 def children_named(pid: int, name: str) -> list[int]:
-    """Process ids of ``pid``'s children whose command name is ``name`` (from /proc)."""
+    """Process ids below ``pid`` (children, grandchildren, ...) whose command name is ``name`` (from /proc)."""
+    from pipeline.probe_serve import descendants
+
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in descendants(pid):
         try:
-            stat = (entry / "stat").read_text()
+            comm = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == pid and comm == name:
-            found.append(int(entry.name))
+        if comm == name:
+            found.append(child)
     return found
 
 

@@ -8,13 +8,19 @@ names the problem, every good request succeeds, and the server stays ready.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
+import json
+import os
+import re
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.probe_serve import descendants
 from tests.failures import Case, Fails, Shared, run_case
 from tests.pipeline.serving import alive, children_named, good_load, infer_images, infer_logits, require_pytriton
 
@@ -98,13 +104,13 @@ def test_the_server_library_path_starts_with_this_interpreter_s_libpython(server
     [
         (
             lambda url, x: infer_logits(url, FLOAT, x.astype(np.float64), "FP64"),
-            r"data-type is 'FP64', but model .* expects 'FP32'",
+            r"input 'input' must be FP32, got 'FP64'",
         ),
         (
             lambda url, x: infer_logits(url, FLOAT, x[:, :, :16]),
-            r"unexpected shape for input 'input'.*Expected \[-1,3,32,32\], got \[4,3,16,32\]",
+            r"input 'input' has shape \[4, 3, 16, 32\]; s2mlpv2_tiny_test_fp32 takes \[n, 3, 32, 32\] with 1 <= n <= 4",
         ),
-        (lambda url, x: infer_logits(url, FLOAT, np.concatenate([x, x[:1]])), r"batch-size must be <= 4"),
+        (lambda url, x: infer_logits(url, FLOAT, np.concatenate([x, x[:1]])), r"has shape \[5, 3, 32, 32\].*1 <= n <= 4"),
         (lambda url, x: infer_images(url, IMAGES, [b"\xff\xd8 not really a jpeg"]), r"image 0: not a readable image"),
         (lambda url, x: infer_images(url, IMAGES, [b""]), r"image 0: empty \(0 bytes\)"),
     ],
@@ -133,16 +139,16 @@ def _post(server, body: bytes, headers: dict | None = None) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "body,status,problem",
     [
-        (b"", 400, r"input byte size mismatch .* got 0"),
-        (b'{"inputs": [{"name": "input", "shape": [1, 3', 500, r"failed to parse the request JSON buffer"),
+        (b"", 400, r"the request is not valid JSON"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 3', 400, r"the request is not valid JSON"),
+        (b'{"inputs": 7}', 400, r"the request has no .{1,2}inputs.{1,2} list"),
     ],
-    ids=["empty-body", "malformed-json"],
+    ids=["empty-body", "malformed-json", "inputs-not-a-list"],
 )
 def test_an_empty_or_malformed_http_body_is_refused(body, status, problem, server, batch):
     import re
 
-    # Triton's own answers: an empty body is read as raw binary input of the wrong size (400); a
-    # JSON body it cannot parse is a 500 with the parser's message
+    # the front parses the request before Triton does: every malformed body is the client's 400
     with good_load(server.grpc_url, FLOAT, batch[:1]) as load:
         got, text = _post(server, body, {"Content-Type": "application/json"})
     assert got == status and re.search(problem, text), (got, text)
@@ -249,3 +255,147 @@ CLEAN_FAILURES = [
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
 def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
     run_case(case, shared, tmp_path, capsys)
+
+
+# --- a hostile client: each probe of docs/SERVING.md's table, against the real tritonserver behind the front
+def _grpc_infer_raw(server, model: str, name: str, datatype: str, shape: list[int], raw: bytes):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype=datatype, shape=shape)
+    request.raw_input_contents.append(raw)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+    return grpc.StatusCode.OK, ""
+
+
+def _binary_images(images: list[bytes]) -> tuple[bytes, dict]:
+    raw = b"".join(len(b).to_bytes(4, "little") + b for b in images)
+    header = (
+        f'{{"inputs": [{{"name": "image", "shape": [{len(images)}, 1], "datatype": "BYTES", '
+        f'"parameters": {{"binary_data_size": {len(raw)}}}}}]}}'
+    ).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _assert_one_clean_line(text: str) -> None:
+    assert "Traceback" not in text and "\n" not in text.strip() and not re.search(r"/(tmp|usr|root|home|work)/", text), text
+
+
+@pytest.mark.parametrize("n", [2**40, 2**32 + 1], ids=["2**40", "2**32+1"])
+def test_a_shape_declaring_a_huge_batch_is_refused_over_http_and_grpc_and_the_server_stays_up(n, server):
+    import grpc
+
+    body = json.dumps({"inputs": [{"name": "input", "shape": [n, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}]}).encode()
+    status, text = _post(server, body, {"Content-Type": "application/json"})
+    assert status == 400 and f"has shape [{n}, 3, 32, 32]" in text, (status, text)
+    code, details = _grpc_infer_raw(server, FLOAT, "input", "FP32", [n, 3, 32, 32], bytes(3072 * 4))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1 <= n <= 4" in details, (code, details)
+    assert _ready(server)
+
+
+def test_no_access_token_in_any_process_arguments_and_triton_is_in_its_own_network_namespace(server):
+    (pid,) = children_named(server.proc.pid, "tritonserver")
+    for p in [server.proc.pid, *descendants(server.proc.pid)]:
+        with contextlib.suppress(OSError):
+            args = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            assert "restricted" not in args and "token" not in args, args
+    # nothing outside serve's worker can connect to Triton's own ports
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+def test_model_control_without_the_secret_is_403_and_permission_denied(server):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    body = json.dumps({"parameters": {"config": "{}", "file:1/model.py": "print('owned')"}}).encode()
+    for path in ("/v2/repository/models/intruder/load", f"/v2/repository/models/{FLOAT}/unload", "/v2/repository/index"):
+        status, text = _request(server, "POST", path, body)
+        assert status == 403 and "is not served" in text, (path, status, text)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name=FLOAT), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(name="x", key="/x", byte_size=8))
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _ready(server)
+
+
+def test_an_image_that_is_not_an_image_is_one_clean_400_line(server):
+    body, headers = _binary_images([b"hello"])
+    status, text = _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)
+    assert status == 400 and json.loads(text)["error"] == "image 0: not a readable image"
+    _assert_one_clean_line(text)
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(server):
+    # Content-Length of 200 MB and a few bytes sent: the answer comes without the body
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(f"POST /v2/models/{IMAGES}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n{{".encode())
+        answer = s.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "over this server's" in answer, answer
+
+
+@pytest.mark.parametrize(
+    "headers,status,problem",
+    [
+        ({"Content-Encoding": "gzip"}, 415, "compressed request bodies are not accepted"),
+        ({"Transfer-Encoding": "chunked"}, 411, "chunked bodies are not accepted"),
+    ],
+    ids=["gzip", "chunked"],
+)
+def test_a_compressed_or_chunked_body_is_refused(headers, status, problem, server):
+    got, text = _request(server, "POST", f"/v2/models/{FLOAT}/infer", b"{}", headers)
+    assert got == status and problem in text, (got, text)
+
+
+def test_images_over_the_per_image_limits_are_refused_naming_the_image(server):
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("RGB", (2048, 1024), (200, 10, 10)).save(big, "PNG")  # 2 Mpx declared: over the 32x32 model's 1 Mpx
+    body, headers = _binary_images([_png(32), big.getvalue()])
+    status, text = _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)
+    assert status == 400 and "image 1: declares 2,097,152 pixels, over this model's 1,048,576-pixel limit" in text, text
+    body, headers = _binary_images([_png(32), b"\x00" * (2 << 20)])
+    status, text = _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)
+    assert status == 400 and "image 1: 2,097,152 bytes, over the 1,048,576-byte limit per image" in text, text
+    body, headers = _binary_images([_png(32)] * 5)
+    status, text = _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)
+    assert status == 400 and "has shape [5, 1]" in text and "1 <= n <= 4" in text, text
+
+
+def test_memory_stays_flat_under_repeated_undecodable_images(server):
+    from pipeline.probe_serve import tree_rss_mb
+
+    body, headers = _binary_images([b"junk" * 250_000] * 4)  # the largest undecodable request the limits allow
+    _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)  # shared memory grows to its size once
+    before = tree_rss_mb(server.proc.pid)
+    for _ in range(10):
+        status, _ = _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)
+        assert status == 400
+    assert tree_rss_mb(server.proc.pid) - before < 50
+
+
+def test_stdout_carries_only_the_ready_line(server):
+    assert [line for line in server.stdout if line.strip()] == [next(x for x in server.stdout if x.startswith("ready:"))]
+
+
+def _png(side: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _request(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, str]:
+    from pipeline.probe_serve import http_request
+
+    return http_request(server.http_port, method, path, body, headers, timeout=30)

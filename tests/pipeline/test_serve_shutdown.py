@@ -3,6 +3,7 @@ answered, and no ``tritonserver`` left behind. Each test starts its own server a
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -59,3 +60,44 @@ def test_ctrl_c_exits_0_and_leaves_no_tritonserver(server):
     status, seconds, tritonservers = _stop_and_wait(server, signal.SIGINT)
     assert status == 0 and seconds < 30
     assert tritonservers and not any(alive(pid) for pid in tritonservers)
+
+
+def _ready(server) -> bool:
+    from pipeline.probe_serve import http_request
+
+    return http_request(server.http_port, "GET", "/v2/health/ready", timeout=5)[0] == 200
+
+
+def test_a_killed_tritonserver_is_restarted_and_readiness_is_false_meanwhile(server):
+    (pid,) = children_named(server.proc.pid, "tritonserver")
+    os.kill(pid, signal.SIGKILL)
+    deadline, seen_down = time.monotonic() + 90, False
+    while time.monotonic() < deadline:
+        up = _ready(server)
+        seen_down = seen_down or not up
+        if seen_down and up:
+            break
+        time.sleep(0.1)
+    assert seen_down and _ready(server), server.proc.stderr
+    assert children_named(server.proc.pid, "tritonserver") and pid not in children_named(server.proc.pid, "tritonserver")
+    assert server.proc.poll() is None
+
+
+def test_sigkill_of_serve_leaves_no_process_and_no_temporary_folder(server):
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.probe_serve import descendants
+
+    below = descendants(server.proc.pid)
+    stubs = {p for p in below if Path(f"/proc/{p}/comm").read_text().strip().startswith("triton_python")}
+    folders = {Path(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[1].decode()).parent.parent for p in stubs}
+    run_dirs = set(Path(tempfile.gettempdir()).glob(f"s2mlpv2-serve-{server.proc.pid}-*"))
+    assert folders and run_dirs
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and (any(alive(p) for p in below) or any(f.exists() for f in folders | run_dirs)):
+        time.sleep(0.2)
+    assert not [p for p in below if alive(p)]
+    assert not [f for f in folders | run_dirs if f.exists()]
