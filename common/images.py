@@ -26,6 +26,8 @@ __all__ = [
     "load_rgb",
     "decode_rgb",
     "declared_pixels",
+    "file_kind",
+    "os_reason",
     "to_rgb",
     "eval_transform",
     "preprocess",
@@ -58,8 +60,50 @@ def to_rgb(img):
 
 
 def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Open ``path`` and return an 8-bit RGB ``PIL.Image``, or raise ``ImageError``."""
-    return _open_rgb(os.fspath(path), os.fspath(path), max_pixels)
+    """Open ``path`` and return an 8-bit RGB ``PIL.Image``, or raise ``ImageError``.
+
+    Only regular files are opened: a FIFO named ``x.jpg`` would block the read forever.
+    """
+    name = os.fspath(path)
+    try:
+        kind = file_kind(os.stat(name).st_mode)
+    except OSError as e:
+        raise ImageError(f"{name}: {os_reason(e)}") from None
+    if kind != "regular file":
+        raise ImageError(f"{name}: not a regular file ({kind})")
+    return _open_rgb(name, name, max_pixels)
+
+
+def file_kind(mode: int) -> str:
+    """What ``os.stat`` says a path is, in words: ``regular file``, ``directory``, ``FIFO``, ``socket``, ..."""
+    import stat
+
+    for test, words in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return words
+    return "not a file"
+
+
+def os_reason(e: OSError) -> str:
+    """An ``OSError`` as the reason a user can act on: permission denied, symlink loop, no such file, ..."""
+    import errno
+
+    reasons = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ELOOP: "symlink loop (too many levels of symbolic links)",
+        errno.ENOENT: "no such file (or a broken symlink)",
+        errno.ENOTDIR: "a path component is not a directory",
+        errno.ENAMETOOLONG: "file name too long",
+    }
+    return reasons.get(e.errno, e.strerror or type(e).__name__)
 
 
 def decode_rgb(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -116,6 +160,8 @@ def _open_rgb(source, name: str, max_pixels: int):
         raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{name}: a directory, not an image file") from None
+    except PermissionError as e:
+        raise ImageError(f"{name}: {os_reason(e)}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         reason = " ".join(str(e).split())[:120]
         raise ImageError(f"{name}: over Pillow's pixel limit ({reason}); refused as a possible decompression bomb") from None

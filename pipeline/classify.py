@@ -8,7 +8,10 @@ answers are what verify measured. When every image lies in a folder named after 
 model's classes (an ImageFolder tree), the top-1 accuracy against those names is printed too.
 
 An image that cannot be read is reported by name on stderr; the others are still classified, and
-the exit status is then 1. A model that cannot be opened is one ``error:`` line and status 2.
+the exit status is then 1. Symlinked folders are followed once each (a loop is named and not
+walked again); anything named like an image that is not a regular file (a FIFO, a socket) is
+skipped with one ``skipped:`` line; a folder or file that cannot be read is an ``error:`` line
+with the real reason (permission denied, symlink loop, no such file). A model that cannot be opened is one ``error:`` line and status 2.
 """
 
 from __future__ import annotations
@@ -99,17 +102,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = DeployedModel.open(args.model, args.backend, args.batch)
         print(f"{model.name}: {model.description}", file=sys.stderr)
-        files = list(iter_image_files(args.images))
+        unread: list[tuple[str, str]] = []
+
+        def skipped(path: Path, reason: str, is_error: bool) -> None:
+            if is_error:
+                unread.append((str(path), reason))
+            else:
+                print(f"skipped: {path}: {reason}", file=sys.stderr)
+
+        files = list(iter_image_files(args.images, skipped))
+        for path, reason in unread:
+            print(f"error: {path}: {reason}", file=sys.stderr)
         if not files:
             return report_error(
                 ValueError(f"no images in {', '.join(map(str, args.images))}; give image files or folders of them")
             )
         predictions, failures = classify_files(model, files, args.top_k)
+        failures = unread + failures
     except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt("nothing was written")
-    for path, reason in failures:
+    for path, reason in failures[len(unread) :]:
         print(f"error: {reason}" if path in reason else f"error: {path}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=1))

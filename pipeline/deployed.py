@@ -36,7 +36,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -499,14 +499,62 @@ def _array_to_pil(array: np.ndarray, name: str):
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files as given, folders walked recursively for images (sorted); what ``pipeline.classify`` takes."""
-    from common.images import IMAGE_SUFFIXES
+def iter_image_files(
+    paths: Iterable[str | os.PathLike], on_skip: Callable[[Path, str, bool], None] | None = None
+) -> Iterator[Path]:
+    """Files as given, folders walked recursively for images, sorted; what ``pipeline.classify`` takes.
+
+    Symlinked folders are followed, each real folder once: a link back to a folder above it is a
+    loop, and a folder reached a second way is not walked again. Only regular files are yielded;
+    a FIFO, socket or device named like an image would block or mislead the reader. Whatever is
+    passed over is told to ``on_skip(path, reason, is_error)``: ``is_error`` is True when the
+    user's images may be missing (a folder or file that cannot be read), False for a notice
+    (not a regular file, a loop, a folder already walked, a broken link).
+    """
+    from common.images import IMAGE_SUFFIXES, file_kind, os_reason
+
+    skip = on_skip or (lambda path, reason, is_error: None)
+    walked: set[tuple[int, int]] = set()
+
+    def walk(folder: Path, above: frozenset[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            st = folder.stat()
+            key = (st.st_dev, st.st_ino)
+        except OSError as e:
+            skip(folder, os_reason(e), True)
+            return
+        if key in above:
+            skip(folder, "symlink loop: it leads back to a folder above it; not walked again", False)
+            return
+        if key in walked:
+            skip(folder, "the same folder as one already walked (through a symlink); not walked twice", False)
+            return
+        walked.add(key)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skip(folder, f"folder not read: {os_reason(e)}", True)
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                mode = os.stat(entry.path).st_mode  # follows symlinks
+            except OSError as e:
+                if entry.is_symlink() or path.suffix.lower() in IMAGE_SUFFIXES:
+                    skip(path, os_reason(e), not entry.is_symlink())
+                continue
+            kind = file_kind(mode)
+            if kind == "directory":
+                yield from walk(path, above | {key})
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                if kind == "regular file":
+                    yield path
+                else:
+                    skip(path, f"not a regular file ({kind}); skipped", False)
 
     for p in map(Path, paths):
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
-                dirnames.sort()
-                yield from (Path(dirpath) / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            yield from walk(p, frozenset())
         else:
             yield p

@@ -35,13 +35,13 @@ import numpy as np
 from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.processes import free_ports
 
 __all__ = [
     "LoadLevel",
     "LoadTestError",
     "Server",
     "run_level",
-    "free_ports",
     "check_loopback",
     "start_server",
     "stop_server",
@@ -101,20 +101,6 @@ def check_loopback(host: str) -> None:
         raise LoadTestError(f"cannot resolve {host} ({e.strerror}); give a loopback address such as 127.0.0.1") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise LoadTestError(f"{host} is not a loopback address; this load test sends requests to 127.0.0.1 or localhost only")
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free on ``host`` at this moment (the OS picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass

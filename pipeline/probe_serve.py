@@ -34,44 +34,9 @@ import numpy as np
 
 from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS
+from common.processes import children_named, command_line, command_name, descendants, free_ports, tree_rss_mb
 
-__all__ = ["descendants", "tree_rss_mb", "http_request", "main"]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and everything below it, MB."""
-    total = 0
-    for p in [pid, *descendants(pid)]:
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError):
-            continue
-    return total / 1e6
+__all__ = ["http_request", "main"]
 
 
 def http_request(port: int, method: str, path: str, body: bytes = b"", headers: dict | None = None, timeout: float = 60):
@@ -109,8 +74,6 @@ class Probe:
 
     # --- the server
     def start(self, extra: Sequence[str] = ()) -> None:
-        from .loadtest import free_ports
-
         self.http, self.grpc, self.metrics = free_ports(3)
         cmd = [self.python, "-m", "pipeline.serve", str(self.build.resolve()), *self._ports(), *extra]
         self.proc = subprocess.Popen(cmd, cwd=self.project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -219,12 +182,9 @@ class Probe:
     def tokens_in_arguments(self) -> None:
         visible = []
         for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
+            args = b" ".join(command_line(pid)).decode(errors="replace")
             if re.search(r"restricted|access-token", args):
-                visible.append(f"{_comm(pid)} (pid {pid})")
+                visible.append(f"{command_name(pid)} (pid {pid})")
         self.add(
             "access token in `ps -eo args`", f"visible: {', '.join(visible)}" if visible else "none in any process's arguments"
         )
@@ -341,7 +301,7 @@ class Probe:
         )
 
     def kill_tritonserver(self) -> None:
-        servers = [p for p in descendants(self.proc.pid) if _comm(p) == "tritonserver"]
+        servers = children_named(self.proc.pid, "tritonserver")
         if not servers:
             return self.add("SIGKILL of tritonserver", "no tritonserver found")
         os.kill(servers[0], signal.SIGKILL)
@@ -353,8 +313,6 @@ class Probe:
         self.restart_if_dead()
 
     def racing_serves(self) -> None:
-        from .loadtest import free_ports
-
         ports = [str(p) for p in free_ports(3)]
         cmd = [self.python, "-m", "pipeline.serve", str(self.build.resolve()), "--http-port", ports[0], "--grpc-port", ports[1]]
         cmd += ["--metrics-port", ports[2]]

@@ -250,7 +250,7 @@ class Supervisor:
 
     def start(self) -> dict:
         """Start a worker; its first message: ``{"ready": ...}`` or ``{"error": ..., "status": ...}``."""
-        from .loadtest import free_ports
+        from common.processes import free_ports
 
         read_fd, write_fd = os.pipe()
         http, grpc, metrics = free_ports(3)  # used only where the kernel refuses the worker a namespace of its own
@@ -366,14 +366,11 @@ class Supervisor:
 
 def _python_backend_dirs(pid: int) -> set[Path]:
     """The model folders that Triton's Python backend stubs below ``pid`` run from (their first argument's grandparent)."""
-    from .probe_serve import descendants
+    from common.processes import command_line, descendants
 
     found = set()
     for child in descendants(pid):
-        try:
-            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+        args = command_line(child)
         if args and args[0].endswith(b"triton_python_backend_stub") and len(args) > 1:
             folder = Path(os.fsdecode(args[1])).parent.parent
             if folder.name.startswith("folder") and folder.parent == Path("/tmp"):
@@ -390,17 +387,10 @@ def _become_subreaper() -> None:
 
 def _orphans() -> list[int]:
     """Processes that came to this one as their subreaper (a killed worker's tritonserver): children not started here."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == me and stat[stat.index("(") + 1 : stat.rindex(")")] == "tritonserver":
-            found.append(int(entry.name))
-    return found
+    from common.processes import process_table
+
+    me = os.getpid()
+    return [pid for pid, (parent, name) in process_table().items() if parent == me and name == "tritonserver"]
 
 
 def _remove_stale_run_dirs() -> None:

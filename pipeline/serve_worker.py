@@ -294,7 +294,6 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
                 "backend": backend,
                 "description": model.description,
                 "isolation": isolation,
-                "tritonserver": _tritonserver_pid(),
             }
         )
         while triton.is_alive():
@@ -306,18 +305,6 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
         triton.stop()
-
-
-def _tritonserver_pid() -> int | None:
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "tritonserver":
-                stat = (entry / "stat").read_text()
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
-                    return int(entry.name)
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def main() -> int:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -23,30 +22,6 @@ def require_pytriton() -> None:
             f"serving needs NVIDIA PyTriton and tritonclient ({e}): `pip install nvidia-pytriton 'tritonclient[grpc]'`",
             "pytriton",
         )
-
-
-def children_named(pid: int, name: str) -> list[int]:
-    """Process ids below ``pid`` (children, grandchildren, ...) whose command name is ``name`` (from /proc)."""
-    from pipeline.probe_serve import descendants
-
-    found = []
-    for child in descendants(pid):
-        try:
-            comm = Path(f"/proc/{child}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm == name:
-            found.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (one that exited and waits for its parent to collect it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def infer_logits(url: str, model: str, x: np.ndarray, dtype: str = "FP32", timeout_s: float = 30):

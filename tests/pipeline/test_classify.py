@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 from tests.failures import Case, Fails, Shared, run_case, write_bytes
 
 
-def _classify(run_cli, *args):
-    return run_cli("pipeline.classify", *map(str, args))
+def _classify(run_cli, *args, timeout: float = 600):
+    return run_cli("pipeline.classify", *map(str, args), timeout=timeout)
 
 
 def test_json_has_one_object_per_image_with_its_top_k(shared: Shared, run_cli):
@@ -113,3 +114,93 @@ CLEAN_FAILURES = [
 @pytest.mark.parametrize("case", CLEAN_FAILURES, ids=[c.id for c in CLEAN_FAILURES])
 def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, capsys):
     run_case(case, shared, tmp_path, capsys)
+
+
+# ---- the walk: symlinked folders, loops, FIFOs and unreadable folders ---------------------------
+
+
+def _walk(*paths):
+    from pipeline.deployed import iter_image_files
+
+    skipped: list[tuple[str, str, bool]] = []
+    files = list(iter_image_files(paths, lambda path, reason, is_error: skipped.append((str(path), reason, is_error))))
+    return [str(f) for f in files], skipped
+
+
+def test_a_symlinked_folder_is_followed_once_and_a_loop_is_named_not_walked(tmp_path: Path):
+    outside = tmp_path / "outside"
+    write_bytes(outside / "b.png", b"x")
+    root = tmp_path / "root"
+    write_bytes(root / "a.png", b"x")
+    (root / "linked").symlink_to(outside)  # followed
+    (root / "again").symlink_to(outside)  # the same folder a second way: not walked twice
+    (root / "linked_up").symlink_to(root)  # a loop back to the top
+    files, skipped = _walk(root)
+    assert files == [str(root / "a.png"), str(root / "again" / "b.png")]
+    reasons = {Path(p).name: (reason, is_error) for p, reason, is_error in skipped}
+    assert reasons["linked"] == ("the same folder as one already walked (through a symlink); not walked twice", False)
+    assert reasons["linked_up"][0].startswith("symlink loop") and not reasons["linked_up"][1]
+
+
+def test_a_fifo_named_like_an_image_is_skipped_with_a_reason_not_opened(tmp_path: Path):
+    write_bytes(tmp_path / "a.png", b"x")
+    os.mkfifo(tmp_path / "x.jpg")  # opening it for reading would block forever
+    files, skipped = _walk(tmp_path)
+    assert files == [str(tmp_path / "a.png")]
+    assert skipped == [(str(tmp_path / "x.jpg"), "not a regular file (a FIFO); skipped", False)]
+
+
+def test_a_self_loop_link_and_a_broken_link_are_named_with_their_real_reason(tmp_path: Path):
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    files, skipped = _walk(tmp_path)
+    assert files == []
+    assert {Path(p).name: r for p, r, _ in skipped} == {
+        "gone.jpg": "no such file (or a broken symlink)",
+        "loop.jpg": "symlink loop (too many levels of symbolic links)",
+    }
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_saying_permission_denied(tmp_path: Path, monkeypatch):
+    import errno
+
+    write_bytes(tmp_path / "open" / "a.png", b"x")
+    write_bytes(tmp_path / "closed" / "b.png", b"x")
+    real_scandir = os.scandir
+
+    def scandir(path):  # as the kernel answers a non-owner for a 0700 folder (root is never refused)
+        if Path(path).name == "closed":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, skipped = _walk(tmp_path)
+    assert files == [str(tmp_path / "open" / "a.png")]
+    assert skipped == [(str(tmp_path / "closed"), "folder not read: permission denied", True)]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as root, whom file permissions do not refuse")
+def test_an_unreadable_image_file_says_permission_denied(tmp_path: Path):
+    from common.images import ImageError, load_rgb
+
+    image = write_bytes(tmp_path / "a.png", b"x")
+    image.chmod(0)
+    with pytest.raises(ImageError, match="a.png: permission denied"):
+        load_rgb(image)
+
+
+def test_classify_follows_links_skips_a_fifo_in_one_line_and_does_not_hang(shared: Shared, run_cli, tmp_path: Path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "linked").symlink_to(shared.images)
+    (tree / "loop").symlink_to(tree)
+    os.mkfifo(tree / "x.jpg")
+    given_fifo = tmp_path / "given.png"
+    os.mkfifo(given_fifo)
+    proc = _classify(run_cli, shared.build, tree, given_fifo, "--json", timeout=120)
+    n = len(list(shared.images.rglob("*.png")))
+    assert len(json.loads(proc.stdout)) == n, proc.stderr
+    assert f"skipped: {tree / 'x.jpg'}: not a regular file (a FIFO); skipped" in proc.stderr
+    assert re.search(r"skipped: .*loop: symlink loop", proc.stderr)
+    assert f"error: {given_fifo}: not a regular file (a FIFO)" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr  # the given FIFO could not be read

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.processes import alive, children_named, free_ports, tree_rss_mb
 from pipeline.probe_serve import descendants
 from tests.failures import Case, Fails, Shared, run_case
-from tests.pipeline.serving import alive, children_named, good_load, infer_images, infer_logits, require_pytriton
+from tests.pipeline.serving import good_load, infer_images, infer_logits, require_pytriton
 
 pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of seconds
 
@@ -172,7 +173,6 @@ def test_a_client_that_disconnects_mid_request_leaves_the_server_serving(server,
 
 
 def test_a_port_in_use_is_one_line_before_anything_starts(server, shared: Shared, tmp_path, capsys):
-    from pipeline.loadtest import free_ports
     from pipeline.serve import main
 
     grpc, metrics = free_ports(2)
@@ -224,7 +224,6 @@ def test_the_load_test_reports_every_level_against_a_running_server(server, shar
 
 
 def free_port_flags() -> list[str]:
-    from pipeline.loadtest import free_ports
 
     http, grpc, metrics = free_ports(3)
     return ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
@@ -338,7 +337,10 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server):
     # Content-Length of 200 MB and a few bytes sent: the answer comes without the body
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
         s.sendall(f"POST /v2/models/{IMAGES}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n{{".encode())
-        answer = s.recv(4096).decode()
+        chunks = []
+        while chunk := s.recv(4096):  # the server closes after its answer; headers and body may come apart
+            chunks.append(chunk)
+        answer = b"".join(chunks).decode()
     assert answer.startswith("HTTP/1.1 413") and "over this server's" in answer, answer
 
 
@@ -372,7 +374,6 @@ def test_images_over_the_per_image_limits_are_refused_naming_the_image(server):
 
 
 def test_memory_stays_flat_under_repeated_undecodable_images(server):
-    from pipeline.probe_serve import tree_rss_mb
 
     body, headers = _binary_images([b"junk" * 250_000] * 4)  # the largest undecodable request the limits allow
     _request(server, "POST", f"/v2/models/{IMAGES}/infer", body, headers)  # shared memory grows to its size once

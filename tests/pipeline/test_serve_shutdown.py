@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from common.processes import alive, children_named
 from tests.failures import Shared
-from tests.pipeline.serving import alive, children_named, good_load, require_pytriton
+from tests.pipeline.serving import good_load, require_pytriton
 
 pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of seconds
 
