@@ -115,7 +115,7 @@ def load_images(
     samples = eval_samples(data, limit, labels_file) if stratified else discover(data, labels_file)[:limit]
     index = {n: i for i, n in enumerate(class_names)} if class_names else {}
     images, labels, paths, skipped = [], [], [], 0
-    for s in tqdm(samples, desc="images", unit="img", leave=False, file=sys.stderr):
+    for s in tqdm(samples, desc="images", unit="img", leave=False, file=sys.stderr, disable=None):
         try:
             images.append(preprocess(load_rgb(s.path), preprocessing))
         except ImageError as e:
@@ -208,7 +208,9 @@ def build_calibration_set(
     wanted = size + holdout
     arrays, files, labels, hashes, skipped = [], [], [], [], []
     order = stratified_order(samples, seed)
-    with tqdm(total=wanted, desc="calibration images", unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=wanted, desc="calibration images", unit="img", disable=None if progress else True, file=sys.stderr, leave=False
+    ) as bar:
         for sample in order:
             if len(arrays) == wanted:
                 break

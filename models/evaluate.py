@@ -42,7 +42,7 @@ def evaluate(
         ds = Subset(ds, range(min(limit, len(ds))))
     loader = DataLoader(_SkipUnreadable(ds), batch_size=batch_size, num_workers=workers, collate_fn=_collate_readable)
     correct1 = correct5 = n = skipped = 0
-    for batch, unreadable in tqdm(loader, desc="evaluating", leave=False, file=sys.stderr):
+    for batch, unreadable in tqdm(loader, desc="evaluating", leave=False, file=sys.stderr, disable=None):
         for reason in unreadable:
             print(f"warning: skipped {reason}", file=sys.stderr)
         skipped += len(unreadable)

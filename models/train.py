@@ -263,7 +263,9 @@ def _train_epoch(
     steps = recipe.steps_per_epoch
     t0 = time.time()
     seen = loss_sum = correct = 0.0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None if show else True, leave=False, dynamic_ncols=True
+    )
     for step, (images, targets) in enumerate(loader):
         if step >= steps:
             break

@@ -42,7 +42,7 @@ def classify_files(model: DeployedModel, files: Sequence[Path], top_k: int = 5, 
         desc="classifying",
         unit="img",
         file=sys.stderr,
-        disable=not progress or len(files) <= model.max_batch,
+        disable=None if progress and len(files) > model.max_batch else True,  # None: a bar on a terminal only
         leave=False,
     ) as bar:
         for start in range(0, len(files), model.max_batch):

@@ -12,12 +12,17 @@
 Which runner (:func:`choose_artifact`), for ``backend="auto"``:
 
 1. the TensorRT plan, where a GPU that its flavour supports is present;
-2. otherwise the CPU route the build recorded as its fastest that passed its gates
-   (``summary.json``), else the exact ONNX graph the plan was built from (found by the hash in
-   the plan's sidecar), on ONNX Runtime; a build without a plan offers its graph.
+2. otherwise the CPU route the package records as its fastest that passed its gates
+   (``package.json``, ``engines.package``), else its first complete CPU route, else its
+   portable ONNX graph on ONNX Runtime.
 
-Preprocessing (input size, crop, interpolation, mean/std) and class names come from the
-artifact's own model card: the ONNX graph's metadata, or the plan's sidecar. ``predict`` takes
+``backend="onnxruntime"`` or ``"openvino"`` takes the package's route for that runtime, and
+``"plan"`` its plan. A single file is run as it is (a plan this machine cannot run falls back to
+the ONNX graph beside it that it was built from, found by the hash in its sidecar).
+
+Preprocessing (input size, crop, interpolation, mean/std), class names and the batch limit come
+from the package (a build directory), or from the artifact's own model card: the ONNX graph's
+metadata, the IR's or the plan's sidecar. ``predict`` takes
 image file paths, PIL images, uint8 ``(H, W, 3)`` arrays or an already preprocessed float
 ``(N, C, H, W)`` batch, and runs them in batches that the plan's profile accepts.
 
@@ -174,6 +179,20 @@ def read_card(artifact: str | os.PathLike):
                 "use a graph written by this project's export stage (python -m pipeline.export or build_engine.py)"
             )
         return ModelCard.from_dict(json.loads(props[CARD_KEY]), f"the card in {path}")
+    if path.is_dir():
+        from engines.package import Package, PackageError
+
+        try:
+            return Package.read(path).model_card()
+        except PackageError as e:
+            raise DeployedError(str(e)) from None
+    if path.suffix == ".xml":  # an OpenVINO IR: the card is in its sidecar (<stem>.openvino.json)
+        from engines.openvino import IRError, read_ir_sidecar
+
+        try:
+            return ModelCard.from_dict(read_ir_sidecar(path).card, f"the card in {path.with_suffix('.openvino.json')}")
+        except IRError as e:
+            raise DeployedError(f"cannot run {path}: {e}") from None
     from engines.sidecar import read_sidecar
 
     sidecar = read_sidecar(path)
@@ -243,32 +262,68 @@ def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
         if backend == "plan" and path.suffix not in (".plan", ".engine"):
             raise DeployedError(f"--backend plan needs a TensorRT plan; {path} is not one")
         return Choice(path)
-    plan = path / "model.plan"
+    return _choose_route(_package(path), backend)
+
+
+def _package(directory: Path):
+    from engines.package import Package, PackageError
+
+    try:
+        return Package.read(directory)
+    except PackageError as e:
+        raise DeployedError(str(e)) from None
+
+
+def _choose_route(package, backend: str) -> Choice:
+    """The route of a package to run here, for ``backend`` (the module docstring's order for ``auto``)."""
+    from engines.package import CPU_RUNTIMES
+
+    where = package.directory
+    has = ", ".join(f"{r.artifact} ({r.runtime})" for r in package.routes)
+    plan = package.plan_route
     if backend == "plan":
-        if not plan.is_file():
-            raise DeployedError(f"{path} holds no model.plan; build one with build_engine.py (a TensorRT backend)")
-        return Choice(plan)
-    if backend == "openvino":
-        if not (path / "model.xml").is_file():
-            raise DeployedError(f"{path} holds no model.xml; build one with build_engine.py --backend openvino")
-        return Choice(path / "model.xml")
-    why = ""
-    if backend == "auto":
-        if plan.is_file():
-            runs, why = _plan_runs_here(plan)
-            if runs:
-                return Choice(plan)
-        route = _recorded_cpu_route(path)
+        if plan is None:
+            raise DeployedError(
+                f"{where} holds no TensorRT plan (it has {has}); build one with build_engine.py --backend tensorrt-rtx"
+            )
+        return Choice(_route_file(package, plan))
+    if backend in CPU_RUNTIMES:
+        route = package.route(runtime=backend)
         if route is not None:
-            return Choice(route, "the build's fastest CPU route that passed its gates" + (f" (model.plan: {why})" if why else ""))
-        if plan.is_file():
-            return _plan_graph(plan, why)
-    for name in ("model.ort.onnx", "model-int8.onnx", "model-fp16.onnx", "model.onnx"):
-        if (path / name).is_file():
-            return Choice(path / name)
+            return Choice(_route_file(package, route))
+        if backend == "onnxruntime" and package.graph:  # any ONNX Runtime runs the portable graph
+            return Choice(package.path(package.graph), "the package's portable graph (it has no ONNX Runtime route)")
+        raise DeployedError(f"{where} has no {backend} route (it has {has}); build one with build_engine.py --backend {backend}")
+    why = ""
+    if plan is not None:
+        lacking = package.missing_files(plan.files)
+        runs, why = (False, f"{', '.join(lacking)} missing") if lacking else _plan_runs_here(package.path(plan.artifact))
+        if runs:
+            return Choice(package.path(plan.artifact))
+    plan_note = f" ({plan.artifact}: {why})" if why else ""
+    recorded = package.recorded_cpu_route
+    if recorded is not None:
+        return Choice(package.path(recorded.artifact), "the build's fastest CPU route that passed its gates" + plan_note)
+    for route in package.routes:
+        if not route.on_gpu and not package.missing_files(route.files):
+            return Choice(package.path(route.artifact), "the package's first CPU route that is complete" + plan_note)
+    if package.graph and package.path(package.graph).is_file():
+        return Choice(package.path(package.graph), "the package's portable graph" + plan_note)
     raise DeployedError(
-        f"{path} holds no model.plan and no ONNX graph; give the output directory of build_engine.py, a .plan or an .onnx"
+        f"{where}: nothing here runs on this machine ({has}; {why or 'no CPU route is complete'}); "
+        "rebuild with build_engine.py --precision ... --out " + str(where)
     )
+
+
+def _route_file(package, route) -> Path:
+    """The route's artifact, after checking every file it needs is present (a copy that left one behind is named)."""
+    missing = package.missing_files(route.files)
+    if missing:
+        raise DeployedError(
+            f"{package.directory} lacks {', '.join(missing)}, which its {route.runtime} route needs; copy the whole build "
+            "directory, or rebuild it with build_engine.py"
+        )
+    return package.path(route.artifact)
 
 
 def _plan_graph(plan: Path, why: str) -> Choice:
@@ -278,24 +333,6 @@ def _plan_graph(plan: Path, why: str) -> Choice:
     if graph is None:
         raise DeployedError(f"cannot run {plan} here ({why}), and the ONNX graph it was built from is not beside it")
     return Choice(graph, f"the graph {plan.name} was built from ({plan.name}: {why})")
-
-
-def _recorded_cpu_route(build: Path) -> Path | None:
-    """The CPU artifact ``summary.json`` names as the fastest that passed its gates, when it is still there."""
-    try:
-        route = json.loads((build / "summary.json").read_text()).get("cpu_route") or {}
-    except (OSError, json.JSONDecodeError):
-        return None
-    artifact = build / route["artifact"] if route.get("artifact") else None
-    return artifact if artifact is not None and artifact.is_file() else None
-
-
-def _build_batch_limit(build: Path) -> int | None:
-    """The largest batch of the build's profile (``summary.json``), for a graph without a profile of its own."""
-    try:
-        return int(json.loads((build / "summary.json").read_text())["options"]["batch"][2])
-    except (OSError, KeyError, IndexError, TypeError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------- the model
@@ -328,10 +365,14 @@ class DeployedModel:
         if batch is not None and batch < 1:
             raise UsageError(f"batch must be at least 1, got {batch}")
         choice = choose_artifact(path, backend)
-        card = read_card(choice.artifact)
+        if Path(path).is_dir():
+            package = _package(Path(path))
+            card = package.model_card()
+            if batch is None:
+                batch = package.batch_profile[2]
+        else:
+            card = read_card(choice.artifact)
         runner = load_runner(choice.artifact)
-        if batch is None and Path(path).is_dir():
-            batch = _build_batch_limit(Path(path))
         return cls(runner, card, choice, batch)
 
     # --- what the card says

@@ -224,7 +224,7 @@ def _served(build: Path):
     from .serve import model_names
 
     artifact = choose_artifact(build).artifact
-    card = read_card(artifact)
+    card = read_card(build if build.is_dir() else artifact)
     return model_names(card.config.name, artifact_precision(artifact))[0], card
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_write_json, sha256_file
+from engines.package import MANIFEST_FILE
 
 __all__ = ["Manifest", "OutputLock", "LockedError", "StageKey", "StageRecord"]
 
@@ -108,7 +109,7 @@ def _listed(items: list[str], most: int = 3) -> list[str]:
 class Manifest:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / "manifest.json"
+        self.path = self.directory / MANIFEST_FILE
         self.stages: dict[str, StageRecord] = {}
         self._first_reason = "not run before"
         if self.path.is_file():

@@ -59,6 +59,19 @@ import numpy as np
 from common.fileio import atomic_write_json
 from common.fingerprint import HashCache
 from common.versions import tool_versions
+from engines.package import (
+    BENCHMARK_FILE,
+    FP32_GRAPH,
+    IR_FILE,
+    MANIFEST_FILE,
+    ORT_GRAPH,
+    PLAN_FILE,
+    SAMPLE_FILE,
+    graph_file,
+    plan_sidecar_file,
+    precision_report_file,
+    verify_report_file,
+)
 from models.args import load_model
 
 from .gates import GateResult
@@ -107,7 +120,7 @@ class Route:
 
     backend: str
     artifact: Path
-    report: str = "verify.json"
+    report: str = verify_report_file(0)
 
 
 def choose_backend(requested: str) -> tuple[Backend, str | None]:
@@ -162,17 +175,17 @@ class Run:
 
     @property
     def fp32_graph(self) -> Path:
-        return self.out / "model.onnx"
+        return self.out / FP32_GRAPH
 
     @property
     def graph(self) -> Path:
         """The graph of the deployed precision (what the build stage reads)."""
-        return self.fp32_graph if self.opts.precision == "fp32" else self.out / f"model-{self.opts.precision}.onnx"
+        return self.fp32_graph if self.opts.precision == "fp32" else self.out / graph_file(self.opts.precision)
 
     @property
     def ir(self) -> Path:
         """The OpenVINO IR (with ``model.bin`` and ``model.openvino.json`` beside it)."""
-        return self.out / "model.xml"
+        return self.out / IR_FILE
 
     @property
     def ir_graph(self) -> Path:
@@ -193,13 +206,13 @@ class Run:
         where it does not, or ORT's graph; then the IR where one was built (``--backend openvino``: the IR alone)."""
         backend, routes = self.backend, []
         if backend.runs_plan:
-            routes.append(Route(backend.name, self.out / "model.plan"))
+            routes.append(Route(backend.name, self.out / PLAN_FILE))
         elif backend.builds_plan:
             routes.append(Route("onnxruntime", self.graph))
         elif backend.name == "onnxruntime":
-            routes.append(Route("onnxruntime", self.out / "model.ort.onnx"))
+            routes.append(Route("onnxruntime", self.out / ORT_GRAPH))
         if backend.openvino and not self.records.get("openvino", {}).get("refused"):
-            routes.append(Route("openvino", self.ir, "verify-openvino.json" if routes else "verify.json"))
+            routes.append(Route("openvino", self.ir, verify_report_file(len(routes))))
         return routes
 
     @property
@@ -275,7 +288,7 @@ def precision_stage(run: Run) -> StageOutput:
         qdq_placement=opts.qdq_placement,
         verbose=opts.verbose,
     )
-    report_name = f"precision-{opts.precision}.json"
+    report_name = precision_report_file(opts.precision)
     atomic_write_json(run.out / report_name, report.to_dict())
     return [run.graph.name, report_name], {"summary": str(report).splitlines()[0]}
 
@@ -284,7 +297,7 @@ def build_stage(run: Run) -> StageOutput:
     if not run.backend.builds_plan:
         from .onnx_runtime import build_optimized_graph
 
-        target = build_optimized_graph(run.graph, run.out / "model.ort.onnx")
+        target = build_optimized_graph(run.graph, run.out / ORT_GRAPH)
         return [target.name], None
     from engines.build import BuildSettings, build_plan, log_path, report_path
 
@@ -294,8 +307,8 @@ def build_stage(run: Run) -> StageOutput:
         flavour=run.backend.name,
         compute_capabilities=run.opts.compute_capabilities,
     )
-    result = build_plan(run.graph, run.out / "model.plan", settings)
-    names = [result.plan.name, "model.json", report_path(result.plan).name, log_path(result.plan).name]
+    result = build_plan(run.graph, run.out / PLAN_FILE, settings)
+    names = [result.plan.name, plan_sidecar_file(result.plan.name), report_path(result.plan).name, log_path(result.plan).name]
     return names, {"plan": _plan_facts(result)}
 
 
@@ -427,8 +440,28 @@ def benchmark_stage(run: Run) -> StageOutput:
     reference = run.fp32_graph if run.fp32_graph not in artifacts else None
     verified = [run.out / route.report for route in run.routes]
     with contextlib.redirect_stdout(io.StringIO()):  # the stage line says it; benchmark.md holds the table
-        benchmark(run.model, run.out / "benchmark.json", settings, graphs, plans, reference, openvino=irs, verified=verified)
-    return ["benchmark.json", "benchmark.md", "benchmark.png"], None
+        benchmark(run.model, run.out / BENCHMARK_FILE, settings, graphs, plans, reference, openvino=irs, verified=verified)
+    bench = run.out / BENCHMARK_FILE
+    return [bench.name, bench.with_suffix(".md").name, bench.with_suffix(".png").name], None
+
+
+def sample_stage(run: Run) -> StageOutput:
+    """The package's check sample: a few dozen evaluation images, spread over the set, with PyTorch fp32's logits."""
+    import torch
+
+    from engines.package import SAMPLE_SIZE, CheckSample, write_sample
+
+    images, _, paths, source = _verify_data(run)
+    picked = sorted({int(i) for i in np.linspace(0, len(images) - 1, min(SAMPLE_SIZE, len(images)))})
+    files = [Path(paths[i]) for i in picked]
+    with torch.no_grad():
+        logits = run.model(torch.from_numpy(images[picked])).numpy()
+    if all(f.is_file() for f in files):  # the images themselves: the check runs the target's preprocessing on them
+        sample = CheckSample(tuple(f"{f.parent.name}/{f.name}" for f in files), logits, tuple(f.read_bytes() for f in files))
+    else:  # random inputs: the tensors
+        sample = CheckSample(tuple(paths[i] for i in picked), logits, tensors=images[picked])
+    write_sample(run.out / SAMPLE_FILE, sample)
+    return [SAMPLE_FILE], {"images": len(picked), "source": source}
 
 
 def _route_digests(run: Run) -> dict[str, Any]:
@@ -462,7 +495,7 @@ STAGES: tuple[Stage, ...] = (
         "precision",
         precision_stage,
         inputs=lambda run: {
-            "model.onnx": run.digest(run.fp32_graph),
+            FP32_GRAPH: run.digest(run.fp32_graph),
             "calibration images": run.calib.content_hash if run.calib else None,
         },
         settings=lambda run: {
@@ -509,10 +542,25 @@ STAGES: tuple[Stage, ...] = (
         tools=lambda run: ("torch", "numpy", "timm", "pillow", *_runtime_tools(run)),
     ),
     Stage(
+        "sample",
+        sample_stage,
+        inputs=lambda run: {
+            **dict(run.weights_id),
+            "evaluation images": run.eval_image_hashes(),
+            "calibration images": run.calib.content_hash if run.calib else None,
+        },
+        settings=lambda run: {"eval_limit": run.opts.eval_limit},
+        describe=lambda run, rec: (
+            f"{SAMPLE_FILE}: {rec.get('images')} images from {rec.get('source')}, with PyTorch fp32's logits"
+        ),
+        code=lambda run: ("engines.package", "calibration.dataset"),
+        tools=lambda run: ("torch", "numpy", "timm", "pillow"),
+    ),
+    Stage(
         "benchmark",
         benchmark_stage,
         inputs=_route_digests,
-        settings=lambda run: {"batches": list(_bench_batches(run)), "reference": "model.onnx", "seconds": run.opts.bench_seconds},
+        settings=lambda run: {"batches": list(_bench_batches(run)), "reference": FP32_GRAPH, "seconds": run.opts.bench_seconds},
         describe=lambda run, rec: "benchmark.md",
         code=lambda run: ("pipeline.benchmark",),
         tools=lambda run: ("torch", "numpy", *_runtime_tools(run)),
@@ -532,7 +580,7 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     config, model = _model_config(opts)
     out = opts.out_dir(config.name)
-    if model is None and (opts.force or not (out / "manifest.json").is_file()):
+    if model is None and (opts.force or not (out / MANIFEST_FILE).is_file()):
         model = load_model(opts.checkpoint, opts.model, warn=False)  # a new build: the weights are checked before any file
     versions = tool_versions()
     with OutputLock(out):
@@ -557,8 +605,12 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
             print(f"[{stage.name:9s}] {state}  {stage.describe(run, rec)}", flush=True)
         if opts.triton_repo is not None:
             _write_triton_repository(run)
-    summary = _summary(run, time.perf_counter() - t0)
-    atomic_write_json(out / "summary.json", summary)
+        from engines.package import PACKAGE_FILE, SUMMARY_FILE
+
+        summary = _summary(run, time.perf_counter() - t0)
+        package = _write_package(run, summary)
+        summary["artifacts"] = dict(sorted({**summary["artifacts"], PACKAGE_FILE: package.stat().st_size}.items()))
+        atomic_write_json(out / SUMMARY_FILE, summary)
     _print_summary(out, summary)
     return summary
 
@@ -651,8 +703,8 @@ def _write_triton_repository(run: Run) -> None:
 
 def _summary(run: Run, seconds: float) -> dict[str, Any]:
     opts, out, backend = run.opts, run.out, run.backend
-    verify_report = json.loads((out / "verify.json").read_text())
-    bench = json.loads((out / "benchmark.json").read_text())
+    verify_report = json.loads((out / verify_report_file(0)).read_text())
+    bench = json.loads((out / BENCHMARK_FILE).read_text())
     keys = (
         "backend",
         "kind",
@@ -856,3 +908,107 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
         print(note)
     _print_cpu_route(summary)
     print(f"\nfiles: {', '.join(summary['artifacts'])}  (details: summary.json, verify.md, benchmark.md)")
+
+
+# ----------------------------------------------------------------------------- the package
+
+
+def _write_package(run: Run, summary: dict[str, Any]) -> Path:
+    """``package.json``: the build directory's contract (``engines.package``), from what the stages recorded."""
+    from common.onnx_meta import CARD_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata
+    from engines.package import CPU_RUNTIMES, IR_WEIGHTS, Package, PackageRoute, ir_sidecar_file, write_package
+
+    opts, out, backend = run.opts, run.out, run.backend
+    props = read_metadata(load_onnx(run.fp32_graph, PipelineError))
+    tools = tool_versions()
+    bench = json.loads((out / BENCHMARK_FILE).read_text())
+    batch = run.opts.batch[1] if run.opts.batch[1] in _bench_batches(run) else max(_bench_batches(run))
+    checked = {r["artifact"]: r for r in run.records["verify"].get("routes", [])}
+
+    def verdict(artifact: str, gate: str) -> dict[str, Any] | None:
+        r = checked.get(artifact)
+        return None if r is None else {"passed": r["passed"], "report": r["report"], "line": r["line"], "gate": gate}
+
+    def latency(artifact: str) -> dict[str, Any] | None:
+        row = next((r for r in bench["rows"] if r.get("artifact") == artifact and r["batch"] == batch), None)
+        return None if row is None else {"batch": batch, "p50_ms": row["p50_ms"]}
+
+    routes: list[PackageRoute] = []
+    if backend.builds_plan:
+        from engines.sidecar import read_sidecar
+
+        sc = read_sidecar(out / PLAN_FILE)
+        routes.append(
+            PackageRoute(
+                sc.flavour,
+                PLAN_FILE,
+                (PLAN_FILE, plan_sidecar_file()),
+                sc.precision,
+                sc.precision,
+                needs={
+                    "runtime_version": sc.flavour_version,
+                    "compute_capabilities": list(sc.compute_capabilities),
+                    "version_compatible": sc.version_compatible,
+                },
+                verdict=verdict(PLAN_FILE, sc.precision) if backend.runs_plan else None,
+                latency=latency(PLAN_FILE) if backend.runs_plan else None,
+            )
+        )
+    for route in run.routes:
+        name = route.artifact.name
+        if route.backend not in CPU_RUNTIMES:
+            continue
+        if route.backend == "openvino":
+            from engines.openvino import read_ir_sidecar
+
+            ir = read_ir_sidecar(route.artifact)
+            needs = {
+                "runtime_version": ir.openvino_version,
+                "hint": ir.inference_precision_hint,
+                "cpu": ir.cpu,
+                "cpu_capabilities": list(ir.optimization_capabilities),
+            }
+            files = (name, IR_WEIGHTS, ir_sidecar_file(name))
+            computes = ir.computes
+        else:
+            needs = {"runtime_version": tools.get("onnxruntime")}
+            if name == ORT_GRAPH:  # ONNX Runtime's own optimized form is specific to the machine it was saved on
+                needs["cpu"] = summary.get("cpu")
+            files, computes = (name,), opts.precision
+        routes.append(
+            PackageRoute(
+                route.backend, name, files, opts.precision, computes, needs, verdict(name, opts.precision), latency(name)
+            )
+        )
+    cpu_route = (summary.get("cpu_route") or {}).get("artifact")
+    if cpu_route:  # the recorded CPU route first among the CPU routes, after the plan
+        routes.sort(key=lambda r: (not r.on_gpu, r.artifact != cpu_route))
+    graph = None
+    for candidate in (graph_file(opts.precision), FP32_GRAPH):
+        if (out / candidate).is_file():
+            meta = read_metadata(load_onnx(out / candidate, PipelineError))
+            if meta.get(SHIFT_IMPL_KEY, "onnx") != "plugin":
+                graph = candidate
+                break
+    from engines.openvino import available, cpu_facts
+
+    c, h, w = run.config.preprocessing.input_size
+    package = Package(
+        directory=out,
+        card=json.loads(props[CARD_KEY]),
+        precision=opts.precision,
+        batch_profile=tuple(opts.batch),
+        input_shape=(c, h, w),
+        routes=tuple(routes),
+        files={},
+        cpu_route=cpu_route,
+        graph=graph,
+        sample={"file": SAMPLE_FILE, "images": run.records["sample"].get("images"), "reference": "pytorch fp32"},
+        built={
+            "cpu": summary.get("cpu"),
+            "cpu_capabilities": list(cpu_facts()[1]) if available() else None,
+            "tools": tools,
+            "gates_enforced": summary.get("gates_enforced"),
+        },
+    )
+    return write_package(package)

@@ -29,6 +29,10 @@ Built to face hostile clients (docs/SERVING.md has the probes and what each now 
   10 minutes end ``serve`` with status 1.
 * **Limits that fit the model**, with flags: bytes and pixels per image, pixels decoded per
   request, bytes per request; the defaults scale with the model's input and largest batch.
+* **The build proves itself first**: before it reports ready, the worker runs ``pipeline.check``
+  on the build directory (the package's file hashes, and its stored sample through the route it
+  serves, against the precision's gates). A failure is one ``error:`` line and exit 1;
+  ``--skip-check`` skips it, and the ready line says so.
 
 The server binds to 127.0.0.1 unless ``--host`` says otherwise, prints one line on stdout when it
 is ready (and nothing else there), and on SIGTERM or Ctrl-C lets the requests in flight finish
@@ -79,6 +83,10 @@ class ServeError(S2MLPv2Error, RuntimeError):
     """The server cannot start here; the message says what to change."""
 
 
+class CheckFailed(ServeError):
+    """The build did not pass ``pipeline.check`` here: serve exits 1 without reporting ready."""
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     host: str = "127.0.0.1"
@@ -97,6 +105,7 @@ class ServeSettings:
     max_request_pixels: int | None = None
     max_request_bytes: int | None = None
     max_restarts: int = 5
+    check: bool = True  # pipeline.check (files and sample) before ready
 
     def ports(self) -> dict[str, int]:
         return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
@@ -191,7 +200,7 @@ def _serve_until_stopped(front, supervisor: Supervisor, settings: ServeSettings,
         message = supervisor.start()
         if "error" in message:
             if not announced:  # the first start: the settings or the build are wrong
-                raise (UsageError if message.get("status") == 2 else ServeError)(message["error"])
+                raise {2: UsageError, 3: CheckFailed}.get(message.get("status"), ServeError)(message["error"])
             reason = message["error"]
         else:
             info = message["ready"]
@@ -235,7 +244,8 @@ def _ready_line(settings: ServeSettings, models, info: dict) -> str:
     return (
         f"ready: {models.float_name} (input -> logits) and {models.image_name} (image bytes -> top-{models.top_k}) "
         f"on http://{settings.host}:{settings.http_port}, grpc {settings.host}:{settings.grpc_port}, "
-        f"metrics :{settings.metrics_port}; {info['description']}; {batching}; pid {os.getpid()}, SIGTERM or Ctrl-C stops"
+        f"metrics :{settings.metrics_port}; {info['description']}; {batching}; {info['check']}; pid {os.getpid()}, "
+        "SIGTERM or Ctrl-C stops"
     )
 
 
@@ -266,6 +276,7 @@ class Supervisor:
             "dynamic_batching": s.dynamic_batching,
             "top_k": s.top_k,
             "verbose": s.verbose,
+            "check": s.check,
             "max_image_bytes": s.max_image_bytes,
             "max_image_pixels": s.max_image_pixels,
             "max_request_pixels": s.max_request_pixels,
@@ -437,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-bytes", type=int, help="bytes per request (default: the largest batch of floats or images)"
     )
     p.add_argument("--max-restarts", type=int, default=5, help="Triton failures tolerated in 10 minutes before serve gives up")
+    p.add_argument(
+        "--skip-check",
+        action="store_true",
+        help="do not run pipeline.check (the package's file hashes and its sample against the gates) before ready",
+    )
     p.add_argument("--verbose", action="store_true", help="print the server's own log (on stderr)")
     return p
 
@@ -459,9 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_request_pixels=args.max_request_pixels,
         max_request_bytes=args.max_request_bytes,
         max_restarts=args.max_restarts,
+        check=not args.skip_check,
     )
     try:
         return serve(args.model, settings)
+    except CheckFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except EXPECTED_ERRORS as e:
         return report_error(e)
     except KeyboardInterrupt:  # before the server was up

@@ -220,6 +220,33 @@ def _log_tail(log_file: Path) -> str:
     return f"; its log says: {' '.join(lines[-1].split()[4:])[:300]}" if lines else ""
 
 
+class _FilesDiffer(Exception):
+    pass
+
+
+def _check_files(settings: dict) -> None:
+    if settings["check"] and Path(settings["build"]).is_dir():
+        from engines.package import Package, PackageError
+
+        from .check import check_files
+
+        try:
+            problems = check_files(Package.read(settings["build"]))
+        except PackageError:
+            return  # DeployedModel.open names it
+        if problems:
+            raise _FilesDiffer(f"{len(problems)} file(s) differ from the build: {'; '.join(problems)}")
+
+
+def _check(settings: dict, model):
+    """``pipeline.check`` on the build directory with the model just opened (files and sample; no timing), or None."""
+    if not settings["check"] or not Path(settings["build"]).is_dir():
+        return None
+    from .check import check_package
+
+    return check_package(settings["build"], settings["backend"], timing_seconds=0, model=model, files_checked=True)
+
+
 def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
     import logging
 
@@ -231,8 +258,16 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
 
     run_dir = Path(settings["run_dir"])
     try:
+        _check_files(settings)  # before anything loads a file that is not what was built
         model = DeployedModel.open(settings["build"], settings["backend"])
+        check = _check(settings, model)
+        if check is not None and not check.passed:
+            channel.send(error=f"pipeline.check failed: {check.summary}; run python -m pipeline.check for the details", status=3)
+            return 1
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    except _FilesDiffer as e:
+        channel.send(error=f"pipeline.check failed: {e}; run python -m pipeline.check for the details", status=3)
+        return 1
     except EXPECTED_ERRORS as e:
         channel.send(error=describe(e), status=2)
         return 2
@@ -294,6 +329,13 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
                 "backend": backend,
                 "description": model.description,
                 "isolation": isolation,
+                "check": (
+                    f"checked: {check.summary}"
+                    if check is not None
+                    else "package check skipped (--skip-check)"
+                    if settings["check"] is False
+                    else "no package to check (a single file)"
+                ),
             }
         )
         while triton.is_alive():

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error
@@ -229,6 +228,8 @@ def verify_arrays(
     model, runner, images: np.ndarray, labels: np.ndarray | None, paths: Sequence[str], precision: str, batch: int = 32
 ) -> VerifyResult:
     """Compare ``model`` (PyTorch fp32) and ``runner`` on already preprocessed ``images``."""
+    import torch
+
     t0 = time.perf_counter()
     with torch.no_grad():
         reference = np.concatenate([model(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -172,3 +174,58 @@ def shipped_fp16_build(tmp_path_factory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+MATRIX_BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt-rtx", "tensorrt")
+MATRIX_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class PackageMatrix:
+    """Every ``--backend`` x ``--precision`` build of the tiny model (with a checkpoint, so the gates are judged), made on
+    first use. Builds of one precision start from a copy of the first, so export and precision conversion run once."""
+
+    def __init__(self, root: Path, checkpoint: Path) -> None:
+        self.root, self.checkpoint, self._built = root, checkpoint, {}
+
+    def build(self, backend: str, precision: str) -> Path:
+        import shutil
+
+        from pipeline.orchestrate import BuildOptions, PipelineError, run_pipeline
+        from tests.failures import TINY
+
+        key = (backend, precision)
+        if key not in self._built:
+            out = self.root / f"{backend}-{precision}"
+            first = self.root / f"onnxruntime-{precision}"
+            if backend != "onnxruntime":
+                self.build("onnxruntime", precision)
+                shutil.copytree(first, out, ignore=shutil.ignore_patterns("model.ort.onnx", "package.json", ".lock"))
+            opts = BuildOptions(
+                precision=precision,
+                model=TINY,
+                checkpoint=self.checkpoint,
+                batch=(1, 2, 4),
+                backend=backend,
+                out=out,
+                bench_seconds=0.01,
+                calib_data=ROOT / "calibration" / "data" / "cifar10-calibrate",
+                calib_size=32,
+                calib_holdout=8,
+                eval_data=ROOT / "calibration" / "data" / "cifar10-verify",
+                eval_limit=40,
+            )
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    run_pipeline(opts)
+                self._built[key] = out
+            except PipelineError as e:  # a backend this machine cannot build for (TensorRT 11 is not installable here)
+                self._built[key] = e
+        built = self._built[key]
+        if isinstance(built, Exception):
+            missing(f"--backend {backend} cannot build here: {built}", backend)
+        return built
+
+
+@pytest.fixture(scope="session")
+def package_matrix(tmp_path_factory, shared) -> PackageMatrix:
+    return PackageMatrix(tmp_path_factory.mktemp("matrix"), shared.checkpoint)

@@ -15,17 +15,13 @@ namespace fs = std::filesystem;
 
 bool isPlan(const fs::path& path) { return path.extension() == ".plan" || path.extension() == ".engine"; }
 
-std::string listed(const char* const* names, std::size_t count) {
-  std::string text;
-  for (std::size_t i = 0; i < count; ++i) text += (i ? ", " : "") + std::string(names[i]);
-  return text;
-}
-
 std::unique_ptr<Backend> openPlan(const fs::path& model, const BackendOptions& options) {
   std::string plan = model.string();
   if (fs::is_directory(model)) {
-    const std::optional<std::string> found = findInDirectory(model.string(), &kPlanFile, 1);
-    if (!found) throw Error(model.string() + " holds no " + kPlanFile + "; build one with python build_engine.py");
+    const std::optional<std::string> found = readPackage(model.string()).plan;
+    if (!found) {
+      throw Error(model.string() + " holds no TensorRT plan; build one with python build_engine.py --backend tensorrt-rtx (or tensorrt)");
+    }
     plan = *found;
   }
 #ifdef S2MLPV2_WITH_TENSORRT
@@ -46,11 +42,10 @@ std::unique_ptr<Backend> openPlan(const fs::path& model, const BackendOptions& o
 std::unique_ptr<Backend> openGraph(const fs::path& model, const BackendOptions& options) {
   std::string graph = model.string();
   if (fs::is_directory(model)) {
-    std::optional<std::string> found = recordedCpuRoute(model.string());
-    if (!found) found = findInDirectory(model.string(), kOpenVinoFiles, std::size(kOpenVinoFiles));
+    const std::optional<std::string> found = readPackage(model.string()).openVino;
     if (!found) {
-      throw Error(model.string() + " holds none of " + listed(kOpenVinoFiles, std::size(kOpenVinoFiles)) +
-                  "; give a build directory of python build_engine.py, or a model file");
+      throw Error(model.string() + " holds no model OpenVINO reads (no IR and no portable ONNX graph); build one with " +
+                  "python build_engine.py --backend openvino");
     }
     graph = *found;
   } else if (model.extension() != ".xml" && model.extension() != ".onnx") {
@@ -68,7 +63,7 @@ std::unique_ptr<Backend> openGraph(const fs::path& model, const BackendOptions& 
 // Where `auto` sends a build directory: to TensorRT where it holds a plan and a GPU is present.
 bool preferPlan(const fs::path& directory) {
 #ifdef S2MLPV2_WITH_TENSORRT
-  return fs::is_regular_file(directory / kPlanFile) && tensorRtDeviceAvailable();
+  return readPackage(directory.string()).plan.has_value() && tensorRtDeviceAvailable();
 #else
   (void)directory;
   return false;

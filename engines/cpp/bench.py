@@ -38,7 +38,6 @@ from common.errors import EXPECTED_ERRORS, S2MLPv2Error  # noqa: E402
 from common.images import load_rgb, preprocess  # noqa: E402
 
 # What s2mlpv2_classify runs from a build directory, in this order (engines/cpp/model_files.h).
-OPENVINO_FILES = ("model.xml", "model-int8.onnx", "model-fp16.onnx", "model.onnx")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pnm")  # what the C++ side decodes
 CARD_KEY = ["framework", "s2mlpv2.card"]
 # What is timed, as s2mlpv2_bench names it, and the table's words for it.
@@ -75,13 +74,23 @@ class Settings:
 
 
 def resolve_model(model: Path) -> Path:
+    """What OpenVINO runs: a model file as given, or what a package names (as the C++ program reads it, docs/PACKAGE.md)."""
     if model.is_dir():
-        for name in OPENVINO_FILES:
-            if (model / name).is_file():
-                return model / name
-        raise BenchError(
-            f"{model} holds none of {', '.join(OPENVINO_FILES)}; give a build directory of build_engine.py or a model file"
-        )
+        from engines.package import Package, PackageError
+
+        try:
+            package = Package.read(model)
+        except PackageError as e:
+            raise BenchError(str(e)) from None
+        recorded = package.recorded_cpu_route
+        if recorded is not None and (recorded.runtime == "openvino" or recorded.artifact == package.graph):
+            return package.path(recorded.artifact)
+        route = package.route(runtime="openvino")
+        if route is not None:
+            return package.path(route.artifact)
+        if package.graph:
+            return package.path(package.graph)
+        raise BenchError(f"{model} holds no model OpenVINO reads; build one with build_engine.py --backend openvino")
     if model.suffix not in (".xml", ".onnx") or not model.is_file():
         raise BenchError(f"{model}: not an .xml or .onnx file; give the artifact OpenVINO runs")
     return model
@@ -156,7 +165,7 @@ def bench(s: Settings) -> str:
 
     medians: dict[tuple[str, int, str], list[float]] = {}
     runtime = ""
-    for r in tqdm(range(s.rounds), desc="rounds", file=sys.stderr):
+    for r in tqdm(range(s.rounds), desc="rounds", file=sys.stderr, disable=None):
         for i, batch in enumerate(s.batches):
             for side in ["C++", "Python"] if (r + i) % 2 == 0 else ["Python", "C++"]:
                 if side == "C++":

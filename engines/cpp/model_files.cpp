@@ -89,19 +89,75 @@ std::optional<std::string> findInDirectory(const std::string& directory, const c
   return std::nullopt;
 }
 
-std::optional<std::string> recordedCpuRoute(const std::string& directory) {
-  const fs::path summary = fs::path(directory) / "summary.json";
-  if (!fs::is_regular_file(summary)) return std::nullopt;
-  try {
-    const nlohmann::json route = nlohmann::json::parse(readText(summary.string())).value("cpu_route", nlohmann::json());
-    if (!route.is_object() || !route.contains("artifact") || !route["artifact"].is_string()) return std::nullopt;
-    const fs::path artifact = fs::path(directory) / route["artifact"].get<std::string>();
-    const bool readable = artifact.extension() == ".xml" || artifact.extension() == ".onnx";
-    if (readable && fs::is_regular_file(artifact)) return artifact.string();
-  } catch (const nlohmann::json::exception&) {
-    // a summary cut short or edited by hand says nothing about the route; the file order decides
+PackageFiles readPackage(const std::string& directory) {
+  const fs::path file = fs::path(directory) / kPackageFile;
+  if (!fs::is_regular_file(file)) {
+    if (fs::is_regular_file(fs::path(directory) / "summary.json")) {
+      throw Error(directory + " was built before packages recorded " + kPackageFile +
+                  "; run the same python build_engine.py command again (its finished stages are reused) to write it");
+    }
+    throw Error(directory + " holds no " + kPackageFile + ", so it is not a build directory; make one with python build_engine.py " +
+                "--precision fp16 --out " + directory);
   }
-  return std::nullopt;
+  nlohmann::json package;
+  try {
+    package = nlohmann::json::parse(readText(file.string()));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.string() + " is not readable JSON (" + oneLine(e.what(), 120) + "); rebuild with python build_engine.py");
+  }
+  if (!package.is_object() || package.value("schema", std::string()) != kPackageSchema) {
+    throw Error(file.string() + " is not an " + std::string(kPackageSchema) + " file; give a directory built by python build_engine.py");
+  }
+  const nlohmann::json version = package.value("version", nlohmann::json());
+  if (!version.is_number_integer() || version.get<int>() < 1) {
+    throw Error(file.string() + " has no valid schema version; rebuild with python build_engine.py");
+  }
+  if (version.get<int>() > kPackageVersion) {
+    throw Error(file.string() + " is " + kPackageSchema + " version " + std::to_string(version.get<int>()) +
+                ", newer than the version " + std::to_string(kPackageVersion) +
+                " this program reads; update this program or rebuild the package with it");
+  }
+  PackageFiles found;
+  std::string missing;  // the first file a route lacks, for the error where nothing else runs
+  try {
+    const auto complete = [&](const nlohmann::json& route) {
+      for (const auto& name : route.at("files")) {
+        if (!fs::is_regular_file(fs::path(directory) / name.get<std::string>())) {
+          if (missing.empty()) missing = name.get<std::string>() + ", which its " + route.at("runtime").get<std::string>() + " route needs";
+          return false;
+        }
+      }
+      return true;
+    };
+    const auto artifactPath = [&](const nlohmann::json& route) {
+      return (fs::path(directory) / route.at("artifact").get<std::string>()).string();
+    };
+    const nlohmann::json& routes = package.at("routes");
+    const std::string graph = package.value("graph", nlohmann::json()).is_string() ? package["graph"].get<std::string>() : "";
+    const std::string cpuRoute =
+        package.value("cpu_route", nlohmann::json()).is_string() ? package["cpu_route"].get<std::string>() : "";
+    for (const auto& route : routes) {
+      const std::string runtime = route.at("runtime").get<std::string>();
+      if ((runtime == "tensorrt" || runtime == "tensorrt-rtx") && !found.plan && complete(route)) found.plan = artifactPath(route);
+    }
+    for (const auto& route : routes) {  // the recorded CPU route, where OpenVINO reads it
+      const std::string artifact = route.at("artifact").get<std::string>();
+      const bool readable = route.at("runtime").get<std::string>() == "openvino" || (!graph.empty() && artifact == graph);
+      if (artifact == cpuRoute && readable && complete(route)) found.openVino = artifactPath(route);
+    }
+    for (const auto& route : routes) {
+      if (!found.openVino && route.at("runtime").get<std::string>() == "openvino" && complete(route)) found.openVino = artifactPath(route);
+    }
+    if (!found.openVino && !graph.empty() && fs::is_regular_file(fs::path(directory) / graph)) {
+      found.openVino = (fs::path(directory) / graph).string();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file.string() + " is incomplete or damaged (" + oneLine(e.what(), 120) + "); rebuild with python build_engine.py");
+  }
+  if (!found.plan && !found.openVino && !missing.empty()) {
+    throw Error(directory + " lacks " + missing + "; copy the whole build directory, or rebuild it with python build_engine.py");
+  }
+  return found;
 }
 
 std::optional<std::string> onnxMetadata(const std::string& onnxPath, const std::string& key) {

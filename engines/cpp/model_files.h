@@ -10,20 +10,29 @@
 
 namespace s2mlpv2 {
 
-// What OpenVINO runs from a build directory (build/<model>-<precision>/): the CPU route its
-// summary.json records (recordedCpuRoute), as the Python API does; without one, the first that
-// exists of model.xml (its IR), the deployed precision's graph, the fp32 graph.
-inline constexpr const char* kOpenVinoFiles[] = {"model.xml", "model-int8.onnx", "model-fp16.onnx", "model.onnx"};
-// What TensorRT runs from a build directory.
-inline constexpr const char* kPlanFile = "model.plan";
+// A build directory is a package: its package.json (schema "s2mlpv2-package", docs/PACKAGE.md,
+// written by engines/package.py) names every file. This program reads these fields of it.
+inline constexpr const char* kPackageFile = "package.json";
+inline constexpr const char* kPackageSchema = "s2mlpv2-package";
+inline constexpr int kPackageVersion = 1;  // the newest version this program reads
+
+// What this program runs from a package.
+struct PackageFiles {
+  // The plan (a route whose runtime is tensorrt or tensorrt-rtx), where the package has a complete one.
+  std::optional<std::string> plan;
+  // What OpenVINO runs: the recorded CPU route where OpenVINO reads it (an IR, or the portable
+  // ONNX graph), else the package's OpenVINO route, else its portable graph. ONNX Runtime's own
+  // optimized graph (model.ort.onnx) is never given to OpenVINO.
+  std::optional<std::string> openVino;
+};
+
+// DIRECTORY/package.json, or Error naming what is missing or wrong (not a build directory, an
+// unknown schema, a newer version) and the command that fixes it. A route that lacks a file is
+// passed over, as the Python API does; where nothing is left to run, the Error names that file.
+PackageFiles readPackage(const std::string& directory);
 
 // The first of `names` inside `directory`, or nothing.
 std::optional<std::string> findInDirectory(const std::string& directory, const char* const* names, std::size_t count);
-
-// The file of the fastest CPU route that passed its gates, as `directory`/summary.json records it
-// ("cpu_route": {"artifact": ...}), where that file is an .xml or .onnx that still exists; nothing
-// otherwise (no summary, no route, an unreadable summary: the caller falls back to kOpenVinoFiles).
-std::optional<std::string> recordedCpuRoute(const std::string& directory);
 
 // The value of `key` in an ONNX graph's metadata_props, or nothing. Reads only the top level of
 // the protobuf (the graph itself is skipped, not parsed). Throws Error for an unreadable file.

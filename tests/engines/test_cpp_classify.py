@@ -376,26 +376,59 @@ def _linked_copy(build: Path, folder: Path) -> Path:
     return folder
 
 
-def test_a_build_directory_runs_its_recorded_cpu_route_else_the_ir_then_the_deployed_graph(
+def test_a_build_directory_runs_what_its_package_names_the_recorded_cpu_route_else_the_ir_then_the_portable_graph(
     classify, shipped_fp16_build, tmp_path
 ):
+    from engines.package import Package
     from pipeline.deployed import choose_artifact
 
     images = sorted(VERIFY.rglob("*.jpg"))[::50]
-    recorded = json.loads((shipped_fp16_build / "summary.json").read_text())["cpu_route"]["artifact"]
-    assert choose_artifact(shipped_fp16_build).artifact.name == recorded  # the file Python runs
+    package = Package.read(shipped_fp16_build)
+    assert choose_artifact(shipped_fp16_build).artifact.name == package.cpu_route  # the file Python runs
     route = classify(shipped_fp16_build, *images, "--verbose")
-    assert route.returncode == 0 and recorded in route.stderr, route.stderr
+    assert route.returncode == 0 and package.cpu_route in route.stderr, route.stderr
 
-    build = _linked_copy(shipped_fp16_build, tmp_path / "build")
-    (build / "summary.json").unlink()
-    (build / "model.xml").unlink()
-    deployed = classify(build, *images, "--verbose")
-    assert deployed.returncode == 0 and "model-fp16.onnx" in deployed.stderr, deployed.stderr
-    (build / "model.xml").symlink_to(shipped_fp16_build / "model.xml")
-    from_ir = classify(build, *images, "--verbose")
+    def edited(change) -> Path:
+        build = tmp_path / f"build-{len(list(tmp_path.iterdir()))}"
+        _linked_copy(shipped_fp16_build, build)
+        data = json.loads((shipped_fp16_build / "package.json").read_text())
+        change(data)
+        (build / "package.json").unlink()
+        (build / "package.json").write_text(json.dumps(data))
+        return build
+
+    def no_cpu_route(d):
+        d["cpu_route"] = None
+
+    from_ir = classify(edited(no_cpu_route), *images, "--verbose")
     assert from_ir.returncode == 0 and "model.xml" in from_ir.stderr, from_ir.stderr
-    assert [line[:3] for line in _lines(from_ir.stdout)] == [line[:3] for line in _lines(deployed.stdout)]
+
+    def graph_only(d):
+        d["cpu_route"] = None
+        d["routes"] = [r for r in d["routes"] if r["runtime"] != "openvino"]
+
+    from_graph = classify(edited(graph_only), *images, "--verbose")
+    assert from_graph.returncode == 0 and package.graph in from_graph.stderr, from_graph.stderr
+    assert [line[:3] for line in _lines(from_ir.stdout)] == [line[:3] for line in _lines(from_graph.stdout)]
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda d: d.update(version=99), "package.json is s2mlpv2-package version 99, newer than the version 1"),
+        (lambda d: d.update(schema="something-else"), "is not an s2mlpv2-package file"),
+        (lambda d: d.update(routes=[{**r, "files": ["gone.bin"]} for r in d["routes"]], graph=None), "lacks gone.bin, which its"),
+    ],
+    ids=["newer", "foreign", "incomplete"],
+)
+def test_a_package_it_cannot_read_is_one_line_naming_why_and_exit_2(classify, shipped_fp16_build, tmp_path, change, expected):
+    build = _linked_copy(shipped_fp16_build, tmp_path / "build")
+    data = json.loads((shipped_fp16_build / "package.json").read_text())
+    change(data)
+    (build / "package.json").unlink()
+    (build / "package.json").write_text(json.dumps(data))
+    proc = classify(build, next(VERIFY.rglob("*.jpg")))
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_plan_s_card_comes_from_its_sidecar_else_from_the_graph_beside_it(cpp_build, shipped_fp16_build, tmp_path):
@@ -428,3 +461,30 @@ def test_top1_agrees_with_python_on_the_500_bundled_images(classify, graphs, shi
     print(f"{model}: top-1 agreement {agreement:.2%}, accuracy C++ {accuracy_cpp:.2%}, Python {accuracy_python:.2%}")
     assert agreement >= 0.99
     assert abs(accuracy_cpp - accuracy_python) <= 0.005
+
+
+MATRIX = [(b, p) for b in ("auto", "onnxruntime", "openvino", "tensorrt-rtx") for p in ("fp32", "fp16", "int8")]
+
+
+@pytest.mark.parametrize("backend,precision", MATRIX, ids=[f"{b}-{p}" for b, p in MATRIX])
+def test_every_build_opens_in_cpp_with_python_s_top1(classify, package_matrix, backend, precision):
+    """The C++ program opens what the package names (never ONNX Runtime's own model.ort.onnx) and agrees with Python.
+
+    The tiny model has random weights, so some images' top two classes are within rounding of each other: top-1 is
+    compared where Python's top two probabilities differ by more than 1e-3.
+    """
+    build = package_matrix.build(backend, precision)
+    folder = VERIFY / "cat"
+    proc = classify(build, folder, "--top-k", "1", "--verbose")
+    assert proc.returncode == 0, proc.stderr
+    assert "model.ort.onnx" not in proc.stderr
+    cpp = _answers(_lines(proc.stdout))
+    command = [sys.executable, "-m", "pipeline.classify", str(build), str(folder), "--json", "--top-k", "2"]
+    answers = json.loads(subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=True).stdout)
+    clear = {
+        str(Path(a["image"]).resolve()): a["top"][0]["index"]
+        for a in answers
+        if a["top"][0]["probability"] - a["top"][1]["probability"] > 1e-3
+    }
+    assert len(cpp) == len(answers) and len(clear) > len(answers) // 2
+    assert {path: cpp[path][0] for path in clear} == clear

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -179,30 +178,39 @@ def test_a_missing_path_is_refused(tmp_path, capsys):
     assert_api_error_is_one_clean_line(error.value, Fails("nowhere does not exist", "give a build directory"), capsys)
 
 
-def _build_with_plan(shared: Shared, tmp_path: Path, **summary) -> Path:
-    """A copy of the shared build with a TensorRT 11 plan beside it, built (as its sidecar says) from ``model.onnx``."""
+def _build_with_plan(shared: Shared, tmp_path: Path, cpu_route: str | None = None) -> Path:
+    """A copy of the shared build whose package holds a TensorRT 11 plan, built (as its sidecar says) from ``model.onnx``,
+    and, if given, ``cpu_route`` as its recorded CPU route."""
+    import dataclasses
+
     from common.fileio import sha256_file
+    from engines.package import Package, PackageRoute, write_package
 
     build = Path(shutil.copytree(shared.build, tmp_path / "build"))
     plan = write_bytes(build / "model.plan", b"plan")
     trt11_sidecar(onnx_sha256=sha256_file(build / "model.onnx")).write(plan)
     (build / "model.ort.onnx").unlink()
-    if summary:
-        (build / "summary.json").write_text(json.dumps(summary))
+    routes = [PackageRoute("tensorrt", "model.plan", ("model.plan", "model.json"), "fp32", "fp32")]
+    if cpu_route:
+        shutil.copy(build / "model.onnx", build / cpu_route)
+        routes.append(PackageRoute("onnxruntime", cpu_route, (cpu_route,), "fp32", "fp32", verdict={"passed": True}))
+    write_package(dataclasses.replace(Package.read(build), routes=tuple(routes), cpu_route=cpu_route, files={}))
     return build
 
 
 def test_a_plan_this_machine_cannot_run_falls_back_to_the_graph_it_was_built_from(shared: Shared, tmp_path):
-    choice = choose_artifact(_build_with_plan(shared, tmp_path))
-    # TensorRT 11 is not installed here: the exact graph the plan was built from, found by its hash
-    assert choice.artifact.name == "model.onnx" and "the graph model.plan was built from" in choice.reason
+    build = _build_with_plan(shared, tmp_path)
+    # TensorRT 11 is not installed here: a directory runs its package's portable graph, and says why
+    choice = choose_artifact(build)
+    assert choice.artifact.name == "model.onnx" and "portable graph" in choice.reason
     assert "TensorRT 11 is not installed" in choice.reason
+    # the plan alone: the exact graph it was built from, found beside it by its hash
+    choice = choose_artifact(build / "model.plan")
+    assert choice.artifact.name == "model.onnx" and "the graph model.plan was built from" in choice.reason
 
 
 def test_the_build_s_recorded_cpu_route_is_preferred(shared: Shared, tmp_path):
-    build = _build_with_plan(shared, tmp_path, cpu_route={"backend": "onnxruntime", "artifact": "other.onnx"})
-    shutil.copy(build / "model.onnx", build / "other.onnx")
-    choice = choose_artifact(build)
+    choice = choose_artifact(_build_with_plan(shared, tmp_path, cpu_route="other.onnx"))
     assert choice.artifact.name == "other.onnx" and "fastest CPU route" in choice.reason
 
 
@@ -216,4 +224,4 @@ def test_a_plan_s_card_comes_from_its_sidecar(shared: Shared, tmp_path):
 def test_the_plan_backend_without_a_plan_is_refused(shared: Shared, capsys):
     with pytest.raises(DeployedError) as error:
         DeployedModel.open(shared.build, backend="plan")
-    assert_api_error_is_one_clean_line(error.value, Fails("holds no model.plan", "build one with build_engine.py"), capsys)
+    assert_api_error_is_one_clean_line(error.value, Fails("holds no TensorRT plan", "build one with build_engine.py"), capsys)

@@ -400,3 +400,23 @@ def _request(server, method: str, path: str, body: bytes = b"", headers: dict | 
     from pipeline.probe_serve import http_request
 
     return http_request(server.http_port, method, path, body, headers, timeout=30)
+
+
+def test_the_ready_line_says_the_package_passed_its_check(server):
+    ready = next(line for line in server.stdout if line.startswith("ready:"))
+    assert "checked: 16 sample images pass the fp32 gates" in ready, ready
+
+
+def test_a_build_that_fails_its_check_is_not_served_one_line_exit_1(shared: Shared, tmp_path, run_cli):
+    require_pytriton()
+    import shutil
+
+    build = Path(shutil.copytree(shared.build, tmp_path / "build", ignore=shutil.ignore_patterns(".lock")))
+    with open(build / "model.ort.onnx", "ab") as f:
+        f.write(b"\0")  # the served artifact is not what was built
+    http, grpc, metrics = free_ports(3)
+    ports = ["--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics]
+    proc = run_cli("pipeline.serve", build, *ports, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: pipeline.check failed: 1 file(s) differ from the build: model.ort.onnx: changed"), line
