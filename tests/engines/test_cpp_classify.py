@@ -303,7 +303,10 @@ UNLOADABLE = {
         lambda folder: _toy_graph(folder / "m.onnx", card=json.dumps({"format": "s2mlpv2-card/1", "model": "x"})),
         "preprocessing",
     ),
-    "empty-build-dir": (lambda folder: folder, "holds none of model.xml, model-int8.onnx, model-fp16.onnx, model.onnx"),
+    "empty-build-dir": (
+        lambda folder: folder,
+        "holds no package.json, so it is not a build directory; make one with python build_engine.py",
+    ),
     "foreign-file": (_foreign, "not a model this program runs"),
 }
 
