@@ -15,6 +15,7 @@ finished stages. Defaults live in pipeline/options.py (BuildOptions). See README
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -98,11 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BUILD_STACK = ("torch", "timm", "modelopt", "onnxscript")  # what the [build] extra adds to a run-side install
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports after --help.
     from common.cli import report_error, report_interrupt
-    from common.errors import EXPECTED_ERRORS
+    from common.errors import EXPECTED_ERRORS, UsageError
+
+    missing = [m for m in BUILD_STACK if not _installed(m)]
+    if missing:  # a run-side install (pip install .): it runs builds, it does not make them
+        return report_error(
+            UsageError(
+                f"building needs {', '.join(missing)}, which this install lacks: pip install -e '.[build]' (the build extra)"
+            )
+        )
     from engines.build import parse_batch, parse_compute_capabilities
     from pipeline.orchestrate import BuildOptions, run_pipeline
 

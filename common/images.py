@@ -5,9 +5,10 @@
   truncated files, files that are not images, and decompression bombs (a declared size over
   ``max_pixels``, checked from the header before any pixel is decoded). Grayscale, CMYK,
   RGBA, LA, palette and 16-bit images all come out as 8-bit RGB.
-* ``eval_transform`` / ``preprocess``: resize, center-crop and normalise exactly as a model
+* ``CardTransform`` / ``preprocess``: resize, center-crop and normalise exactly as a model
   card's preprocessing says (any object with ``input_size``, ``interpolation``, ``mean``,
-  ``std`` and ``crop_pct``), with timm's eval transform.
+  ``std`` and ``crop_pct``), with Pillow and numpy: bit for bit timm's eval transform, which
+  ``eval_transform`` returns for torch datasets (training, evaluation).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "os_reason",
     "to_rgb",
     "eval_transform",
+    "CardTransform",
     "preprocess",
 ]
 
@@ -174,7 +176,10 @@ def _open_rgb(source, name: str, max_pixels: int):
 
 
 def eval_transform(pre):
-    """Resize, center-crop and normalise exactly as the card says (timm's eval transform)."""
+    """Resize, center-crop and normalise exactly as the card says (timm's eval transform), for torch datasets.
+
+    The run side uses :class:`CardTransform`, which computes the same floats with Pillow and numpy alone.
+    """
     from timm.data import create_transform
 
     return create_transform(
@@ -187,6 +192,62 @@ def eval_transform(pre):
     )
 
 
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}  # PIL.Image.Resampling
+
+
+class CardTransform:
+    """The card's eval preprocessing with Pillow and numpy alone: bit for bit what :func:`eval_transform` computes.
+
+    timm's eval transform (the default ``center`` crop mode), step by step:
+
+    1. the shorter side is resized to ``floor(size / crop_pct)`` and the longer one to
+       ``int(new_short * long / short)``, with Pillow's filter for ``interpolation`` (torchvision's
+       ``Resize(int)``: an image already that size is not resampled);
+    2. the centre ``size x size`` is cropped, offsets ``int(round((dim - size) / 2))``, after zero
+       padding where the image is smaller (torchvision's ``CenterCrop``);
+    3. ``uint8 -> float32 / 255``, then ``(x - mean) / std`` per channel in float32
+       (``ToTensor`` and ``Normalize``), channels first.
+
+    A non-square input size (timm's ``ResizeKeepRatio``) is not reproduced here: it is refused.
+    """
+
+    def __init__(self, pre) -> None:
+        import math
+
+        c, h, w = pre.input_size
+        if h != w:
+            raise ImageError(f"input size {h}x{w}: the run side's preprocessing takes square inputs only")
+        if pre.interpolation not in _PIL_FILTERS:
+            raise ImageError(f"interpolation {pre.interpolation!r} is not one of {', '.join(_PIL_FILTERS)}")
+        crop_pct = pre.crop_pct or 0.875  # timm's DEFAULT_CROP_PCT
+        self.size = int(h)
+        self.scale = math.floor(self.size / crop_pct)
+        self.filter = _PIL_FILTERS[pre.interpolation]
+        self.mean = np.asarray(pre.mean, dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(pre.std, dtype=np.float32).reshape(-1, 1, 1)
+
+    def __call__(self, image) -> np.ndarray:
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.scale, int(self.scale * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), self.filter)
+        pixels = np.asarray(image, dtype=np.uint8)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        size = self.size
+        if size > new_w or size > new_h:  # pad with zeros first, as torchvision's CenterCrop does
+            left, top = max(size - new_w, 0) // 2, max(size - new_h, 0) // 2
+            right, bottom = (max(size - new_w, 0) + 1) // 2, (max(size - new_h, 0) + 1) // 2
+            pixels = np.pad(pixels, ((top, bottom), (left, right), (0, 0)))
+            new_h, new_w = pixels.shape[:2]
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        crop = pixels[top : top + size, left : left + size].transpose(2, 0, 1)
+        x = crop.astype(np.float32) / np.float32(255)
+        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
+
+
 def preprocess(image, pre) -> np.ndarray:
-    """One RGB PIL image -> the model's input ``(3, H, W)`` float32, exactly as the card says."""
-    return eval_transform(pre)(image).numpy()
+    """One RGB PIL image -> the model's input ``(3, H, W)`` float32, exactly as the card says (no torch needed)."""
+    return CardTransform(pre)(image)

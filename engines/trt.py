@@ -89,16 +89,41 @@ def describe_targets(targets: tuple[str, ...]) -> str:
     return ", ".join(f"{cc} ({_GPUS_BY_CC[cc]})" if cc in _GPUS_BY_CC else cc for cc in targets)
 
 
+@functools.cache
 def cuda_device() -> tuple[str, str] | None:
-    """(GPU name, compute capability 'major.minor') of device 0, or None without CUDA."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
+    """(GPU name, compute capability 'major.minor') of device 0, or None without a CUDA driver and GPU.
+
+    Asked of the CUDA driver itself (``libcuda.so.1`` / ``nvcuda.dll``: ``cuInit``, ``cuDeviceGet``,
+    ``cuDeviceGetName``, ``cuDeviceGetAttribute``), so that choosing a runner imports no torch.
+    """
+    import ctypes
+    import ctypes.util
+
+    names = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", ctypes.util.find_library("cuda")]
+    driver = None
+    for name in filter(None, names):
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if driver is None:
         return None
-    if not torch.cuda.is_available():
+    device, count = ctypes.c_int(), ctypes.c_int()
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
         return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    if driver.cuDeviceGet(ctypes.byref(device), 0) != 0:
+        return None
+    name = ctypes.create_string_buffer(256)
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    attribute_major, attribute_minor = 75, 76  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+    if (
+        driver.cuDeviceGetName(name, len(name), device) != 0
+        or driver.cuDeviceGetAttribute(ctypes.byref(major), attribute_major, device) != 0
+        or driver.cuDeviceGetAttribute(ctypes.byref(minor), attribute_minor, device) != 0
+    ):
+        return None
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
 
 
 class _CollectingLogger:

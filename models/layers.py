@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
+from .shift import OFFSETS, SHIFT_PATTERNS, check_shift_shape
+
 __all__ = [
     "SHIFT_PATTERNS",
     "spatial_shift",
@@ -37,11 +39,7 @@ __all__ = [
 # Start offsets (along D1, D2) into the edge-padded tensor for each direction. Taking an
 # H x W window at offset (0, 1) yields y[:, i] = x[:, i-1] with row 0 kept, and so on: edge
 # padding is what gives the border rule (the row without a source keeps its own value).
-_OFFSETS = {"+d1": (0, 1), "-d1": (2, 1), "+d2": (1, 0), "-d2": (1, 2)}
-SHIFT_PATTERNS = {
-    1: ("+d1", "-d1", "+d2", "-d2"),  # SS1
-    2: ("+d2", "-d2", "+d1", "-d1"),  # SS2: the same four moves with the axes swapped
-}
+_OFFSETS = OFFSETS
 
 # The two forms a mixer can be exported in (S2MLPv2ExportMixer), chosen when the export copy of the
 # model is made: "onnx", standard ops, each shift one Gather over rows of C/4 channels (the same
@@ -51,12 +49,7 @@ EXPORT_FORMS = ("onnx", "plugin")
 
 
 def _check_shift_input(x: torch.Tensor, pattern: int) -> None:
-    if pattern not in SHIFT_PATTERNS:
-        raise ValueError(f"shift pattern must be 1 or 2, got {pattern!r}")
-    if x.dim() != 4:
-        raise ValueError(f"spatial shift expects a (B, D1, D2, C) tensor, got shape {tuple(x.shape)}")
-    if x.shape[-1] % 4 != 0:
-        raise ValueError(f"spatial shift splits channels into 4 equal groups, so C must be divisible by 4; got C={x.shape[-1]}")
+    check_shift_shape(tuple(x.shape), pattern)
 
 
 def shift_reference(x: torch.Tensor, pattern: int) -> torch.Tensor:

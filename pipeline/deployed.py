@@ -408,12 +408,12 @@ class DeployedModel:
                 f"{name} is a {type(image).__name__}; give a file path, a PIL image, a uint8 (H, W, 3) array "
                 "or a preprocessed float (N, C, H, W) batch"
             )
-        with self._transform_lock:  # building timm's transform once; applying it is thread-safe
+        with self._transform_lock:  # building the transform once; applying it is thread-safe
             if self._transform is None:
-                from common.images import eval_transform
+                from common.images import CardTransform
 
-                self._transform = eval_transform(self.card.preprocessing)
-        return self._transform(rgb).numpy()
+                self._transform = CardTransform(self.card.preprocessing)
+        return self._transform(rgb)
 
     def _batches(self, images) -> Iterator[tuple[list[str], np.ndarray]]:
         """(names, preprocessed batch) chunks of at most ``max_batch`` images, preprocessing chunk by chunk."""

@@ -4,8 +4,8 @@ It sweeps concurrency (default 1, 2, 4, 8, 16 clients, each sending its next req
 last one is answered) and reports, per level, requests/s, images/s, p50/p90/p99 latency and
 errors, with dynamic batching on and off. Requests go to the float model
 (``<model>_<precision>``) over gRPC with ``tritonclient``, carrying real images from
-``--images`` (default: the bundled verification images when the model is the shipped CIFAR-10
-one, else random inputs), preprocessed as the model card says.
+``--images`` (default: the images of the build's check sample, a few dozen evaluation images
+stored in the package; else random inputs), preprocessed as the model card says.
 
 By default it starts ``python -m pipeline.serve BUILD_DIR`` itself, once with dynamic batching
 and once without, on free ports on 127.0.0.1, and stops each server by its process id when its
@@ -228,20 +228,38 @@ def _served(build: Path):
     return model_names(card.config.name, artifact_precision(artifact))[0], card
 
 
-def _inputs(card, images: Path | None, count: int = 64) -> tuple[np.ndarray, str]:
-    """Preprocessed images to send: ``images``, the bundled verification set for the shipped model, or random inputs."""
-    if images is None:
-        from calibration.bundled import VERIFY
+def _inputs(build: Path, card, images: Path | None, count: int = 64) -> tuple[np.ndarray, str]:
+    """Preprocessed inputs to send: ``images``, else the package's check-sample images, else random inputs."""
+    from common.images import CardTransform, ImageError, decode_rgb, load_rgb
 
-        if card.config.name == "s2mlpv2_cifar10" and VERIFY.is_dir():
-            images = VERIFY
-    if images is None:
-        x = np.random.default_rng(0).standard_normal((count, *card.preprocessing.input_size)).astype(np.float32)
-        return x, f"{count} random inputs"
-    from calibration.dataset import load_images
+    transform = CardTransform(card.preprocessing)
+    if images is not None:
+        from .deployed import iter_image_files
 
-    x = load_images(images, card.preprocessing, count)[0]
-    return x, f"{len(x)} images from {images}"
+        arrays = []
+        for path in iter_image_files([images]):
+            try:
+                arrays.append(transform(load_rgb(path)))
+            except ImageError as e:
+                print(f"warning: skipped {e}", file=sys.stderr)
+            if len(arrays) == count:
+                break
+        if not arrays:
+            raise LoadTestError(f"no readable images in {images}; give a folder of images, or leave --images out")
+        return np.stack(arrays), f"{len(arrays)} images from {images}"
+    if build.is_dir():
+        from engines.package import Package, PackageError, read_sample
+
+        try:
+            package = Package.read(build)
+            sample = read_sample(package.path(package.sample["file"])) if package.sample else None
+        except PackageError:
+            sample = None
+        if sample is not None and sample.images:
+            x = np.stack([transform(decode_rgb(data, name)) for data, name in zip(sample.images, sample.names)])
+            return x, f"the package's {len(x)} check-sample images"
+    x = np.random.default_rng(0).standard_normal((count, *card.preprocessing.input_size)).astype(np.float32)
+    return x, f"{count} random inputs"
 
 
 def _markdown(result: dict) -> str:
@@ -313,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=300, help="requests per level, at most")
     p.add_argument("--seconds", type=float, default=30.0, help="time per level, at most")
     p.add_argument("--batch", type=int, default=1, help="images per request")
-    p.add_argument("--images", type=Path, help="images to send (default: the bundled ones for the shipped model, else random)")
+    p.add_argument("--images", type=Path, help="images to send (default: the package's check-sample images, else random inputs)")
     p.add_argument("--queue-delay-us", type=int, default=100, help="the started servers' dynamic-batching delay")
     p.add_argument("--out", type=Path, default=Path("loadtest.md"), help="markdown report; .png and .json beside it")
     return p
@@ -334,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             check_loopback(args.url.rsplit(":", 1)[0].strip("[]"))
         model_name, card = _served(args.build)
-        inputs, what = _inputs(card, args.images)
+        inputs, what = _inputs(args.build, card, args.images)
         modes = (
             [("as running", None)]
             if args.url

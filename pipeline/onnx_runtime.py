@@ -3,7 +3,8 @@
 Graphs in plugin form hold ``SpatialShift`` nodes that only TensorRT (through our plugin) runs
 natively. For ONNX Runtime, :func:`make_session` re-tags a copy of such a graph into
 onnxruntime-extensions' custom-op domain and registers a Python implementation that calls
-``models.layers.shift_reference``, the same function the model uses.
+``models.shift.shift_numpy``: numpy, the same copies as the model's ``shift_reference`` (a test
+holds them equal), so running a graph needs no torch.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ def _register_python_shift() -> None:
     global _registered
     if _registered:
         return
-    import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-    from models.layers import shift_reference
+    from models.shift import shift_numpy
 
     # float32 only: precision-converted graphs are made from the standard form (plugin nodes are swapped in after quantizing).
     @onnx_op(
@@ -45,7 +45,7 @@ def _register_python_shift() -> None:
         attrs={"pattern": PyCustomOpDef.dt_int64},
     )
     def _shift(x, **kwargs):
-        return shift_reference(torch.from_numpy(np.ascontiguousarray(x)), int(kwargs["pattern"])).numpy()
+        return shift_numpy(np.asarray(x), int(kwargs["pattern"]))
 
     _registered = True
 
@@ -119,12 +119,9 @@ def build_optimized_graph(graph: str | os.PathLike, target: str | os.PathLike) -
 
 
 def _cuda_usable() -> bool:
-    try:
-        import torch
+    from engines.trt import cuda_device
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+    return cuda_device() is not None
 
 
 class OnnxRuntimeRunner:
