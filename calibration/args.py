@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import CALIB_SEED, CALIB_SIZE
+
 if TYPE_CHECKING:  # the heavy imports wait until a set is built
     from models.config import Preprocessing
 
@@ -20,8 +22,6 @@ if TYPE_CHECKING:  # the heavy imports wait until a set is built
 __all__ = ["CalibrationArgs", "CALIB_METHODS", "CALIB_SIZE", "CALIB_SEED"]
 
 CALIB_METHODS = ("entropy", "max")  # ModelOpt's int8 calibration methods, the default first
-CALIB_SIZE = 512  # images that calibrate, where a command is not told
-CALIB_SEED = 0
 
 
 @dataclass(frozen=True)

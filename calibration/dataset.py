@@ -28,7 +28,7 @@ from common.fileio import atomic_path, atomic_write_json, sha256_file
 from common.images import DEFAULT_MAX_PIXELS, ImageError, load_rgb, preprocess
 from models.config import Preprocessing
 
-from .args import CALIB_SIZE
+from . import CALIB_SIZE
 from .sources import Sample, discover
 
 __all__ = [

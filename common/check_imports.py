@@ -13,8 +13,9 @@ package         may import
 ==============  =============================================
 
 ``build_engine.py`` sits on top and may import everything. Lazy imports inside functions
-count as much as those at the top of a module. Exit status 1 and one line per offending
-import when the code breaks the rule.
+count as much as those at the top of a module. And no two files import each other, directly or
+around a longer circle (:func:`circles`). Exit status 1 and one line per offending import or
+circle when the code breaks a rule.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ALLOWED", "EXCEPTIONS", "violations", "main"]
+__all__ = ["ALLOWED", "EXCEPTIONS", "violations", "circles", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED: dict[str, frozenset[str]] = {
@@ -35,10 +36,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "engines": frozenset({"common", "models"}),
     "pipeline": frozenset({"common", "models", "calibration", "engines"}),
 }
-# Commands that check a whole path end to end, and so reach above their package; each is named here.
-EXCEPTIONS: dict[str, frozenset[str]] = {
-    "engines.gpu_check": frozenset({"pipeline"}),  # exports a graph and compares a plan with ONNX Runtime on a GPU
-}
+# Modules allowed to reach above their package, each named here (none today).
+EXCEPTIONS: dict[str, frozenset[str]] = {}
 
 
 def _imports(path: Path, package: str) -> list[tuple[int, str]]:
@@ -70,15 +69,72 @@ def violations(root: Path = ROOT) -> list[str]:
     return out
 
 
+def _module_imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The project modules (files) that ``path`` imports, lazily or not; ``from pkg import name`` counts the submodule
+    ``pkg.name`` where one exists, else the package's ``__init__``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(filter(None, [*parts, base]))
+            found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    return {m for m in found if m in modules and m != module}
+
+
+def circles(root: Path = ROOT) -> list[str]:
+    """``a -> b -> a`` for every group of project files that import each other (strongly connected, Tarjan)."""
+    paths = {}
+    for package in ALLOWED:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {m: sorted(_module_imports(p, m, set(paths))) for m, p in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(" -> ".join(sorted(group)) + " -> " + sorted(group)[0] + ": these files import each other")
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m common.check_imports", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=ROOT, help="the repository to check")
     args = p.parse_args(argv)
-    found = violations(args.root)
-    for line in found:
+    found, loops = violations(args.root), circles(args.root)
+    for line in found + loops:
         print(line)
     print(f"{len(found)} forbidden imports" if found else "imports follow the layers")
-    return 1 if found else 0
+    print(f"{len(loops)} import circles" if loops else "no two files import each other")
+    return 1 if found or loops else 0
 
 
 if __name__ == "__main__":

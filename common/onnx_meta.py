@@ -12,6 +12,7 @@ import os
 from .errors import S2MLPv2Error
 
 __all__ = [
+    "OPSET",
     "CARD_KEY",
     "MODEL_KEY",
     "SHIFT_IMPL_KEY",
@@ -22,6 +23,7 @@ __all__ = [
     "graph_precision",
 ]
 
+OPSET = 20  # the opset the export writes, and the least it accepts (native Gelu and LayerNormalization)
 CARD_KEY = "s2mlpv2.card"
 MODEL_KEY = "s2mlpv2.model"
 SHIFT_IMPL_KEY = "s2mlpv2.shift_impl"

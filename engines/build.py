@@ -31,6 +31,7 @@ from common.cli import HelpFormatter, report_error
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
+from .package import DEFAULT_BATCH_PROFILE
 from .shift_node import ONNX_DOMAIN
 from .sidecar import EngineMismatchError, Sidecar, read_sidecar, sidecar_path
 from .trt import FLAVOURS, TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, cuda_device, flavour
@@ -56,7 +57,7 @@ class EngineBuildError(S2MLPv2Error, RuntimeError):
 
 @dataclass(frozen=True)
 class BuildSettings:
-    batch: tuple[int, int, int] = (1, 8, 32)  # min, opt, max
+    batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE  # min, opt, max
     workspace_mb: int = 4096
     timing_cache: Path | None = Path("build/timing.cache")  # TensorRT 11 only
     version_compatible: bool = False
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compute-capability",
         help="TensorRT for RTX targets, e.g. 8.6,8.9 (default: 8.0,8.6,8.9,12.0; 7.5 and 12.1 on request)",
     )
-    p.add_argument("--batch", default="1,8,32", help="dynamic batch profile MIN,OPT,MAX")
+    p.add_argument("--batch", default=",".join(map(str, DEFAULT_BATCH_PROFILE)), help="dynamic batch profile MIN,OPT,MAX")
     p.add_argument("--workspace-mb", type=int, default=4096)
     p.add_argument("--timing-cache", type=Path, default=Path("build/timing.cache"), help="TensorRT 11 only")
     p.add_argument("--version-compatible", action="store_true", help="plan runs on later runtimes of the same major version")

@@ -62,6 +62,7 @@ __all__ = [
     "BENCHMARK_FILE",
     "CALIBRATION_DIR",
     "PRECISIONS",
+    "DEFAULT_BATCH_PROFILE",
     "RUNTIMES",
     "GPU_RUNTIMES",
     "CPU_RUNTIMES",
@@ -95,6 +96,8 @@ SAMPLE_FILE = "check-sample.npz"
 CALIBRATION_DIR = "calibration"
 
 PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min, opt, max: what a build is made for where nobody says
+
 GPU_RUNTIMES = ("tensorrt", "tensorrt-rtx")
 CPU_RUNTIMES = ("onnxruntime", "openvino")
 RUNTIMES = GPU_RUNTIMES + CPU_RUNTIMES

@@ -22,13 +22,11 @@ calls) is tested there, on the CPU.
 
 from __future__ import annotations
 
+import tensorrt as trt  # imported only through engines.trt's Flavour.prepare_plugin, once TensorRT 11 imports
+import tensorrt.plugin as trtp
+
 from .shift_kernel import block_config, compile_ptx
-from .trt import TENSORRT
-
-trt = TENSORRT.module()
-import tensorrt.plugin as trtp  # noqa: E402  (after the version check)
-
-from .shift_node import PLUGIN_NAME, PLUGIN_NAMESPACE  # noqa: E402
+from .shift_node import PLUGIN_NAME, PLUGIN_NAMESPACE
 
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from .shift_node import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
-__all__ = ["register", "registered_creator"]
+__all__ = ["register"]
 
 _creators: dict[int, Any] = {}  # id(module) -> creator kept alive for as long as TensorRT may call it
 
@@ -136,7 +136,7 @@ def device_tensor(address: int, dims: tuple[int, ...], half: bool):
 def launch_shift(dims: tuple[int, ...], half: bool, src: int, dst: int, stream: int, pattern: int) -> None:
     """Run the Triton shift kernel on TensorRT's NHWC buffers ``src`` -> ``dst``, on TensorRT's CUDA stream.
 
-    Needs a CUDA GPU (not tested in CI, which has none; ``engines.gpu_check`` runs it).
+    Needs a CUDA GPU (not tested in CI, which has none; ``pipeline.gpu_check`` runs it).
     ``shift_into``, which does the work, is tested on the CPU under ``TRITON_INTERPRET=1``.
     """
     import torch
@@ -163,8 +163,3 @@ def register(trt) -> Any:
         )
     _creators[id(trt)] = creator
     return creator
-
-
-def registered_creator(trt) -> Any | None:
-    """The creator the registry finds for our plugin, or None."""
-    return trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)

@@ -17,7 +17,7 @@ plan for one fixed shape and returns a callable that replays it. TensorRT for RT
 kernels for the GPU at first run; ``runtime_cache=`` keeps them in a file across processes.
 
 Running needs a GPU, which this project's CI does not have: steps 1-3 are tested there with
-real TensorRT for RTX plans; the rest runs on a GPU machine (``python -m engines.gpu_check``).
+real TensorRT for RTX plans; the rest runs on a GPU machine (``python -m pipeline.gpu_check``).
 """
 
 from __future__ import annotations

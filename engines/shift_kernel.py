@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["spatial_shift", "shift_into", "shift_kernel", "compile_ptx", "block_config", "launch_grid", "NUM_WARPS"]
 
-NUM_WARPS = 8  # measured best with (16, 64) tiles on an H200; see engines.gpu_check
+NUM_WARPS = 8  # measured best with (16, 64) tiles on an H200; see pipeline.gpu_check
 
 try:
     import triton

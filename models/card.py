@@ -25,7 +25,7 @@ from common.errors import EXPECTED_ERRORS, S2MLPv2Error
 
 from .config import Preprocessing, S2MLPv2Config
 
-__all__ = ["CheckpointError", "ModelCard", "read_card", "card_path_for", "CARD_FORMAT"]
+__all__ = ["CheckpointError", "ModelCard", "read_card", "write_card", "card_path_for", "CARD_FORMAT"]
 
 CARD_FORMAT = "s2mlpv2-card/1"
 _METADATA_KEY = "s2mlpv2_card"
@@ -101,6 +101,37 @@ def read_card(path: str | os.PathLike) -> ModelCard | None:
     return embedded
 
 
+def write_card(path: str | os.PathLike, card: ModelCard) -> None:
+    """Store ``card`` in a safetensors checkpoint's header and in the JSON beside it, without loading a tensor.
+
+    The header is rewritten in place of the old one (a safetensors file is an 8-byte little-endian
+    header length, the JSON header, then the tensors' bytes, whose offsets count from the end of the
+    header, so they do not move). Both files are replaced atomically.
+    """
+    import shutil
+    import struct
+
+    from common.fileio import atomic_path, atomic_write_json
+
+    path = Path(path)
+    _check_file(path)
+    card_dict = card.to_dict()
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({_short(e)}); re-copy or re-save it") from None
+    header.setdefault("__metadata__", {})[_METADATA_KEY] = json.dumps(card_dict)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads its header with spaces to an 8-byte boundary
+    with atomic_path(path) as tmp, open(tmp, "wb") as out, open(path, "rb") as src:
+        out.write(struct.pack("<Q", len(raw)) + raw)
+        src.seek(8 + length)
+        shutil.copyfileobj(src, out)
+    atomic_write_json(card_path_for(path), card_dict)
+
+
 # --------------------------------------------------------------------------- internals
 
 
@@ -142,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the card")
     show.add_argument("checkpoint", type=Path)
-    put = sub.add_parser("set", help="store a JSON file under provenance[KEY]")
+    put = sub.add_parser("set", help="store a JSON file under provenance[KEY] (the header is rewritten; no torch)")
     put.add_argument("checkpoint", type=Path)
     put.add_argument("key")
     put.add_argument("value", type=Path, help="JSON file")
@@ -154,15 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CheckpointError(f"{args.checkpoint} has no model card")
             print(json.dumps(card.to_dict(), indent=2))
             return 0
-        from .checkpoint import load_checkpoint, save_checkpoint  # the weights: torch
-
-        model = load_checkpoint(args.checkpoint)
-        provenance = dict(model.card.provenance) if hasattr(model, "card") else {}
+        card = read_card(args.checkpoint)
+        if card is None:
+            raise CheckpointError(f"{args.checkpoint} has no model card; save it with models.save_checkpoint first")
         try:
-            provenance[args.key] = json.loads(args.value.read_text())
+            value = json.loads(args.value.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{args.value} is not JSON ({e}); give a JSON file") from None
-        save_checkpoint(model, args.checkpoint, provenance)
+        write_card(args.checkpoint, ModelCard(card.config, {**card.provenance, args.key: value}))
     except EXPECTED_ERRORS as e:
         return report_error(e)
     print(f"stored {args.value} as provenance[{args.key!r}] in {args.checkpoint}")

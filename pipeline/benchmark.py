@@ -56,6 +56,7 @@ from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.versions import cpu_name, tool_versions
+from engines.package import DEFAULT_BATCH_PROFILE
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
 from models.s2mlpv2 import count_macs
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="verify reports (JSON) of the artifacts: the headline names our fastest artifact that passed its gates",
     )
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCH_PROFILE))
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compiling Small/7 takes minutes on a CPU)")
     p.add_argument("--no-eager", action="store_true", help="skip the torch eager rows")
     p.add_argument(
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 class BenchmarkSettings:
     """How rows are timed: batches, warm-up, calls and seconds per row, threads, the ceilings' size, rounds."""
 
-    batches: tuple[int, ...] = (1, 8, 32)
+    batches: tuple[int, ...] = DEFAULT_BATCH_PROFILE
     warmup: int = 3
     iters: int = 10
     min_seconds: float = 1.0
@@ -553,9 +554,6 @@ def benchmark(
         atomic_write_text(md_path, _markdown(result))
         _plot(result["rows"], png_path)
     return result
-
-
-ROW_KINDS = ("eager", "compiled", "reference", "artifact", "peer")
 
 
 @dataclass(frozen=True)

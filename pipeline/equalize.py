@@ -79,9 +79,9 @@ def _add_bias(model, matmul, n_out: int):
 
 def _channel_ranges(model, tensors: list[str], images: np.ndarray, batch: int = 32) -> dict[str, tuple]:
     """Per-channel (min, max) over ``images`` of each tensor in ``tensors`` (channels last), fp32 graph on ORT."""
-    from .precision import _session_with_outputs
+    from .onnx_runtime import session_with_outputs
 
-    session = _session_with_outputs(model, tensors)
+    session = session_with_outputs(model, tensors)
     feed = session.get_inputs()[0].name
     ranges: dict[str, tuple] = {}
     for i in range(0, len(images), batch):

@@ -43,7 +43,7 @@ import torch
 from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_write_json
-from common.onnx_meta import CARD_KEY, MODEL_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
+from common.onnx_meta import CARD_KEY, MODEL_KEY, OPSET, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
 from models.args import ModelArgs, load_model
 from models.card import ModelCard
 from models.layers import S2MLPv2ExportMixer, S2MLPv2Mixer
@@ -62,7 +62,7 @@ class ExportError(S2MLPv2Error, RuntimeError):
 @dataclass(frozen=True)
 class ExportSettings:
     shift_impl: str = "onnx"
-    opset: int = 20
+    opset: int = OPSET
     check_batches: tuple[int, ...] = (1, 7)
     rel_tolerance: float = 1e-4  # of max |logit|
     cleanup: bool = True
@@ -70,8 +70,8 @@ class ExportSettings:
     def __post_init__(self) -> None:
         if self.shift_impl not in ("onnx", "plugin"):
             raise UsageError(f"shift_impl must be 'onnx' or 'plugin', got {self.shift_impl!r}")
-        if self.opset < 20:
-            raise UsageError(f"opset must be >= 20 (native Gelu and LayerNormalization), got {self.opset}")
+        if self.opset < OPSET:
+            raise UsageError(f"opset must be >= {OPSET} (native Gelu and LayerNormalization), got {self.opset}")
 
 
 @dataclass
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shift-impl", choices=("onnx", "plugin"), default="onnx", help="standard ops, or one TensorRT plugin node per shift"
     )
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 20)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (>= {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
     p.add_argument(
         "--check-images",

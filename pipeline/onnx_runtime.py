@@ -18,7 +18,7 @@ import numpy as np
 from engines.runtime import check_array
 from engines.shift_node import ONNX_DOMAIN, PLUGIN_NAME
 
-__all__ = ["OnnxRuntimeRunner", "make_session", "build_optimized_graph", "has_plugin_nodes"]
+__all__ = ["OnnxRuntimeRunner", "make_session", "session_with_outputs", "build_optimized_graph", "has_plugin_nodes"]
 
 _ORTX_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -107,6 +107,16 @@ def make_session(
     if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable():
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=providers)
+
+
+def session_with_outputs(onnx_model, names: Sequence[str]):
+    """A session on a copy of ``onnx_model`` whose graph also outputs the tensors ``names`` (intermediate values)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(onnx_model.SerializeToString())
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    return make_session(model)
 
 
 def build_optimized_graph(graph: str | os.PathLike, target: str | os.PathLike) -> Path:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from calibration.args import CALIB_METHODS, CALIB_SEED, CALIB_SIZE
 from common.errors import S2MLPv2Error
+from common.onnx_meta import OPSET
+from engines.package import DEFAULT_BATCH_PROFILE
 
 __all__ = ["BuildOptions", "PipelineError", "PRECISIONS", "QDQ_PLACEMENTS", "add_qdq_placement_argument"]
 
@@ -34,7 +36,7 @@ class BuildOptions:
     model: str = "s2mlpv2_small7"
     checkpoint: Path | None = None
     shift_impl: str = "onnx"
-    opset: int = 20
+    opset: int = OPSET
     calib_data: Path | None = None
     calib_size: int = CALIB_SIZE
     calib_method: str = CALIB_METHODS[0]
@@ -44,7 +46,7 @@ class BuildOptions:
     labels: Path | None = None
     eval_data: Path | None = None
     eval_limit: int | None = 500
-    batch: tuple[int, int, int] = (1, 8, 32)
+    batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE
     backend: str = "auto"
     compute_capabilities: tuple[str, ...] | None = None  # TensorRT for RTX targets; None: the builder's default set
     out: Path | None = None

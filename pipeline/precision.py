@@ -163,18 +163,6 @@ def _float_outputs(model) -> dict[str, int]:
     return types
 
 
-def _session_with_outputs(onnx_model, names: Sequence[str]):
-    """An ORT session on a copy of ``onnx_model`` whose graph also outputs the tensors ``names``."""
-    import onnx
-
-    from .onnx_runtime import make_session
-
-    model = onnx.ModelProto.FromString(onnx_model.SerializeToString())
-    existing = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
-    return make_session(model)
-
-
 def measure_activations(
     onnx_model, calibration: np.ndarray, ops: Sequence[str] = WATCHED_OPS, batch: int = 16
 ) -> dict[str, float]:
@@ -182,7 +170,9 @@ def measure_activations(
     watched = {n.output[0]: f"{n.op_type}:{n.name}" for n in onnx_model.graph.node if n.op_type in ops}
     names = list(watched)
     peaks = dict.fromkeys(names, 0.0)
-    session = _session_with_outputs(onnx_model, names)
+    from .onnx_runtime import session_with_outputs
+
+    session = session_with_outputs(onnx_model, names)
     input_name = session.get_inputs()[0].name
     for i in range(0, len(calibration), batch):
         outs = session.run(names, {input_name: calibration[i : i + batch]})

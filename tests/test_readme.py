@@ -47,3 +47,14 @@ def test_the_python_example_prints_the_top5_with_class_names(shipped_fp16_build:
     classes = r"(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)"
     assert re.fullmatch(rf"\S+/cat/2695\.jpg cat \d+\.\d%(, {classes} \d+\.\d%){{4}}", lines[1]), lines[1]
     assert re.fullmatch(rf"\S+/ship/0015\.jpg ship \d+\.\d%(, {classes} \d+\.\d%){{4}}", lines[2]), lines[2]
+
+
+def test_every_console_script_names_a_main_that_exists():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"s2mlpv2-build", "s2mlpv2-classify", "s2mlpv2-check", "s2mlpv2-serve", "s2mlpv2-loadtest"} <= set(scripts)
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name

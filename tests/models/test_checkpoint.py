@@ -157,6 +157,9 @@ def test_card_command_shows_the_card_and_stores_provenance(tiny, tmp_path, capsy
     assert main(["show", str(path)]) == 0
     card = json.loads(capsys.readouterr().out)
     assert card["model"] == tiny.config.name and card["provenance"]["speed"] == {"b1_ms": 1.5}
+    reloaded = load_checkpoint(path)  # the weights are untouched by the header rewrite, and the card inside agrees
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), tiny.state_dict().values()))
+    assert reloaded.card.provenance["speed"] == {"b1_ms": 1.5}
     value.write_text("not json")
     status = main(["set", str(path), "speed", str(value)])
     assert_fails_cleanly(status, capsys.readouterr().err, Fails("is not JSON", "give a JSON file"))

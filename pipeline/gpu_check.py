@@ -1,6 +1,6 @@
 """GPU check: what a CUDA machine can verify and time without TensorRT.
 
-``python -m engines.gpu_check --out gpu_check.json`` checks and reports:
+``python -m pipeline.gpu_check --out gpu_check.json`` checks and reports:
 
 1. the Triton shift kernel against the PyTorch reference on CUDA (fp32/fp16, both patterns,
    odd sizes and sizes of 1), bit for bit;
@@ -219,8 +219,9 @@ def check_tensorrt_rtx(folder: Path) -> dict[str, Any]:
     from engines.runtime import TensorRTRunner
     from engines.sidecar import EngineMismatchError
     from engines.trt import TENSORRT_RTX, TensorRTUnavailable, cuda_device
-    from pipeline.export import ExportSettings, export_onnx
-    from pipeline.onnx_runtime import OnnxRuntimeRunner
+
+    from .export import ExportSettings, export_onnx
+    from .onnx_runtime import OnnxRuntimeRunner
 
     out: dict[str, Any] = {"gpu": cuda_device(), "supported": TENSORRT_RTX.gpu_here() is not None, "forms": {}}
     try:
@@ -259,7 +260,7 @@ def check_tensorrt_rtx(folder: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m engines.gpu_check",
+        prog="python -m pipeline.gpu_check",
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
