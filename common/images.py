@@ -198,52 +198,56 @@ _PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 
 class CardTransform:
     """The card's eval preprocessing with Pillow and numpy alone: bit for bit what :func:`eval_transform` computes.
 
-    timm's eval transform (the default ``center`` crop mode), step by step:
+    timm's eval transform (the default ``center`` crop mode), step by step, for an input of
+    ``H x W`` and ``scale = (floor(H / crop_pct), floor(W / crop_pct))``:
 
-    1. the shorter side is resized to ``floor(size / crop_pct)`` and the longer one to
-       ``int(new_short * long / short)``, with Pillow's filter for ``interpolation`` (torchvision's
-       ``Resize(int)``: an image already that size is not resampled);
-    2. the centre ``size x size`` is cropped, offsets ``int(round((dim - size) / 2))``, after zero
+    1. resize. A square scale: the shorter side becomes ``scale`` and the longer one
+       ``int(scale * long / short)`` (torchvision's ``Resize(int)``). Otherwise (timm's
+       ``ResizeKeepRatio``): both sides are divided by ``min(h / scale_h, w / scale_w)`` and
+       rounded. Pillow's filter for ``interpolation``; an image already that size is not resampled;
+    2. the centre ``H x W`` is cropped, offsets ``int(round((dim - size) / 2))``, after zero
        padding where the image is smaller (torchvision's ``CenterCrop``);
     3. ``uint8 -> float32 / 255``, then ``(x - mean) / std`` per channel in float32
        (``ToTensor`` and ``Normalize``), channels first.
-
-    A non-square input size (timm's ``ResizeKeepRatio``) is not reproduced here: it is refused.
     """
 
     def __init__(self, pre) -> None:
         import math
 
-        c, h, w = pre.input_size
-        if h != w:
-            raise ImageError(f"input size {h}x{w}: the run side's preprocessing takes square inputs only")
+        _, h, w = pre.input_size
         if pre.interpolation not in _PIL_FILTERS:
             raise ImageError(f"interpolation {pre.interpolation!r} is not one of {', '.join(_PIL_FILTERS)}")
         crop_pct = pre.crop_pct or 0.875  # timm's DEFAULT_CROP_PCT
-        self.size = int(h)
-        self.scale = math.floor(self.size / crop_pct)
+        self.crop = (int(h), int(w))
+        self.scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
         self.filter = _PIL_FILTERS[pre.interpolation]
         self.mean = np.asarray(pre.mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(pre.std, dtype=np.float32).reshape(-1, 1, 1)
 
+    def _resized(self, w: int, h: int) -> tuple[int, int]:
+        scale_h, scale_w = self.scale
+        if scale_h == scale_w:
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = scale_h, int(scale_h * long / short)
+            return (new_short, new_long) if w <= h else (new_long, new_short)
+        ratio = min(h / scale_h, w / scale_w)
+        return round(w / ratio), round(h / ratio)
+
     def __call__(self, image) -> np.ndarray:
         w, h = image.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.scale, int(self.scale * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        new_w, new_h = self._resized(w, h)
         if (new_w, new_h) != (w, h):
             image = image.resize((new_w, new_h), self.filter)
         pixels = np.asarray(image, dtype=np.uint8)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        size = self.size
-        if size > new_w or size > new_h:  # pad with zeros first, as torchvision's CenterCrop does
-            left, top = max(size - new_w, 0) // 2, max(size - new_h, 0) // 2
-            right, bottom = (max(size - new_w, 0) + 1) // 2, (max(size - new_h, 0) + 1) // 2
-            pixels = np.pad(pixels, ((top, bottom), (left, right), (0, 0)))
+        crop_h, crop_w = self.crop
+        if crop_w > new_w or crop_h > new_h:  # pad with zeros first, as torchvision's CenterCrop does
+            pad_w, pad_h = max(crop_w - new_w, 0), max(crop_h - new_h, 0)
+            pixels = np.pad(pixels, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
             new_h, new_w = pixels.shape[:2]
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-        crop = pixels[top : top + size, left : left + size].transpose(2, 0, 1)
+        top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+        crop = pixels[top : top + crop_h, left : left + crop_w].transpose(2, 0, 1)
         x = crop.astype(np.float32) / np.float32(255)
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
 

@@ -513,7 +513,6 @@ def benchmark(
     import tempfile
 
     from .deployed import DeployedError, artifact_precision, load_runner
-    from .onnx_runtime import OnnxRuntimeRunner
 
     torch.set_num_threads(settings.threads)
     for path in [*onnx, *plans, *openvino, *verified, *([reference_onnx] if reference_onnx else [])]:
@@ -521,26 +520,13 @@ def benchmark(
             raise DeployedError(f"artifact not found: {path}")
     rows = _torch_rows(model, settings, [*onnx, *plans])
     reference = [reference_onnx] if reference_onnx and reference_onnx not in onnx else []
-    for path in [*reference, *onnx]:
+    for path in [*reference, *onnx, *plans, *openvino]:
         precision = artifact_precision(path)
-        rows.append(
-            Row(
-                f"onnxruntime {precision} ({path.name})",
-                precision,
-                OnnxRuntimeRunner(path, threads=settings.threads),
-                "onnxruntime",
-                path,
-                kind="reference" if reference_onnx is not None and path == Path(reference_onnx) else "artifact",
-            )
-        )
-    for path in plans:
-        runner = load_runner(path)
-        rows.append(
-            Row(f"tensorrt {artifact_precision(path)} ({path.name})", artifact_precision(path), runner, runner.backend, path)
-        )
-    for path in openvino:
-        runner = _openvino_runner(path, settings.threads)
-        rows.append(Row(f"openvino {runner.precision} ({path.name})", artifact_precision(path), runner, "openvino", path))
+        runner = load_runner(path, threads=settings.threads)
+        shown = getattr(runner, "precision", precision) if runner.backend == "openvino" else precision  # an IR says bf16
+        kind = "reference" if reference_onnx is not None and path == Path(reference_onnx) else "artifact"
+        label = "tensorrt" if runner.backend in FLAVOURS else runner.backend
+        rows.append(Row(f"{label} {shown} ({path.name})", precision, runner, runner.backend, path, kind=kind))
     gates = _gates_by_artifact(verified)
     with tempfile.TemporaryDirectory(prefix="benchmark-peers-") as tmp:
         if settings.peers:
@@ -577,17 +563,6 @@ class Row:
     def peer(self) -> bool:
         """What a user has without this project: a plain export, or PyTorch eager."""
         return self.kind in ("peer", "eager")
-
-
-def _openvino_runner(path: Path, threads: int):
-    from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
-
-    from .deployed import DeployedError
-
-    try:
-        return OpenVINORunner(path, threads=threads)
-    except (IRError, OpenVINOUnavailable) as e:
-        raise DeployedError(f"cannot run {path}: {e}") from None
 
 
 def _gates_by_artifact(reports: Sequence[Path]) -> dict[Path, bool]:

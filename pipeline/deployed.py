@@ -44,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_BATCH",
     "choose_artifact",
     "load_runner",
+    "Runner",
     "artifact_precision",
     "read_card",
 ]
@@ -121,13 +122,25 @@ def artifact_precision(artifact: str | os.PathLike) -> str:
     return "fp32"
 
 
-def load_runner(artifact: str | os.PathLike):
-    """The runner for an artifact: ONNX Runtime for ``.onnx``, the TensorRT runtime for ``.plan``/``.engine``.
+class Runner(Protocol):
+    """What every runtime's runner is (ONNX Runtime, OpenVINO, TensorRT): :func:`load_runner` makes one per artifact."""
 
-    A runner is called as ``runner(batch) -> logits`` (float32 numpy ``(N, C, H, W)`` in, float32
-    logits out) and has ``path``, ``backend``, ``device``, ``input_shape``, ``batch_range`` (the
-    smallest and largest batch it takes; ``None`` for no limit) and ``thread_safe``.
-    """
+    path: Path
+    backend: str  # onnxruntime, openvino, tensorrt, tensorrt-rtx
+    device: str  # what it runs on, in words
+    input_shape: tuple[int, ...]  # C, H, W
+    batch_range: tuple[int, int | None]  # the smallest and largest batch it takes (None: no limit)
+    thread_safe: bool  # may be called from several threads at once
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """float32 ``(N, C, H, W)`` in, float32 logits ``(N, classes)`` out."""
+        ...
+
+
+def load_runner(artifact: str | os.PathLike, threads: int | None = None) -> Runner:
+    """The runner for an artifact, the one place that dispatches on its type: ONNX Runtime for ``.onnx``, OpenVINO
+    for ``.xml``, the TensorRT runtime of the plan's flavour for ``.plan``/``.engine``. ``threads``: CPU threads for
+    ONNX Runtime and OpenVINO (None: theirs)."""
     path = Path(artifact)
     if not path.is_file():
         raise DeployedError(f"artifact not found: {path}")
@@ -144,7 +157,7 @@ def load_runner(artifact: str | os.PathLike):
         from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
 
         try:
-            return OpenVINORunner(path)
+            return OpenVINORunner(path, threads=threads)
         except (IRError, OpenVINOUnavailable) as e:
             raise DeployedError(f"cannot run {path}: {e}") from None
     if path.suffix != ".onnx":
@@ -154,7 +167,7 @@ def load_runner(artifact: str | os.PathLike):
     from .onnx_runtime import OnnxRuntimeRunner
 
     try:
-        return OnnxRuntimeRunner(path)
+        return OnnxRuntimeRunner(path, threads=threads)
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise DeployedError(
             f"ONNX Runtime cannot load {path} ({' '.join(str(e).split())[:200]}); re-run the export stage"

@@ -81,7 +81,7 @@ def test_fp16_run_builds_a_real_plan_then_unchanged_rerun_skips_every_stage(tmp_
     manifest = json.loads((out / "manifest.json").read_text())["stages"]
     # no GPU runs the plan: the same graph also becomes an OpenVINO IR, a second CPU route
     ir = ["openvino"] if openvino_available() else []
-    assert list(manifest) == ["export", "precision", "build", *ir, "verify", "benchmark"]
+    assert list(manifest) == ["export", "precision", "build", *ir, "verify", "sample", "benchmark"]
     for record in manifest.values():
         assert {"inputs", "settings", "code", "tools", "outputs", "seconds"} <= set(record)
     second = _run("--precision", "fp16", *TINY_ARGS, "--out", out)
@@ -304,8 +304,8 @@ def test_interrupt_mid_stage_is_not_marked_done_and_rerun_completes(shared: Shar
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert_fails_cleanly(proc.returncode, stderr, Fails("interrupted", "run the same command again to continue", status=130))
-    assert list(Manifest(out).stages) == ["export", "build", "verify"]
+    assert list(Manifest(out).stages) == ["export", "build", "verify", "sample"]
     assert files_under(out) == before and not any(name.startswith("benchmark") for name in before)
     assert importlib.import_module("build_engine").main(argv) == 0
-    assert list(Manifest(out).stages) == ["export", "build", "verify", "benchmark"]
-    assert capsys.readouterr().out.count("unchanged, skipped") == 3
+    assert list(Manifest(out).stages) == ["export", "build", "verify", "sample", "benchmark"]
+    assert capsys.readouterr().out.count("unchanged, skipped") == 4

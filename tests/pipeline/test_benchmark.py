@@ -149,7 +149,7 @@ def test_interrupt_inside_the_benchmark_is_one_line(shared: Shared, tmp_path: Pa
     assert_fails_cleanly(
         status, capsys.readouterr().err, Fails("interrupted", "run the same command again to continue", status=130)
     )
-    assert list(Manifest(out).stages) == ["export", "build", "verify"]
+    assert list(Manifest(out).stages) == ["export", "build", "verify", "sample"]
     assert files_under(out) - {".lock"} == before  # the lock file stays; its lock does not
 
 

@@ -166,7 +166,13 @@ def test_openvino_backend_builds_verifies_and_times_the_ir(openvino_installed, t
     for name in ("model.xml", "model.bin", "model.openvino.json", "verify.json", "benchmark.json", "summary.json"):
         assert (out / name).is_file(), name
     assert not (out / "model.plan").exists() and not (out / "model.json").exists()
-    assert list(json.loads((out / "manifest.json").read_text())["stages"]) == ["export", "openvino", "verify", "benchmark"]
+    assert list(json.loads((out / "manifest.json").read_text())["stages"]) == [
+        "export",
+        "openvino",
+        "verify",
+        "sample",
+        "benchmark",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "openvino" and summary["artifact"] == "model.xml"
     assert summary["cpu_route"]["backend"] == "openvino" and summary["cpu_route"]["artifact"] == "model.xml"
@@ -174,7 +180,7 @@ def test_openvino_backend_builds_verifies_and_times_the_ir(openvino_installed, t
     assert "openvino fp32 (model.xml)" in {r["backend"] for r in json.loads((out / "benchmark.json").read_text())["rows"]}
     assert "INFERENCE_PRECISION_HINT f32" in proc.stdout
     again = _build("--precision", "fp32", *TINY_ARGS, "--backend", "openvino", "--out", out)
-    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 4
+    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 5
 
 
 @pytest.mark.slow

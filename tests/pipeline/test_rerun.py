@@ -20,7 +20,7 @@ from pipeline.orchestrate import BuildOptions, run_pipeline
 from tests.conftest import ROOT, make_image_folder
 from tests.failures import TINY
 
-STAGES = ["export", "build", "verify", "benchmark"]  # fp32: no precision stage
+STAGES = ["export", "build", "verify", "sample", "benchmark"]  # fp32: no precision stage
 
 
 def _command(checkpoint: Path, images: Path, out: Path) -> list[str]:
