@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.equalize import MIN_RELATIVE_SCALE, equalize_gelu_inputs, gelu_gemms
-from pipeline.onnx_runtime import OnnxRuntimeRunner, make_session
-from pipeline.precision import _session_with_outputs, quantize_int8
+from pipeline.onnx_runtime import OnnxRuntimeRunner, make_session, session_with_outputs
+from pipeline.precision import quantize_int8
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_equalized_channels_share_one_symmetric_range(tiny):
     model = onnx.load(str(path))
     equalized = equalize_gelu_inputs(model, images)
     tensors = [n.input[0] for n in model.graph.node if n.name in {e.gemm for e in equalized}]
-    session = _session_with_outputs(model, tensors)
+    session = session_with_outputs(model, tensors)
     for e, out in zip(equalized, session.run(tensors, {session.get_inputs()[0].name: images})):
         rows = out.reshape(-1, out.shape[-1])
         lo, hi = rows.min(0), rows.max(0)
@@ -81,11 +81,11 @@ def test_int8_bias_meets_the_weights_the_graph_dequantizes(tmp_path):
     producer = {o: n for n in model.graph.node for o in n.output}
     weight_dq, activation_dq = producer[fc2.input[1]], producer[fc2.input[0]]
     # read the weight the graph dequantizes through ONNX Runtime, then let fc2 read its input unrounded
-    weight = _session_with_outputs(model, [weight_dq.output[0]]).run([weight_dq.output[0]], {"x": x[:1]})[0]
+    weight = session_with_outputs(model, [weight_dq.output[0]]).run([weight_dq.output[0]], {"x": x[:1]})[0]
     fc2.input[0] = producer[activation_dq.input[0]].input[0]
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     original = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src)).graph.initializer}
-    g = _session_with_outputs(onnx.load(str(src)), ["g"]).run(["g"], {"x": x})[0].astype(np.float64)
+    g = session_with_outputs(onnx.load(str(src)), ["g"]).run(["g"], {"x": x})[0].astype(np.float64)
     expected = g @ (weight * inits["fc2_input_inverse_scale"][:, None]) + original["b"]
     # ONNX Runtime's extended optimizations would run the bypassed GEMM as MatMulNBits, which rounds its input again
     got = make_session(model, optimization="basic").run(None, {"x": x})[0]
