@@ -25,6 +25,7 @@ from calibration.bundled import CALIBRATE_SIZE
 from common.cli import HelpFormatter
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
+from models.shift import EXPORT_FORMS
 from pipeline.options import PRECISIONS, BuildOptions, add_qdq_placement_argument
 
 DEFAULTS = BuildOptions()
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("export")
     g.add_argument(
         "--shift-impl",
-        choices=("onnx", "plugin"),
+        choices=EXPORT_FORMS,
         default=DEFAULTS.shift_impl,
         help="standard ops, or the TensorRT shift plugin node",
     )

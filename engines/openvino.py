@@ -61,6 +61,7 @@ from common.errors import S2MLPv2Error
 from common.fileio import atomic_paths, sha256_file
 from common.onnx_meta import CARD_KEY, SHIFT_IMPL_KEY, graph_precision, load_onnx, read_metadata
 
+from .package import PRECISIONS
 from .runtime import check_array
 
 __all__ = [
@@ -150,7 +151,7 @@ def choose_hint(precision: str, capabilities: tuple[str, ...]) -> tuple[str, str
     fp16 and the float parts of int8 take the 16-bit float the CPU runs natively (bf16 first,
     then f16); without either, f32, and the note says so in one line.
     """
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in PRECISIONS:
         raise IRError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     if precision == "fp32":
         return "f32", None

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
-from .shift import OFFSETS, SHIFT_PATTERNS, check_shift_shape
+from .shift import EXPORT_FORMS, OFFSETS, SHIFT_PATTERNS, check_shift_shape
 
 __all__ = [
     "SHIFT_PATTERNS",
@@ -40,12 +40,6 @@ __all__ = [
 # H x W window at offset (0, 1) yields y[:, i] = x[:, i-1] with row 0 kept, and so on: edge
 # padding is what gives the border rule (the row without a source keeps its own value).
 _OFFSETS = OFFSETS
-
-# The two forms a mixer can be exported in (S2MLPv2ExportMixer), chosen when the export copy of the
-# model is made: "onnx", standard ops, each shift one Gather over rows of C/4 channels (the same
-# copies as the eager pad + slice + concat, in one pass); "plugin", each shift one opaque
-# ``s2mlpv2::spatial_shift`` op, which the ONNX exporter emits as one SpatialShift node.
-EXPORT_FORMS = ("onnx", "plugin")
 
 
 def _check_shift_input(x: torch.Tensor, pattern: int) -> None:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SHIFT_PATTERNS", "OFFSETS", "check_shift_shape", "shift_numpy"]
+__all__ = ["SHIFT_PATTERNS", "OFFSETS", "EXPORT_FORMS", "check_shift_shape", "shift_numpy"]
+
+# The two forms a mixer can be exported in (models.layers.S2MLPv2ExportMixer): "onnx", standard ops,
+# each shift one Gather over rows of C/4 channels (the same copies as the eager pad + slice + concat,
+# in one pass); "plugin", each shift one opaque ``s2mlpv2::spatial_shift`` op, which the ONNX
+# exporter emits as one SpatialShift node. The first is the default.
+EXPORT_FORMS = ("onnx", "plugin")
 
 # where each quarter's window starts in the edge-padded tensor, (D1, D2)
 OFFSETS = {"+d1": (0, 1), "-d1": (2, 1), "+d2": (1, 0), "-d2": (1, 2)}

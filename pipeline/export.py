@@ -48,6 +48,7 @@ from models.args import ModelArgs, load_model
 from models.card import ModelCard
 from models.layers import S2MLPv2ExportMixer, S2MLPv2Mixer
 from models.s2mlpv2 import S2MLPv2
+from models.shift import EXPORT_FORMS
 
 __all__ = ["ExportSettings", "ExportResult", "ExportError", "export_onnx", "read_onnx_card", "main"]
 
@@ -68,8 +69,8 @@ class ExportSettings:
     cleanup: bool = True
 
     def __post_init__(self) -> None:
-        if self.shift_impl not in ("onnx", "plugin"):
-            raise UsageError(f"shift_impl must be 'onnx' or 'plugin', got {self.shift_impl!r}")
+        if self.shift_impl not in EXPORT_FORMS:
+            raise UsageError(f"shift_impl must be one of {', '.join(EXPORT_FORMS)}, got {self.shift_impl!r}")
         if self.opset < OPSET:
             raise UsageError(f"opset must be >= {OPSET} (native Gelu and LayerNormalization), got {self.opset}")
 
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ModelArgs().add_to_parser(p)
     p.add_argument(
-        "--shift-impl", choices=("onnx", "plugin"), default="onnx", help="standard ops, or one TensorRT plugin node per shift"
+        "--shift-impl", choices=EXPORT_FORMS, default=EXPORT_FORMS[0], help="standard ops, or one TensorRT plugin node per shift"
     )
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (>= {OPSET})")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")

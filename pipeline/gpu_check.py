@@ -37,6 +37,7 @@ import torch
 from common.cli import HelpFormatter
 from models import create_model
 from models.layers import shift_reference
+from models.shift import EXPORT_FORMS
 
 SMALL7_GMAC = 6.92
 
@@ -232,7 +233,7 @@ def check_tensorrt_rtx(folder: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model("s2mlpv2_tiny_test").eval()
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    for form in ("onnx", "plugin"):
+    for form in EXPORT_FORMS:
         graph = folder / f"tiny-{form}.onnx"
         export_onnx(model, graph, ExportSettings(shift_impl=form))
         targets = (out["gpu"][1],) if out["supported"] else None  # this GPU, or the default set (to show the refusal)

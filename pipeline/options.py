@@ -13,11 +13,10 @@ from pathlib import Path
 from calibration.args import CALIB_METHODS, CALIB_SEED, CALIB_SIZE
 from common.errors import S2MLPv2Error
 from common.onnx_meta import OPSET
-from engines.package import DEFAULT_BATCH_PROFILE
+from engines.package import DEFAULT_BATCH_PROFILE, PRECISIONS
 
 __all__ = ["BuildOptions", "PipelineError", "PRECISIONS", "QDQ_PLACEMENTS", "add_qdq_placement_argument"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Where Q/DQ pairs go, the default first. "gemm-inputs": only on the inputs of MatMul and Gemm,
 # so that ONNX Runtime turns each into one integer kernel with a float output and nothing else
 # pays a quantize/dequantize pass. "modelopt": ModelOpt's default, which also quantizes residual

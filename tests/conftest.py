@@ -177,7 +177,7 @@ def shipped_fp16_build(tmp_path_factory) -> Path:
 
 
 MATRIX_BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt-rtx", "tensorrt")
-MATRIX_PRECISIONS = ("fp32", "fp16", "int8")
+MATRIX_PRECISIONS = ("fp32", "fp16", "int8")  # engines.package.PRECISIONS, spelled out so that collecting imports nothing
 
 
 class PackageMatrix:
