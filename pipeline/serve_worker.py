@@ -367,7 +367,21 @@ def main() -> int:
         return 0
     finally:
         if os.getppid() != settings["parent"]:  # serve is gone: nobody else removes the run's folder
-            shutil.rmtree(settings["run_dir"], ignore_errors=True)
+            _remove_when_alone(Path(settings["run_dir"]))
+
+
+def _remove_when_alone(folder: Path, timeout_s: float = 15.0) -> None:
+    """Remove ``folder`` once nothing below this process can write into it any more (a stopping tritonserver or its
+    backend stubs may still flush a log or a socket there after the first removal)."""
+    from common.processes import alive, descendants
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shutil.rmtree(folder, ignore_errors=True)
+        busy = [pid for pid in descendants(os.getpid()) if alive(pid)]
+        if (not busy and not folder.exists()) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":
