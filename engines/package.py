@@ -63,7 +63,6 @@ __all__ = [
     "CALIBRATION_DIR",
     "PRECISIONS",
     "DEFAULT_BATCH_PROFILE",
-    "RUNTIMES",
     "GPU_RUNTIMES",
     "CPU_RUNTIMES",
     "graph_file",
@@ -72,7 +71,6 @@ __all__ = [
     "precision_report_file",
     "verify_report_file",
     "write_package",
-    "is_package",
     "CheckSample",
     "write_sample",
     "read_sample",
@@ -100,7 +98,6 @@ DEFAULT_BATCH_PROFILE = (1, 8, 32)  # min, opt, max: what a build is made for wh
 
 GPU_RUNTIMES = ("tensorrt", "tensorrt-rtx")
 CPU_RUNTIMES = ("onnxruntime", "openvino")
-RUNTIMES = GPU_RUNTIMES + CPU_RUNTIMES
 
 
 def graph_file(precision: str) -> str:
@@ -149,10 +146,6 @@ class PackageRoute:
     @property
     def on_gpu(self) -> bool:
         return self.runtime in GPU_RUNTIMES
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.verdict is None else bool(self.verdict.get("passed"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "files": list(self.files)}
@@ -268,10 +261,6 @@ class Package:
                 return r
         return None
 
-    def routes_for(self, runtimes: Iterable[str]) -> list[PackageRoute]:
-        wanted = set(runtimes)
-        return [r for r in self.routes if r.runtime in wanted]
-
     @property
     def plan_route(self) -> PackageRoute | None:
         return next((r for r in self.routes if r.on_gpu), None)
@@ -280,7 +269,7 @@ class Package:
     def recorded_cpu_route(self) -> PackageRoute | None:
         """The route ``cpu_route`` names, when its files are still here."""
         route = self.route(artifact=self.cpu_route) if self.cpu_route else None
-        return route if route is not None and all(self.path(f).is_file() for f in route.files) else None
+        return route if route is not None and not self.missing_files(route.files) else None
 
     @property
     def name(self) -> str:
@@ -321,10 +310,6 @@ class Package:
 def _triple(d: dict[str, Any], keys: tuple[str, str, str]) -> tuple[int, int, int]:
     a, b, c = (int(d[k]) for k in keys)
     return a, b, c
-
-
-def is_package(directory: str | os.PathLike) -> bool:
-    return (Path(directory) / PACKAGE_FILE).is_file()
 
 
 def write_package(package: Package) -> Path:

@@ -55,6 +55,7 @@ import torch
 from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
+from common.timing import time_fn
 from common.versions import cpu_name, tool_versions
 from engines.package import DEFAULT_BATCH_PROFILE
 from engines.trt import FLAVOURS
@@ -84,19 +85,6 @@ GEMM_OPS = frozenset(
         "QGemm",
     }
 )
-
-
-def time_fn(fn: Callable[[], Any], warmup: int, iters: int, min_seconds: float = 0.0) -> np.ndarray:
-    """Per-call latencies in milliseconds after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    t_start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - t_start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return np.array(times)
 
 
 def time_interleaved(

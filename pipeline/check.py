@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 
 from common.cli import HelpFormatter, report_error, report_interrupt
 from common.errors import EXPECTED_ERRORS, UsageError
+from common.timing import time_fn
 
 __all__ = ["CheckReport", "check_package", "check_files", "environment_differences", "main"]
 
@@ -146,9 +145,9 @@ def environment_differences(package, artifact: Path) -> list[str]:
         )
     plan = package.plan_route
     if plan is not None and plan.artifact != artifact.name:
-        from .deployed import _plan_runs_here
+        from .deployed import plan_runs_here
 
-        runs, why = _plan_runs_here(package.path(plan.artifact))
+        runs, why = plan_runs_here(package.path(plan.artifact))
         if not runs:
             lines.append(f"{plan.artifact} is not run here ({why}): {artifact.name} is checked instead")
     return lines
@@ -167,7 +166,6 @@ def check_package(
     from engines.package import Package, PackageError, read_sample
 
     from .deployed import DeployedModel
-    from .gates import judge
 
     try:
         package = Package.read(build)
@@ -206,7 +204,7 @@ def check_package(
     from .verify import compare_logits
 
     result = compare_logits(sample.logits, logits, None, package.precision, sample.names, model.class_names, model.runner.backend)
-    gates = list(result.gates.values()) or judge(package.precision, False, result.metrics)
+    gates = list(result.gates.values())
     m = result.metrics
     report.sample = {
         "images": len(sample),
@@ -239,13 +237,7 @@ def _timing(package, model, artifact: Path, inputs, seconds: float) -> dict[str,
     batch = recorded["batch"] if recorded else package.batch_profile[1]
     batch = max(model.min_batch, min(batch, model.max_batch))
     x = np.ascontiguousarray(np.resize(inputs, (batch, *inputs.shape[1:])).astype(np.float32))
-    for _ in range(2):
-        model.runner(x)
-    times, t_end = [], time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter()
-        model.runner(x)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = time_fn(lambda: model.runner(x), warmup=2, iters=5, min_seconds=seconds)
     p50 = float(np.median(times))
     out = {"batch": batch, "p50_ms": p50, "runs": len(times)}
     if recorded and recorded.get("batch") == batch and recorded.get("p50_ms"):
@@ -277,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = check_package(args.build, args.backend, args.seconds)
     except UsageError as e:
         return report_error(e)
-    except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:  # a build that cannot be run here: the check fails
+        report_error(e)
         return 1
     except KeyboardInterrupt:
         return report_interrupt("nothing was written")

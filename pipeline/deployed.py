@@ -61,6 +61,7 @@ __all__ = [
     "choose_artifact",
     "load_runner",
     "Runner",
+    "plan_runs_here",
     "artifact_precision",
     "read_card",
 ]
@@ -238,7 +239,7 @@ class Choice:
     reason: str = ""
 
 
-def _plan_runs_here(plan: Path) -> tuple[bool, str]:
+def plan_runs_here(plan: Path) -> tuple[bool, str]:
     """(runs, why not): the plan's flavour is installed and this machine has a GPU the plan was built for."""
     from engines.sidecar import EngineMismatchError, read_sidecar
     from engines.trt import flavour
@@ -262,6 +263,11 @@ def _plan_runs_here(plan: Path) -> tuple[bool, str]:
 
 def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
     """What to run for ``path`` (a build directory, a plan or a graph) on this machine (the module docstring's order)."""
+    return _choose(path, backend)[0]
+
+
+def _choose(path: str | os.PathLike, backend: str):
+    """``(choice, the package)`` for a build directory; ``(choice, None)`` for a single file."""
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(path)
@@ -269,13 +275,14 @@ def choose_artifact(path: str | os.PathLike, backend: str = "auto") -> Choice:
         raise DeployedError(f"{path} does not exist; give a build directory (build_engine.py --out), a .plan or an .onnx")
     if path.is_file():
         if path.suffix in (".plan", ".engine") and backend != "plan":
-            runs, why = _plan_runs_here(path)
+            runs, why = plan_runs_here(path)
             if not runs:
-                return _plan_graph(path, why)
+                return _plan_graph(path, why), None
         if backend == "plan" and path.suffix not in (".plan", ".engine"):
             raise DeployedError(f"--backend plan needs a TensorRT plan; {path} is not one")
-        return Choice(path)
-    return _choose_route(_package(path), backend)
+        return Choice(path), None
+    package = _package(path)
+    return _choose_route(package, backend), package
 
 
 def _package(directory: Path):
@@ -310,7 +317,7 @@ def _choose_route(package, backend: str) -> Choice:
     why = ""
     if plan is not None:
         lacking = package.missing_files(plan.files)
-        runs, why = (False, f"{', '.join(lacking)} missing") if lacking else _plan_runs_here(package.path(plan.artifact))
+        runs, why = (False, f"{', '.join(lacking)} missing") if lacking else plan_runs_here(package.path(plan.artifact))
         if runs:
             return Choice(package.path(plan.artifact))
     plan_note = f" ({plan.artifact}: {why})" if why else ""
@@ -377,9 +384,8 @@ class DeployedModel:
         """Open a build directory, a ``.plan`` or an ``.onnx``; ``batch`` caps the batch size (default: the build's profile)."""
         if batch is not None and batch < 1:
             raise UsageError(f"batch must be at least 1, got {batch}")
-        choice = choose_artifact(path, backend)
-        if Path(path).is_dir():
-            package = _package(Path(path))
+        choice, package = _choose(path, backend)
+        if package is not None:
             card = package.model_card()
             if batch is None:
                 batch = package.batch_profile[2]

@@ -230,24 +230,13 @@ def _served(build: Path):
 
 def _inputs(build: Path, card, images: Path | None, count: int = 64) -> tuple[np.ndarray, str]:
     """Preprocessed inputs to send: ``images``, else the package's check-sample images, else random inputs."""
-    from common.images import CardTransform, ImageError, decode_rgb, load_rgb
-
-    transform = CardTransform(card.preprocessing)
     if images is not None:
-        from .deployed import iter_image_files
+        from calibration.dataset import load_images
 
-        arrays = []
-        for path in iter_image_files([images]):
-            try:
-                arrays.append(transform(load_rgb(path)))
-            except ImageError as e:
-                print(f"warning: skipped {e}", file=sys.stderr)
-            if len(arrays) == count:
-                break
-        if not arrays:
-            raise LoadTestError(f"no readable images in {images}; give a folder of images, or leave --images out")
-        return np.stack(arrays), f"{len(arrays)} images from {images}"
+        x = load_images(images, card.preprocessing, count)[0]
+        return x, f"{len(x)} images from {images}"
     if build.is_dir():
+        from common.images import CardTransform, decode_rgb
         from engines.package import Package, PackageError, read_sample
 
         try:
@@ -256,6 +245,7 @@ def _inputs(build: Path, card, images: Path | None, count: int = 64) -> tuple[np
         except PackageError:
             sample = None
         if sample is not None and sample.images:
+            transform = CardTransform(card.preprocessing)
             x = np.stack([transform(decode_rgb(data, name)) for data, name in zip(sample.images, sample.names)])
             return x, f"the package's {len(x)} check-sample images"
     x = np.random.default_rng(0).standard_normal((count, *card.preprocessing.input_size)).astype(np.float32)

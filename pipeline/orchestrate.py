@@ -61,6 +61,8 @@ from common.fingerprint import HashCache
 from common.versions import tool_versions
 from engines.package import (
     BENCHMARK_FILE,
+    CALIBRATION_DIR,
+    CPU_RUNTIMES,
     FP32_GRAPH,
     IR_FILE,
     MANIFEST_FILE,
@@ -97,7 +99,7 @@ TENSORRT_HINT = (
     "TensorRT 11: `pip install -e .[tensorrt]` on a GPU machine); building for ONNX Runtime instead"
 )
 OPENVINO_HINT = "OpenVINO is not installed (`pip install openvino`): the CPU route is ONNX Runtime alone"
-CPU_BACKENDS = ("onnxruntime", "openvino")
+CPU_BACKENDS = CPU_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,11 @@ def sample_stage(run: Run) -> StageOutput:
     return [SAMPLE_FILE], {"images": len(picked), "source": source}
 
 
+def _checked_images(run: Run) -> dict[str, Any]:
+    """What verify and the check sample are taken from (``_verify_data``), by content."""
+    return {"evaluation images": run.eval_image_hashes(), "calibration images": run.calib.content_hash if run.calib else None}
+
+
 def _route_digests(run: Run) -> dict[str, Any]:
     return {route.artifact.name: run.digest(route.artifact) for route in run.routes}
 
@@ -531,11 +538,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "verify",
         verify_stage,
-        inputs=lambda run: {
-            **_route_digests(run),
-            "evaluation images": run.eval_image_hashes(),
-            "calibration images": run.calib.content_hash if run.calib else None,
-        },
+        inputs=lambda run: {**_route_digests(run), **_checked_images(run)},
         settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision, "gates": _gates(run)},
         describe=_describe_verify,
         code=lambda run: ("pipeline.verify", "pipeline.deployed", "calibration.dataset"),
@@ -544,11 +547,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "sample",
         sample_stage,
-        inputs=lambda run: {
-            **dict(run.weights_id),
-            "evaluation images": run.eval_image_hashes(),
-            "calibration images": run.calib.content_hash if run.calib else None,
-        },
+        inputs=lambda run: {**dict(run.weights_id), **_checked_images(run)},
         settings=lambda run: {"eval_limit": run.opts.eval_limit},
         describe=lambda run, rec: (
             f"{SAMPLE_FILE}: {rec.get('images')} images from {rec.get('source')}, with PyTorch fp32's logits"
@@ -668,7 +667,7 @@ def _calibration(opts: BuildOptions, config, out: Path):
         opts.calib_size,
         holdout=holdout,
         seed=opts.calib_seed,
-        cache_dir=out / "calibration",
+        cache_dir=out / CALIBRATION_DIR,
         labels_file=opts.labels,
     )
     if opts.eval_data is not None:  # before any stage runs, not after an int8 build
@@ -747,25 +746,31 @@ def _summary(run: Run, seconds: float) -> dict[str, Any]:
     return summary
 
 
+def _route_batch(run: Run) -> int:
+    """The batch at which routes are compared: the profile's OPT where the benchmark timed it, else the largest timed."""
+    return run.opts.batch[1] if run.opts.batch[1] in _bench_batches(run) else max(_bench_batches(run))
+
+
+def _route_p50(bench: dict[str, Any], artifact: str, runtime: str, batch: int) -> float | None:
+    """The benchmark's p50 of ``artifact`` on ``runtime`` at ``batch``, or None where it was not timed."""
+    row = next(
+        (r for r in bench["rows"] if r.get("artifact") == artifact and r.get("runtime") == runtime and r["batch"] == batch),
+        None,
+    )
+    return row["p50_ms"] if row else None
+
+
 def _cpu_routes(run: Run, bench: dict[str, Any]) -> dict[str, Any]:
     """``cpu_routes``: each CPU route's verdict and p50 at the profile's OPT batch; ``cpu_route``: the fastest that passed.
 
     ``cpu_route`` (``{"backend", "artifact", ...}``, or None when no CPU route passed or none
     was checked here) is what a deployment on a machine without a GPU should load.
     """
-    batch = run.opts.batch[1] if run.opts.batch[1] in _bench_batches(run) else max(_bench_batches(run))
+    batch = _route_batch(run)
     routes = []
     for route in run.records["verify"].get("routes", []):
         if route["backend"] not in CPU_BACKENDS:
             continue
-        row = next(
-            (
-                r
-                for r in bench["rows"]
-                if r.get("artifact") == route["artifact"] and r.get("runtime") == route["backend"] and r["batch"] == batch
-            ),
-            None,
-        )
         routes.append(
             {
                 "backend": route["backend"],
@@ -774,7 +779,7 @@ def _cpu_routes(run: Run, bench: dict[str, Any]) -> dict[str, Any]:
                 "report": route["report"],
                 "line": route["line"],
                 "batch": batch,
-                "p50_ms": row["p50_ms"] if row else None,
+                "p50_ms": _route_p50(bench, route["artifact"], route["backend"], batch),
             }
         )
     timed = [r for r in routes if r["passed"] and r["p50_ms"] is not None]
@@ -915,23 +920,24 @@ def _print_summary(out: Path, summary: dict[str, Any]) -> None:
 
 def _write_package(run: Run, summary: dict[str, Any]) -> Path:
     """``package.json``: the build directory's contract (``engines.package``), from what the stages recorded."""
-    from common.onnx_meta import CARD_KEY, SHIFT_IMPL_KEY, load_onnx, read_metadata
-    from engines.package import CPU_RUNTIMES, IR_WEIGHTS, Package, PackageRoute, ir_sidecar_file, write_package
+    from common.onnx_meta import CARD_KEY, load_onnx, read_metadata
+    from engines.package import IR_WEIGHTS, Package, PackageRoute, ir_sidecar_file, write_package
+    from models.shift import EXPORT_FORMS
 
     opts, out, backend = run.opts, run.out, run.backend
     props = read_metadata(load_onnx(run.fp32_graph, PipelineError))
     tools = tool_versions()
     bench = json.loads((out / BENCHMARK_FILE).read_text())
-    batch = run.opts.batch[1] if run.opts.batch[1] in _bench_batches(run) else max(_bench_batches(run))
+    batch = _route_batch(run)
     checked = {r["artifact"]: r for r in run.records["verify"].get("routes", [])}
 
     def verdict(artifact: str, gate: str) -> dict[str, Any] | None:
         r = checked.get(artifact)
         return None if r is None else {"passed": r["passed"], "report": r["report"], "line": r["line"], "gate": gate}
 
-    def latency(artifact: str) -> dict[str, Any] | None:
-        row = next((r for r in bench["rows"] if r.get("artifact") == artifact and r["batch"] == batch), None)
-        return None if row is None else {"batch": batch, "p50_ms": row["p50_ms"]}
+    def latency(artifact: str, runtime: str) -> dict[str, Any] | None:
+        p50 = _route_p50(bench, artifact, runtime, batch)
+        return None if p50 is None else {"batch": batch, "p50_ms": p50}
 
     routes: list[PackageRoute] = []
     if backend.builds_plan:
@@ -951,12 +957,12 @@ def _write_package(run: Run, summary: dict[str, Any]) -> Path:
                     "version_compatible": sc.version_compatible,
                 },
                 verdict=verdict(PLAN_FILE, sc.precision) if backend.runs_plan else None,
-                latency=latency(PLAN_FILE) if backend.runs_plan else None,
+                latency=latency(PLAN_FILE, sc.flavour) if backend.runs_plan else None,
             )
         )
     for route in run.routes:
         name = route.artifact.name
-        if route.backend not in CPU_RUNTIMES:
+        if route.backend not in CPU_BACKENDS:
             continue
         if route.backend == "openvino":
             from engines.openvino import read_ir_sidecar
@@ -977,19 +983,22 @@ def _write_package(run: Run, summary: dict[str, Any]) -> Path:
             files, computes = (name,), opts.precision
         routes.append(
             PackageRoute(
-                route.backend, name, files, opts.precision, computes, needs, verdict(name, opts.precision), latency(name)
+                route.backend,
+                name,
+                files,
+                opts.precision,
+                computes,
+                needs,
+                verdict(name, opts.precision),
+                latency(name, route.backend),
             )
         )
     cpu_route = (summary.get("cpu_route") or {}).get("artifact")
     if cpu_route:  # the recorded CPU route first among the CPU routes, after the plan
         routes.sort(key=lambda r: (not r.on_gpu, r.artifact != cpu_route))
-    graph = None
-    for candidate in (graph_file(opts.precision), FP32_GRAPH):
-        if (out / candidate).is_file():
-            meta = read_metadata(load_onnx(out / candidate, PipelineError))
-            if meta.get(SHIFT_IMPL_KEY, "onnx") != "plugin":
-                graph = candidate
-                break
+    # every graph of a build has the export's shift form (precision conversion keeps it): only standard ops are portable
+    standard = opts.shift_impl == EXPORT_FORMS[0]
+    graph = next((g for g in (graph_file(opts.precision), FP32_GRAPH) if standard and (out / g).is_file()), None)
     from engines.openvino import available, cpu_facts
 
     c, h, w = run.config.preprocessing.input_size

@@ -479,8 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return serve(args.model, settings)
-    except CheckFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+    except CheckFailed as e:  # the build is not what was built, or its answers left the gates: a failure, not a usage error
+        report_error(e)
         return 1
     except EXPECTED_ERRORS as e:
         return report_error(e)

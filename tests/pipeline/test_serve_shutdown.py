@@ -88,11 +88,11 @@ def test_sigkill_of_serve_leaves_no_process_and_no_temporary_folder(server):
     import tempfile
     from pathlib import Path
 
-    from pipeline.probe_serve import descendants
+    from common.processes import command_line, command_name, descendants
 
     below = descendants(server.proc.pid)
-    stubs = {p for p in below if Path(f"/proc/{p}/comm").read_text().strip().startswith("triton_python")}
-    folders = {Path(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[1].decode()).parent.parent for p in stubs}
+    stubs = {p for p in below if command_name(p).startswith("triton_python")}
+    folders = {Path(command_line(p)[1].decode()).parent.parent for p in stubs}
     run_dirs = set(Path(tempfile.gettempdir()).glob(f"s2mlpv2-serve-{server.proc.pid}-*"))
     assert folders and run_dirs
     server.proc.kill()
