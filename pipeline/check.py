@@ -251,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.check",
         description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 pass, 1 fail, 2 usage error. The steps: pipeline/check.py; the package: docs/PACKAGE.md.",
+        epilog=(
+            "In order: every file against package.json's SHA-256 (a changed or missing one fails, and nothing runs); "
+            "this machine against the build machine (each difference reported with its consequence, not judged); the "
+            "route this machine runs on the stored sample, judged by the precision's gates against PyTorch fp32's "
+            "logits; a short timing against the build's p50 (information). Exit status: 0 pass, 1 fail, 2 usage error. "
+            "The package: docs/PACKAGE.md."
+        ),
         formatter_class=HelpFormatter,
     )
     p.add_argument("build", type=Path, help="a build directory (build_engine.py --out)")

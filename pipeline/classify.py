@@ -86,8 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Which runner is chosen, and why: pipeline/deployed.py (docs/USING.md).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan or an .onnx")
-    p.add_argument("images", type=Path, nargs="+", help="image files and folders (walked recursively)")
+    p.add_argument("model", type=Path, help="a build directory (build_engine.py --out), a .plan, an .onnx or an .xml")
+    p.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="image files and folders (walked recursively; symlinked folders once each; FIFOs and sockets skipped)",
+    )
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of a table")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the plan on a GPU it runs on, else the CPU route")
