@@ -356,7 +356,7 @@ def main() -> int:
     if os.getppid() != settings["parent"]:  # serve died before the line above took effect
         return 1
     isolation = enter_private_network()  # first, while this process has one thread
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_once)
     # SIGINT is Triton's stop signal; when it reaches this process too, it must not cut the stop short (a handler,
     # not SIG_IGN, which tritonserver would inherit)
     signal.signal(signal.SIGINT, lambda *_: None)
@@ -368,6 +368,14 @@ def main() -> int:
     finally:
         if os.getppid() != settings["parent"]:  # serve is gone: nobody else removes the run's folder
             _remove_when_alone(Path(settings["run_dir"]))
+
+
+def _stop_once(signum, frame) -> None:
+    """SIGTERM: stop, once. A killed serve's death signal can come several times: the kernel hands this worker to
+    each of serve's threads in turn as they exit and signals it again each time. A second KeyboardInterrupt would cut
+    Triton's stop and the folder's removal short, so every later one is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _remove_when_alone(folder: Path, timeout_s: float = 15.0) -> None:
