@@ -22,7 +22,7 @@ from pathlib import Path
 
 from calibration.args import CalibrationArgs
 from calibration.bundled import CALIBRATE_SIZE
-from common.cli import HelpFormatter
+from common.cli import HelpFormatter, command
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
 from models.shift import EXPORT_FORMS
@@ -110,11 +110,12 @@ def _installed(module: str) -> bool:
         return False
 
 
+@command("finished stages are kept: run the same command again to continue")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Heavy imports after --help.
-    from common.cli import report_error, report_interrupt
-    from common.errors import EXPECTED_ERRORS, UsageError
+    from common.cli import report_error
+    from common.errors import UsageError
 
     missing = [m for m in BUILD_STACK if not _installed(m)]
     if missing:  # a run-side install (pip install .): it runs builds, it does not make them
@@ -135,36 +136,31 @@ def main(argv=None) -> int:
         args.eval_data = args.eval_data or VERIFY
         if args.calib_data is None:
             args.calib_data, args.calib_size = CALIBRATE, args.calib_size or CALIBRATE_SIZE
-    try:
-        opts = BuildOptions(
-            precision=args.precision,
-            model=args.model or DEFAULTS.model,
-            checkpoint=args.checkpoint,
-            shift_impl=args.shift_impl,
-            opset=args.opset,
-            calib_data=args.calib_data,
-            calib_size=args.calib_size or DEFAULTS.calib_size,
-            calib_method=args.calib_method,
-            calib_holdout=args.calib_holdout,
-            calib_seed=args.calib_seed,
-            labels=args.labels,
-            qdq_placement=args.qdq_placement,
-            eval_data=args.eval_data,
-            eval_limit=args.eval_limit,
-            batch=parse_batch(args.batch),
-            backend=args.backend,
-            compute_capabilities=parse_compute_capabilities(args.compute_capability),
-            out=args.out,
-            force=args.force,
-            triton_repo=args.triton_repo,
-            bench_seconds=args.bench_seconds,
-            verbose=args.verbose,
-        )
-        summary = run_pipeline(opts)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
-    except KeyboardInterrupt:
-        return report_interrupt("finished stages are kept: run the same command again to continue")
+    opts = BuildOptions(
+        precision=args.precision,
+        model=args.model or DEFAULTS.model,
+        checkpoint=args.checkpoint,
+        shift_impl=args.shift_impl,
+        opset=args.opset,
+        calib_data=args.calib_data,
+        calib_size=args.calib_size or DEFAULTS.calib_size,
+        calib_method=args.calib_method,
+        calib_holdout=args.calib_holdout,
+        calib_seed=args.calib_seed,
+        labels=args.labels,
+        qdq_placement=args.qdq_placement,
+        eval_data=args.eval_data,
+        eval_limit=args.eval_limit,
+        batch=parse_batch(args.batch),
+        backend=args.backend,
+        compute_capabilities=parse_compute_capabilities(args.compute_capability),
+        out=args.out,
+        force=args.force,
+        triton_repo=args.triton_repo,
+        bench_seconds=args.bench_seconds,
+        verbose=args.verbose,
+    )
+    summary = run_pipeline(opts)
     if summary["gates_enforced"] and not summary["verify_passed"]:
         return 1
     return 0

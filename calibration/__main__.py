@@ -9,8 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from common.cli import HelpFormatter, report_error
-from common.errors import EXPECTED_ERRORS
+from common.cli import HelpFormatter, command
 from models import get_variant, load_checkpoint
 from models.args import ModelArgs
 
@@ -18,6 +17,7 @@ from .args import CALIB_SEED, CALIB_SIZE
 from .dataset import build_calibration_set
 
 
+@command()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="ImageFolder tree, flat folder (synset in file names) or list file")
@@ -37,13 +37,10 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", type=Path, default=Path("build/calibration-cache"), help="where the preprocessed set is cached")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        pre = load_checkpoint(args.checkpoint).config.preprocessing if args.checkpoint else get_variant(args.model).preprocessing
-        s = build_calibration_set(
-            args.data, pre, args.size, holdout=args.holdout, seed=args.seed, cache_dir=args.cache_dir, labels_file=args.labels
-        )
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
+    pre = load_checkpoint(args.checkpoint).config.preprocessing if args.checkpoint else get_variant(args.model).preprocessing
+    s = build_calibration_set(
+        args.data, pre, args.size, holdout=args.holdout, seed=args.seed, cache_dir=args.cache_dir, labels_file=args.labels
+    )
     classes = len(set(s.labels))
     print(
         f"{len(s.files)} images ({s.size} calibration + {len(s.holdout)} held out) from {classes} classes, "

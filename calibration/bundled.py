@@ -25,6 +25,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.cli import command
+
 __all__ = ["VERIFY", "CALIBRATE", "DATA", "VERIFY_PER_CLASS", "CALIBRATE_PER_CLASS", "CALIBRATE_SIZE", "write_bundle"]
 
 DATA = Path(__file__).parent / "data"
@@ -58,19 +60,14 @@ def write_bundle(train_root: str | Path, out: str | Path) -> tuple[Path, Path]:
     return verify, calibrate
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m calibration.bundled", description=__doc__.split("\n\n")[0])
     p.add_argument("--src", type=Path, required=True, help="the CIFAR-10 train split as class folders")
     p.add_argument("--out", type=Path, default=DATA, help="where the two folders are written")
     args = p.parse_args(argv)
-    from common.cli import report_error
-    from common.errors import EXPECTED_ERRORS
-
-    try:
-        for folder in write_bundle(args.src, args.out):
-            print(f"wrote {folder} ({sum(1 for _ in folder.rglob('*.jpg'))} images)")
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
+    for folder in write_bundle(args.src, args.out):
+        print(f"wrote {folder} ({sum(1 for _ in folder.rglob('*.jpg'))} images)")
     return 0
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["describe", "report_error", "report_interrupt"]
+from .errors import EXPECTED_ERRORS
+
+__all__ = ["describe", "report_error", "report_interrupt", "command", "HelpFormatter"]
 
 _ACCESS_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -61,6 +65,26 @@ def report_interrupt(what_next: str = "nothing was written: run the same command
     """Ctrl-C: one ``error: interrupted; <what was kept and what to do>`` line, and the conventional exit status 130."""
     print(f"error: interrupted; {what_next}", file=sys.stderr)
     return 130
+
+
+def command(interrupted: str = "nothing was written: run the same command again") -> Callable:
+    """Wrap a command's ``main``: an expected error (:data:`common.errors.EXPECTED_ERRORS`) becomes one ``error:`` line
+    and exit 2, Ctrl-C one line saying ``interrupted`` and exit 130. ``main`` returns its own status otherwise, and
+    catches first what it answers differently (a failed check is 1, not 2)."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except EXPECTED_ERRORS as e:
+                return report_error(e)
+            except KeyboardInterrupt:
+                return report_interrupt(interrupted)
+
+        return run
+
+    return wrap
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

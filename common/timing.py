@@ -1,4 +1,4 @@
-"""Timing a call: what the benchmark and ``pipeline.check`` share (no torch)."""
+"""Timing a call: what the benchmark and ``deployment.check`` share (no torch)."""
 
 from __future__ import annotations
 

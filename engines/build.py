@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.cli import HelpFormatter, report_error
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.cli import HelpFormatter, command
+from common.errors import S2MLPv2Error, UsageError
 from common.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 from .package import DEFAULT_BATCH_PROFILE
@@ -317,6 +317,7 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, settings: BuildSett
     return BuildResult(plan_path, False, done, report)
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.build",
@@ -343,21 +344,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--version-compatible", action="store_true", help="plan runs on later runtimes of the same major version")
     p.add_argument("--hardware-compatible", action="store_true", help="TensorRT 11: plan runs on any Ampere or newer GPU")
     args = p.parse_args(argv)
-    try:
-        fl, runs_here = choose_flavour(args.flavour)
-        settings = BuildSettings(
-            parse_batch(args.batch),
-            args.workspace_mb,
-            args.timing_cache,
-            args.version_compatible,
-            args.hardware_compatible,
-            fl.name,
-            parse_compute_capabilities(args.compute_capability),
-        )
-        t0 = time.perf_counter()
-        result = build_plan(args.onnx, args.plan, settings)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
+    fl, runs_here = choose_flavour(args.flavour)
+    settings = BuildSettings(
+        parse_batch(args.batch),
+        args.workspace_mb,
+        args.timing_cache,
+        args.version_compatible,
+        args.hardware_compatible,
+        fl.name,
+        parse_compute_capabilities(args.compute_capability),
+    )
+    t0 = time.perf_counter()
+    result = build_plan(args.onnx, args.plan, settings)
     from .trt import describe_targets
 
     print(

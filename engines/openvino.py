@@ -3,7 +3,7 @@
 ``build_ir(graph, "model.xml", "int8")`` writes ``model.xml`` + ``model.bin`` (OpenVINO's IR)
 and ``model.openvino.json`` (the sidecar; ``model.json`` is a TensorRT plan's, and one output
 directory may hold both). ``OpenVINORunner("model.xml")`` runs it with the same interface as
-``pipeline.onnx_runtime.OnnxRuntimeRunner`` and ``engines.runtime.TensorRTRunner``.
+``engines.ort.OnnxRuntimeRunner`` and ``engines.runtime.TensorRTRunner``.
 
 Facts the code relies on (OpenVINO 2026.4, CPU plugin):
 

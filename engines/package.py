@@ -2,8 +2,8 @@
 
 ``build_engine.py --out DIR`` makes a directory that a user copies to a GPU server, a CPU server, a
 container or a C++ application. This module is its contract. The build writes ``package.json``
-through :func:`write_package`; the Python API (``pipeline.deployed``), classify, serve, loadtest,
-the Triton repository writer, ``pipeline.check`` and the C++ program (``engines/cpp``, through the
+through :func:`write_package`; the Python API (``deployment.deployed``), classify, serve, loadtest,
+the Triton repository writer, ``deployment.check`` and the C++ program (``engines/cpp``, through the
 same JSON; docs/PACKAGE.md has the schema) read it through :class:`Package`. No other module names
 a build directory's files: they take them from here.
 
@@ -338,7 +338,7 @@ SAMPLE_SIZE = 32  # images: enough to catch a broken route or preprocessing, sma
 
 @dataclass(frozen=True)
 class CheckSample:
-    """What ``pipeline.check`` runs: encoded images (or, without image files, preprocessed tensors) and PyTorch fp32's logits.
+    """What ``deployment.check`` runs: encoded images (or, without image files, preprocessed tensors) and PyTorch fp32's logits.
 
     Stored as a plain ``.npz`` of numeric arrays (no pickled objects, so loading it runs no code):
     ``encoded`` (all images' bytes, one after another), ``offsets`` (where each ends), ``names``

@@ -1,4 +1,4 @@
-"""Run a TensorRT plan (either flavour) from Python, with the same interface as ``pipeline.onnx_runtime.OnnxRuntimeRunner``.
+"""Run a TensorRT plan (either flavour) from Python, with the same interface as ``engines.ort.OnnxRuntimeRunner``.
 
 ``runner = TensorRTRunner("model.plan"); logits = runner(batch)`` takes a numpy array or a torch
 tensor ``(B, C, H, W)`` and returns float32 numpy logits. Device buffers are torch CUDA tensors

@@ -11,7 +11,7 @@ to our plugin (``engines.plugin`` for TensorRT 11, ``engines.plugin_rtx`` for Te
 * attribute ``pattern`` (1 = SS1, 2 = SS2).
 
 These names are the single source for the exporter, both TensorRT plugins and ONNX Runtime's
-stand-in (``pipeline.onnx_runtime``). The torch op the exporter traces,
+stand-in (``engines.ort``). The torch op the exporter traces,
 ``torch.ops.s2mlpv2.spatial_shift``, is defined beside the shift itself in ``models.layers``.
 """
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.cli import report_error
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error
+from common.cli import command
+from common.errors import S2MLPv2Error
 
 from .config import Preprocessing, S2MLPv2Config
 
@@ -168,6 +168,7 @@ def _short(e: Exception) -> str:
     return text[:160] + ("…" if len(text) > 160 else "")
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.card", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,23 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     put.add_argument("key")
     put.add_argument("value", type=Path, help="JSON file")
     args = p.parse_args(argv)
-    try:
-        if args.command == "show":
-            card = read_card(args.checkpoint)
-            if card is None:
-                raise CheckpointError(f"{args.checkpoint} has no model card")
-            print(json.dumps(card.to_dict(), indent=2))
-            return 0
+    if args.command == "show":
         card = read_card(args.checkpoint)
         if card is None:
-            raise CheckpointError(f"{args.checkpoint} has no model card; save it with models.save_checkpoint first")
-        try:
-            value = json.loads(args.value.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{args.value} is not JSON ({e}); give a JSON file") from None
-        write_card(args.checkpoint, ModelCard(card.config, {**card.provenance, args.key: value}))
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
+            raise CheckpointError(f"{args.checkpoint} has no model card")
+        print(json.dumps(card.to_dict(), indent=2))
+        return 0
+    card = read_card(args.checkpoint)
+    if card is None:
+        raise CheckpointError(f"{args.checkpoint} has no model card; save it with models.save_checkpoint first")
+    try:
+        value = json.loads(args.value.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{args.value} is not JSON ({e}); give a JSON file") from None
+    write_card(args.checkpoint, ModelCard(card.config, {**card.provenance, args.key: value}))
     print(f"stored {args.value} as provenance[{args.key!r}] in {args.checkpoint}")
     return 0
 

@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.cli import HelpFormatter, report_error
-from common.errors import EXPECTED_ERRORS, UsageError
+from common.cli import HelpFormatter, command
+from common.errors import UsageError
 from common.images import IMAGE_SUFFIXES, load_rgb
 
 from .s2mlpv2 import Preprocessing
@@ -132,6 +132,7 @@ def _materialise(files: list[Path], src: Path, dst: Path) -> None:
             shutil.copy2(f, target)
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m models.data",
@@ -156,8 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for part in ("train", "val"):
             os.replace(tmp / part, args.out / part)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed split leaves no half-copied tree
     print(f"wrote {len(train)} training and {len(val)} validation images under {args.out}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from common.cli import HelpFormatter, report_error
-from common.errors import EXPECTED_ERRORS, UsageError
+from common.cli import HelpFormatter, command
+from common.errors import UsageError
 from common.images import eval_transform
 
 from .args import ModelArgs
@@ -85,6 +85,7 @@ def _collate_readable(items: list) -> tuple[Any, list[str]]:
     return (default_collate(readable) if readable else None), [x for x in items if isinstance(x, str)]
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m models.evaluate",
@@ -100,10 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json", action="store_true", help='print one JSON object {"top1", "top5", "n", "skipped"} (fractions in 0..1)'
     )
     args = p.parse_args(argv)
-    try:
-        result = evaluate(args.checkpoint, args.data, args.batch_size, args.workers, args.limit)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
+    result = evaluate(args.checkpoint, args.data, args.batch_size, args.workers, args.limit)
     if args.json:
         print(json.dumps(result))
     else:

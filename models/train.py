@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from common.cli import HelpFormatter, report_error, report_interrupt
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.cli import HelpFormatter, command, report_interrupt
+from common.errors import S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.images import eval_transform
 
@@ -447,12 +447,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
     except KeyboardInterrupt:
         return report_interrupt(f"the last completed epoch is saved in {args.output}; continue with --resume")
     return 0

@@ -52,8 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import HelpFormatter, report_error, report_interrupt
-from common.errors import EXPECTED_ERRORS
+from common.cli import HelpFormatter, command
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.timing import time_fn
 from common.versions import cpu_name, tool_versions
@@ -145,7 +144,7 @@ def gemm_ceilings(n: int = 2048, threads: int | None = None, iters: int = 10, mi
     Each is timed like a row (at least ``iters`` calls and ``min_seconds``), so a ceiling and a
     row average the machine's state over similar spans.
     """
-    from .onnx_runtime import make_session
+    from engines.ort import make_session
 
     out = {}
     for key, integer in (("fp32", False), ("int8", True)):
@@ -170,7 +169,7 @@ def profile_onnx(path: Path, x: np.ndarray, threads: int | None, runs: int = 3) 
     import json
     import tempfile
 
-    from .onnx_runtime import make_session
+    from engines.ort import make_session
 
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
         session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "profile"))
@@ -229,8 +228,7 @@ def plain_export(model, path: Path) -> Path:
 def _peer_runners(model, settings: BenchmarkSettings, folder: Path) -> list[tuple[str, str, Callable]]:
     """The peer rows: the plain export on ONNX Runtime, and on OpenVINO at f32 and at the CPU's native 16-bit float."""
     from engines.openvino import available, choose_hint, compile_onnx, cpu_facts
-
-    from .onnx_runtime import OnnxRuntimeRunner
+    from engines.ort import OnnxRuntimeRunner
 
     print("exporting the peers' graph (plain torch.onnx.export) ...", flush=True)
     graph = plain_export(model, folder / "plain.onnx")
@@ -451,7 +449,7 @@ class BenchmarkSettings:
 
 def _torch_rows(model, settings: BenchmarkSettings, artifacts: Sequence[Path]) -> list[Row]:
     """PyTorch's rows: eager fp32 (and fp16 on a GPU where an artifact is fp16), and ``torch.compile`` when asked."""
-    from .deployed import artifact_precision
+    from deployment.deployed import artifact_precision
 
     runners: list[Row] = []
     if settings.eager:
@@ -500,7 +498,7 @@ def benchmark(
     """
     import tempfile
 
-    from .deployed import DeployedError, artifact_precision, load_runner
+    from deployment.deployed import DeployedError, artifact_precision, load_runner
 
     torch.set_num_threads(settings.threads)
     for path in [*onnx, *plans, *openvino, *verified, *([reference_onnx] if reference_onnx else [])]:
@@ -557,7 +555,7 @@ def _gates_by_artifact(reports: Sequence[Path]) -> dict[Path, bool]:
     """{artifact: passed} from verify's JSON reports."""
     import json
 
-    from .deployed import DeployedError
+    from deployment.deployed import DeployedError
 
     gates = {}
     for report in reports:
@@ -588,6 +586,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return benchmark(model, args.out, settings, args.onnx, args.plan, args.reference_onnx, args.openvino, args.verified)
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -600,12 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value < least:
             parser.error(f"{flag} must be at least {least}, got {value}")
-    try:
-        result = run(args)
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
-    except KeyboardInterrupt:
-        return report_interrupt()
+    result = run(args)
     out = args.out
     print(_markdown(result))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")

@@ -79,7 +79,7 @@ def _add_bias(model, matmul, n_out: int):
 
 def _channel_ranges(model, tensors: list[str], images: np.ndarray, batch: int = 32) -> dict[str, tuple]:
     """Per-channel (min, max) over ``images`` of each tensor in ``tensors`` (channels last), fp32 graph on ORT."""
-    from .onnx_runtime import session_with_outputs
+    from engines.ort import session_with_outputs
 
     session = session_with_outputs(model, tensors)
     feed = session.get_inputs()[0].name

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import HelpFormatter, report_error, report_interrupt
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error, UsageError
+from common.cli import HelpFormatter, command
+from common.errors import S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import CARD_KEY, MODEL_KEY, OPSET, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
 from models.args import ModelArgs, load_model
@@ -205,7 +205,7 @@ def _trace(model: S2MLPv2, settings: ExportSettings):
 
 def _check_parity(model: S2MLPv2, proto, settings: ExportSettings, check_inputs, result: ExportResult) -> None:
     """Run ONNX Runtime on random batches (and ``check_inputs``) against eager; ``ExportError`` past the tolerance."""
-    from .onnx_runtime import make_session
+    from engines.ort import make_session
 
     c, h, w = model.config.preprocessing.input_size
     session = make_session(proto)
@@ -316,23 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = ExportSettings(shift_impl=args.shift_impl, opset=args.opset, cleanup=not args.no_cleanup)
-        model = load_model(args.checkpoint, args.model, "the exported model")
-        checks = []
-        if args.check_images is not None:
-            checks.append((f"images from {args.check_images}", load_images(args.check_images, model, args.check_limit)))
-        print(f"exporting {model.config.name} ({args.shift_impl} shift, opset {args.opset}) to {args.out}", flush=True)
-        result = export_onnx(model, args.out, settings, checks)
-        print(result)
-        if args.json:
-            atomic_write_json(args.json, result.to_dict())
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
-    except KeyboardInterrupt:
-        return report_interrupt()
+    settings = ExportSettings(shift_impl=args.shift_impl, opset=args.opset, cleanup=not args.no_cleanup)
+    model = load_model(args.checkpoint, args.model, "the exported model")
+    checks = []
+    if args.check_images is not None:
+        checks.append((f"images from {args.check_images}", load_images(args.check_images, model, args.check_limit)))
+    print(f"exporting {model.config.name} ({args.shift_impl} shift, opset {args.opset}) to {args.out}", flush=True)
+    result = export_onnx(model, args.out, settings, checks)
+    print(result)
+    if args.json:
+        atomic_write_json(args.json, result.to_dict())
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -217,12 +217,12 @@ def check_tensorrt_rtx(folder: Path) -> dict[str, Any]:
     import numpy as np
 
     from engines.build import BuildSettings, build_plan
+    from engines.ort import OnnxRuntimeRunner
     from engines.runtime import TensorRTRunner
     from engines.sidecar import EngineMismatchError
     from engines.trt import TENSORRT_RTX, TensorRTUnavailable, cuda_device
 
     from .export import ExportSettings, export_onnx
-    from .onnx_runtime import OnnxRuntimeRunner
 
     out: dict[str, Any] = {"gpu": cuda_device(), "supported": TENSORRT_RTX.gpu_here() is not None, "forms": {}}
     try:

@@ -59,6 +59,7 @@ import numpy as np
 from common.fileio import atomic_write_json
 from common.fingerprint import HashCache
 from common.versions import tool_versions
+from deployment.gates import GateResult
 from engines.package import (
     BENCHMARK_FILE,
     CALIBRATION_DIR,
@@ -76,7 +77,6 @@ from engines.package import (
 )
 from models.args import load_model
 
-from .gates import GateResult
 from .manifest import Manifest, OutputLock, StageKey
 from .options import BuildOptions, PipelineError
 
@@ -297,7 +297,7 @@ def precision_stage(run: Run) -> StageOutput:
 
 def build_stage(run: Run) -> StageOutput:
     if not run.backend.builds_plan:
-        from .onnx_runtime import build_optimized_graph
+        from engines.ort import build_optimized_graph
 
         target = build_optimized_graph(run.graph, run.out / ORT_GRAPH)
         return [target.name], None
@@ -358,7 +358,7 @@ def _build_settings(run: Run) -> dict[str, Any]:
 
 
 def _build_code(run: Run) -> tuple[str, ...]:
-    return ("engines.build",) if run.backend.builds_plan else ("pipeline.onnx_runtime",)
+    return ("engines.build",) if run.backend.builds_plan else ("engines.ort",)
 
 
 def _runtime_tools(run: Run) -> tuple[str, ...]:
@@ -397,7 +397,8 @@ def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], st
 
 def verify_stage(run: Run) -> StageOutput:
     """Every route against the gates of the precision, on the same images; the first route's verdict is the run's."""
-    from .deployed import artifact_precision, load_runner
+    from deployment.deployed import artifact_precision, load_runner
+
     from .verify import verify_arrays, write_report
 
     images, labels, paths, source = _verify_data(run)
@@ -483,7 +484,7 @@ def _bench_batches(run: Run) -> tuple[int, ...]:
 def _gates(run: Run) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .gates import GATES
+    from deployment.gates import GATES
 
     return {kind: [asdict(g) for g in gates] for kind, gates in GATES[run.opts.precision].items()}
 
@@ -541,7 +542,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=lambda run: {**_route_digests(run), **_checked_images(run)},
         settings=lambda run: {"eval_limit": run.opts.eval_limit, "precision": run.opts.precision, "gates": _gates(run)},
         describe=_describe_verify,
-        code=lambda run: ("pipeline.verify", "pipeline.deployed", "calibration.dataset"),
+        code=lambda run: ("pipeline.verify", "deployment.deployed", "calibration.dataset"),
         tools=lambda run: ("torch", "numpy", "timm", "pillow", *_runtime_tools(run)),
     ),
     Stage(
@@ -602,14 +603,17 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
             run.records[stage.name] = rec
             state = "unchanged, skipped" if reason is None else f"{rec['seconds']:6.1f} s"
             print(f"[{stage.name:9s}] {state}  {stage.describe(run, rec)}", flush=True)
-        if opts.triton_repo is not None:
-            _write_triton_repository(run)
         from engines.package import PACKAGE_FILE, SUMMARY_FILE
 
         summary = _summary(run, time.perf_counter() - t0)
         package = _write_package(run, summary)
         summary["artifacts"] = dict(sorted({**summary["artifacts"], PACKAGE_FILE: package.stat().st_size}.items()))
         atomic_write_json(out / SUMMARY_FILE, summary)
+        if opts.triton_repo is not None:  # from the package, as a user's repository from a shipped build
+            from deployment.triton_repo import write_package_repository
+
+            folder, served = write_package_repository(opts.triton_repo, out)
+            print(f"[triton   ] model repository {folder} ({served})", flush=True)
     _print_summary(out, summary)
     return summary
 
@@ -673,31 +677,6 @@ def _calibration(opts: BuildOptions, config, out: Path):
     if opts.eval_data is not None:  # before any stage runs, not after an int8 build
         check_disjoint(calib, [s.path for s in eval_samples(opts.eval_data, opts.eval_limit)])
     return calib
-
-
-def _write_triton_repository(run: Run) -> None:
-    from .triton_repo import write_model_repository
-
-    # Triton's TensorRT backend runs TensorRT 11 plans only: a build whose flavour no Triton backend serves (TensorRT
-    # for RTX) serves its ONNX graph, and so does an OpenVINO build, the graph its IR was made from (the writer knows
-    # ONNX Runtime's and TensorRT's backends)
-    backend = run.backend
-    if backend.name == "openvino":
-        served = run.ir_graph
-    elif backend.flavour is not None and backend.flavour.triton_platform is None:
-        served = run.graph
-    else:
-        served = run.artifact
-    config = run.config
-    repo = write_model_repository(
-        run.opts.triton_repo,
-        f"{config.name}_{run.opts.precision}",
-        served,
-        run.opts.batch,
-        tuple(config.preprocessing.input_size),
-        config.num_classes,
-    )
-    print(f"[triton   ] model repository {repo} ({served.name})", flush=True)
 
 
 def _summary(run: Run, seconds: float) -> dict[str, Any]:

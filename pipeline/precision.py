@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 
 from calibration.args import CalibrationArgs
-from common.cli import HelpFormatter, report_error, report_interrupt
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error
+from common.cli import HelpFormatter, command
+from common.errors import S2MLPv2Error
 from common.fileio import atomic_path, atomic_write_json
 from common.onnx_meta import PRECISION_KEY, load_onnx, read_metadata, write_metadata
 from engines.shift_node import ONNX_DOMAIN
@@ -170,7 +170,7 @@ def measure_activations(
     watched = {n.output[0]: f"{n.op_type}:{n.name}" for n in onnx_model.graph.node if n.op_type in ops}
     names = list(watched)
     peaks = dict.fromkeys(names, 0.0)
-    from .onnx_runtime import session_with_outputs
+    from engines.ort import session_with_outputs
 
     session = session_with_outputs(onnx_model, names)
     input_name = session.get_inputs()[0].name
@@ -345,7 +345,7 @@ def _copy_metadata(src, dst, precision: str) -> None:
 
 
 def _logits(model_or_path, images: np.ndarray, batch: int = 32, optimization: str = "all") -> np.ndarray:
-    from .onnx_runtime import make_session
+    from engines.ort import make_session
 
     session = make_session(model_or_path, optimization=optimization)
     name = session.get_inputs()[0].name
@@ -354,8 +354,8 @@ def _logits(model_or_path, images: np.ndarray, batch: int = 32, optimization: st
 
 def _gate(reference: np.ndarray, deployed: np.ndarray, labeled: bool) -> tuple[str, float, float]:
     """(name, value, threshold) of the int8 gate on the held-out slice: top-1 agreement if labeled, else the
-    minimum logits cosine, with the threshold of ``pipeline.gates``' int8 gate of that name."""
-    from .gates import GATES
+    minimum logits cosine, with the threshold of ``deployment.gates``' int8 gate of that name."""
+    from deployment.gates import GATES
 
     metric = "top1_agreement" if labeled else "cosine_min"
     threshold = next(g.threshold for g in GATES["int8"]["labeled" if labeled else "unlabeled"] if g.metric == metric)
@@ -609,39 +609,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        card = read_onnx_card(args.onnx)
-        calib = CalibrationArgs.build(args, card.preprocessing)
-        if calib is not None:
-            print(
-                f"calibration: {calib.size} images (+{len(calib.holdout)} held out) from {args.calib_data}"
-                f"{' (cached)' if calib.from_cache else ''}",
-                flush=True,
-            )
-        report = convert_precision(
-            args.onnx,
-            args.out,
-            args.precision,
-            **calibration_inputs(calib),
-            calib_method=args.calib_method,
-            qdq_placement=args.qdq_placement,
-            quantize_conv=args.quantize_conv,
-            equalize_gelu=args.equalize_gelu,
-            keep_fp32=args.keep_fp32,
-            fp16_data_max=args.fp16_data_max,
-            verbose=args.verbose,
+    card = read_onnx_card(args.onnx)
+    calib = CalibrationArgs.build(args, card.preprocessing)
+    if calib is not None:
+        print(
+            f"calibration: {calib.size} images (+{len(calib.holdout)} held out) from {args.calib_data}"
+            f"{' (cached)' if calib.from_cache else ''}",
+            flush=True,
         )
-        print(report)
-        if args.report:
-            atomic_write_json(args.report, report.to_dict())
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
-    except KeyboardInterrupt:
-        return report_interrupt()
+    report = convert_precision(
+        args.onnx,
+        args.out,
+        args.precision,
+        **calibration_inputs(calib),
+        calib_method=args.calib_method,
+        qdq_placement=args.qdq_placement,
+        quantize_conv=args.quantize_conv,
+        equalize_gelu=args.equalize_gelu,
+        keep_fp32=args.keep_fp32,
+        fp16_data_max=args.fp16_data_max,
+        verbose=args.verbose,
+    )
+    print(report)
+    if args.report:
+        atomic_write_json(args.report, report.to_dict())
     print(f"wrote {args.out}")
     return 0
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import models
+from deployment.triton_repo import TritonRepoError, read_config, validate_config, write_model_repository
 from engines.openvino import available as openvino_available
 from engines.sidecar import Sidecar
 from engines.trt import TENSORRT_RTX
 from pipeline.manifest import Manifest, OutputLock
-from pipeline.triton_repo import TritonRepoError, read_config, validate_config, write_model_repository
 from tests.conftest import DATA, ROOT, make_image_folder, missing
 from tests.failures import FP32_BUILD, TINY, Fails, Shared, assert_fails_cleanly, files_under
 
@@ -164,7 +164,7 @@ def test_forcing_tensorrt_11_where_it_is_missing_is_one_line(tmp_path):
 
 def test_triton_configs_fit_tritons_own_schema_and_rtx_plans_are_refused(tmp_path):
     pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (the [dev] extra) for Triton's ModelConfig")
-    from pipeline.triton_repo import config_text
+    from deployment.triton_repo import config_text
 
     text = config_text("m", "onnxruntime_onnx", 8, [4, 8], (3, 32, 32), 10)
     validate_config(text)

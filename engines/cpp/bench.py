@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from common.cli import HelpFormatter, report_error, report_interrupt  # noqa: E402
-from common.errors import EXPECTED_ERRORS, S2MLPv2Error  # noqa: E402
+from common.cli import HelpFormatter, command  # noqa: E402
+from common.errors import S2MLPv2Error  # noqa: E402
 from common.images import load_rgb, preprocess  # noqa: E402
 
 # What s2mlpv2_classify runs from a build directory, in this order (engines/cpp/model_files.h).
@@ -224,34 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command()
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        program = args.build / "s2mlpv2_bench"
-        if not program.is_file():
-            raise BenchError(
-                f"{program} not found; build it first: cmake -S engines/cpp -B {args.build} && cmake --build {args.build}"
-            )
-        if min(args.batches + [args.rounds, args.iterations, args.threads]) < 1:
-            raise BenchError("--batches, --rounds, --iterations and --threads must be positive")
-        settings = Settings(
-            resolve_model(args.model),
-            list_images(args.images),
-            program,
-            args.batches,
-            args.rounds,
-            args.iterations,
-            max(args.warmup, 0),
-            args.threads,
-            args.precision,
-            args.hint,
+    program = args.build / "s2mlpv2_bench"
+    if not program.is_file():
+        raise BenchError(
+            f"{program} not found; build it first: cmake -S engines/cpp -B {args.build} && cmake --build {args.build}"
         )
-        print(bench(settings))
-        return 0
-    except EXPECTED_ERRORS as e:
-        return report_error(e)
-    except KeyboardInterrupt:
-        return report_interrupt()
+    if min(args.batches + [args.rounds, args.iterations, args.threads]) < 1:
+        raise BenchError("--batches, --rounds, --iterations and --threads must be positive")
+    settings = Settings(
+        resolve_model(args.model),
+        list_images(args.images),
+        program,
+        args.batches,
+        args.rounds,
+        args.iterations,
+        max(args.warmup, 0),
+        args.threads,
+        args.precision,
+        args.hint,
+    )
+    print(bench(settings))
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ def test_a_fingerprint_covers_what_the_entry_module_imports_and_nothing_else():
         "pipeline/export.py",
         "models/layers.py",
         "calibration/dataset.py",
-        "pipeline/onnx_runtime.py",
+        "engines/ort.py",
         "pipeline/__init__.py",
     ):
         assert path in export, path
-    assert "pipeline/benchmark.py" not in export and "pipeline/serve.py" not in export
+    assert "pipeline/benchmark.py" not in export and "deployment/serve.py" not in export
     assert all(len(digest) == 64 for digest in export.values())
 
 

@@ -382,8 +382,8 @@ def _linked_copy(build: Path, folder: Path) -> Path:
 def test_a_build_directory_runs_what_its_package_names_the_recorded_cpu_route_else_the_ir_then_the_portable_graph(
     classify, shipped_fp16_build, tmp_path
 ):
+    from deployment.deployed import choose_artifact
     from engines.package import Package
-    from pipeline.deployed import choose_artifact
 
     images = sorted(VERIFY.rglob("*.jpg"))[::50]
     package = Package.read(shipped_fp16_build)

@@ -11,13 +11,13 @@ import torch
 
 import models
 from engines.build import BuildSettings, parse_batch, parse_compute_capabilities, planned_sidecar, reusable
+from engines.ort import OnnxRuntimeRunner
 from engines.runtime import InputError, check_input
 from engines.shift_kernel import block_config, compile_ptx, launch_grid, shift_into, spatial_shift
 from engines.sidecar import EngineMismatchError, ProfileError, read_sidecar
 from engines.trt import FLAVOURS, TENSORRT, TENSORRT_RTX, Flavour, TensorRTUnavailable, is_available
 from models.layers import shift_reference
 from pipeline.export import ExportSettings, export_onnx
-from pipeline.onnx_runtime import OnnxRuntimeRunner
 from tests.conftest import ROOT
 from tests.failures import Fails, Shared, assert_api_error_is_one_clean_line, trt11_sidecar
 
@@ -232,8 +232,8 @@ def test_build_and_run_plan_matches_onnx_runtime(flavour, tmp_path):  # pragma: 
             "(TensorRT 11: `pip install -e .[tensorrt]`; TensorRT for RTX: compute capability 8.0, 8.6, 8.9 or 12.x)"
         )
     from engines.build import build_plan
+    from engines.ort import OnnxRuntimeRunner
     from engines.runtime import TensorRTRunner
-    from pipeline.onnx_runtime import OnnxRuntimeRunner
 
     torch.manual_seed(0)
     model = models.create_model("s2mlpv2_tiny_test").eval()

@@ -26,7 +26,7 @@ from engines.openvino import (
     read_ir_sidecar,
     source_precision,
 )
-from pipeline.onnx_runtime import OnnxRuntimeRunner
+from engines.ort import OnnxRuntimeRunner
 from tests.conftest import missing
 from tests.failures import Fails, assert_api_error_is_one_clean_line, foreign_onnx, without_module
 

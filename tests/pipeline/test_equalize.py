@@ -5,8 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from engines.ort import OnnxRuntimeRunner, make_session, session_with_outputs
 from pipeline.equalize import MIN_RELATIVE_SCALE, equalize_gelu_inputs, gelu_gemms
-from pipeline.onnx_runtime import OnnxRuntimeRunner, make_session, session_with_outputs
 from pipeline.precision import quantize_int8
 
 

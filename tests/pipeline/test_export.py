@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import models
+from engines.ort import OnnxRuntimeRunner
 from pipeline.export import ExportError, ExportSettings, export_onnx, load_images, read_onnx_card
-from pipeline.onnx_runtime import OnnxRuntimeRunner
 from pipeline.plugin_swap import PluginSwapError, swap_in_plugin_nodes
 from tests.conftest import DATA
 from tests.failures import Fails, assert_api_error_is_one_clean_line, assert_fails_cleanly, foreign_onnx

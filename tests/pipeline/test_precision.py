@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.onnx_runtime import OnnxRuntimeRunner
+from engines.ort import OnnxRuntimeRunner
 from pipeline.precision import (
     PrecisionError,
     convert_precision,
@@ -115,7 +115,7 @@ def test_small_gemm_exclusions_match_whole_names_only(tmp_path):
 
 def test_every_quantized_matmul_runs_as_one_integer_kernel_in_onnx_runtime(int8, tmp_path):
     # the mixer's two expansion GEMMs share their input; one shared Q/DQ pair left both as fp32 MatMuls in ORT
-    from pipeline.onnx_runtime import make_session
+    from engines.ort import make_session
 
     (out, report), optimized = int8, tmp_path / "int8-ort.onnx"
     make_session(out, optimized_model_path=str(optimized), optimization="extended")

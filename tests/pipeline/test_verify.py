@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import models
+from deployment.gates import compare_logits
 from pipeline.export import ExportSettings, export_onnx
 from pipeline.precision import convert_precision
-from pipeline.verify import compare_logits, verify
+from pipeline.verify import verify
 from tests.conftest import DATA
 from tests.failures import (
     Case,

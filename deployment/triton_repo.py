@@ -1,6 +1,8 @@
-"""Triton Inference Server model repository for a built artifact.
+"""Triton Inference Server model repository for a build, or for one artifact.
 
-``write_model_repository(repo, name, artifact, ...)`` writes ``repo/name/1/model.plan`` (or
+``write_package_repository(repo, build)`` reads the build's ``package.json`` and writes the model Triton can serve:
+its TensorRT 11 plan where it has one, else its portable ONNX graph (standard ops); the name, batch profile, input
+and class count come from the package. ``write_model_repository(repo, name, artifact, ...)`` writes ``repo/name/1/model.plan`` (or
 ``model.onnx``) and ``repo/name/config.pbtxt`` with the platform, ``max_batch_size`` from the
 profile, dynamic batching, and the input and output names, types and dims. Where
 ``tritonclient`` is installed, the config is parsed into Triton's own ``ModelConfig`` protobuf
@@ -25,7 +27,14 @@ from typing import Any
 from common.errors import S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_write_text
 
-__all__ = ["write_model_repository", "config_text", "read_config", "validate_config", "TritonRepoError"]
+__all__ = [
+    "write_package_repository",
+    "write_model_repository",
+    "config_text",
+    "read_config",
+    "validate_config",
+    "TritonRepoError",
+]
 
 
 class TritonRepoError(S2MLPv2Error, ValueError):
@@ -81,6 +90,34 @@ def write_model_repository(
     return Path(repo) / name
 
 
+def write_package_repository(repo: Path, build: Path) -> tuple[Path, str]:
+    """``(model folder, the build file it serves)``: the package's TensorRT 11 plan, else its portable graph."""
+    from engines.package import Package
+    from engines.trt import FLAVOURS, flavour
+
+    package = Package.read(build)
+    plan = package.plan_route
+    if plan is not None and plan.runtime in FLAVOURS and flavour(plan.runtime).triton_platform is not None:
+        served = plan.artifact
+    elif package.graph is not None:
+        served = package.graph  # a TensorRT for RTX plan or an OpenVINO IR: the graph they were made from
+    else:
+        raise TritonRepoError(
+            f"{build} has no model Triton can serve: no TensorRT 11 plan and no standard-ops graph (a plugin-form "
+            "build); build with --shift-impl onnx, or with --backend tensorrt for a plan"
+        )
+    config = package.model_card().config
+    folder = write_model_repository(
+        Path(repo),
+        f"{package.name}_{package.precision}",
+        package.path(served),
+        package.batch_profile,
+        package.input_shape,
+        config.num_classes,
+    )
+    return folder, served
+
+
 def _check_servable(artifact: Path, is_plan: bool) -> None:
     if is_plan:
         from engines.sidecar import read_sidecar
@@ -95,7 +132,7 @@ def _check_servable(artifact: Path, is_plan: bool) -> None:
         return
     import onnx
 
-    from .onnx_runtime import has_plugin_nodes
+    from engines.ort import has_plugin_nodes
 
     if has_plugin_nodes(onnx.load(str(artifact), load_external_data=False)):
         raise TritonRepoError(

@@ -53,7 +53,7 @@ def test_an_unreadable_image_is_named_the_others_classified_and_the_status_is_1(
 def test_accuracy_against_folder_names_is_printed_for_an_image_folder_of_the_model_s_classes(shared: Shared, run_cli, tmp_path):
     import numpy as np
 
-    from pipeline.deployed import DeployedModel
+    from deployment.deployed import DeployedModel
 
     model = DeployedModel.open(shared.build)
     sources = sorted(shared.images.rglob("*.png"))
@@ -120,7 +120,7 @@ def test_bad_input_fails_cleanly(case: Case, shared: Shared, tmp_path: Path, cap
 
 
 def _walk(*paths):
-    from pipeline.deployed import iter_image_files
+    from deployment.deployed import iter_image_files
 
     skipped: list[tuple[str, str, bool]] = []
     files = list(iter_image_files(paths, lambda path, reason, is_error: skipped.append((str(path), reason, is_error))))

@@ -82,7 +82,7 @@ def test_the_plugin_form_custom_op_runs_without_torch(graphs, tmp_path, without_
     batch = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.save(tmp_path / "batch.npy", batch)
     script = (
-        "import sys, numpy as np; from pipeline.onnx_runtime import OnnxRuntimeRunner; "
+        "import sys, numpy as np; from engines.ort import OnnxRuntimeRunner; "
         "np.save(sys.argv[2], OnnxRuntimeRunner(sys.argv[1])(np.load(sys.argv[3])))"
     )
     run = [sys.executable, "-c", script, str(graph), str(tmp_path / "out.npy"), str(tmp_path / "batch.npy")]
@@ -94,7 +94,7 @@ def test_the_plugin_form_custom_op_runs_without_torch(graphs, tmp_path, without_
 
 
 def test_serve_and_loadtest_run_without_torch(shared: Shared, run_cli, without_training_stack, tmp_path):
-    from tests.pipeline.serving import require_pytriton
+    from tests.deployment.serving import require_pytriton
 
     require_pytriton()
     out = tmp_path / "load.md"

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from common.processes import alive, children_named, free_ports, tree_rss_mb
-from pipeline.probe_serve import descendants
+from deployment.probe_serve import descendants
+from tests.deployment.serving import good_load, infer_images, infer_logits, require_pytriton
 from tests.failures import Case, Fails, Shared, run_case
-from tests.pipeline.serving import good_load, infer_images, infer_logits, require_pytriton
 
 pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of seconds
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of s
 @pytest.fixture(scope="module")
 def server(shared: Shared):
     require_pytriton()
-    from pipeline.loadtest import start_server, stop_server
+    from deployment.loadtest import start_server, stop_server
 
     srv = start_server(shared.build)
     tritonservers = children_named(srv.proc.pid, "tritonserver")
@@ -45,7 +45,7 @@ def server(shared: Shared):
 
 @pytest.fixture(scope="module")
 def model(shared: Shared):
-    from pipeline.deployed import DeployedModel
+    from deployment.deployed import DeployedModel
 
     return DeployedModel.open(shared.build)
 
@@ -173,7 +173,7 @@ def test_a_client_that_disconnects_mid_request_leaves_the_server_serving(server,
 
 
 def test_a_port_in_use_is_one_line_before_anything_starts(server, shared: Shared, tmp_path, capsys):
-    from pipeline.serve import main
+    from deployment.serve import main
 
     grpc, metrics = free_ports(2)
     status = main(
@@ -397,7 +397,7 @@ def _png(side: int) -> bytes:
 
 
 def _request(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, str]:
-    from pipeline.probe_serve import http_request
+    from deployment.probe_serve import http_request
 
     return http_request(server.http_port, method, path, body, headers, timeout=30)
 
@@ -419,4 +419,4 @@ def test_a_build_that_fails_its_check_is_not_served_one_line_exit_1(shared: Shar
     proc = run_cli("pipeline.serve", build, *ports, timeout=120)
     assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: pipeline.check failed: 1 file(s) differ from the build: model.ort.onnx: changed"), line
+    assert line.startswith("error: deployment.check failed: 1 file(s) differ from the build: model.ort.onnx: changed"), line

@@ -1,4 +1,4 @@
-"""What the serving tests share: a real ``pipeline.serve`` process, its ``tritonserver`` child, and bounded client load."""
+"""What the serving tests share: a real ``deployment.serve`` process, its ``tritonserver`` child, and bounded client load."""
 
 from __future__ import annotations
 

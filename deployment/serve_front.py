@@ -1,4 +1,4 @@
-"""The front of ``pipeline.serve``: the only listener clients reach, which checks every request before Triton sees it.
+"""The front of ``deployment.serve``: the only listener clients reach, which checks every request before Triton sees it.
 
 Triton 2.51 trusts what a request declares. An HTTP request whose shape says ``[2**40, 3, 32, 32]``
 makes its parser allocate that many bytes and the server aborts (``std::bad_alloc``); over gRPC

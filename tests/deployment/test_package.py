@@ -1,4 +1,4 @@
-"""The deployment package: ``package.json`` (engines.package), every backend x precision opening, and ``pipeline.check``."""
+"""The deployment package: ``package.json`` (engines.package), every backend x precision opening, and ``deployment.check``."""
 
 from __future__ import annotations
 
@@ -95,11 +95,14 @@ MATRIX = [(b, p) for b in MATRIX_BACKENDS for p in MATRIX_PRECISIONS]
 
 
 @pytest.mark.parametrize("backend,precision", MATRIX, ids=[f"{b}-{p}" for b, p in MATRIX])
-def test_every_build_opens_classifies_and_passes_its_check(package_matrix, backend, precision, capsys):
+def test_every_build_opens_classifies_passes_its_check_and_writes_a_triton_model(
+    package_matrix, backend, precision, capsys, tmp_path
+):
+    from deployment.check import check_package
+    from deployment.classify import main as classify
+    from deployment.deployed import DeployedModel
+    from deployment.triton_repo import read_config, write_package_repository
     from engines.package import Package
-    from pipeline.check import check_package
-    from pipeline.classify import main as classify
-    from pipeline.deployed import DeployedModel
 
     build = package_matrix.build(backend, precision)
     package = Package.read(build)
@@ -113,9 +116,14 @@ def test_every_build_opens_classifies_and_passes_its_check(package_matrix, backe
     assert len(json.loads(capsys.readouterr().out)) == len(list((VERIFY / "cat").iterdir()))
     report = check_package(build, timing_seconds=0)  # what serve runs before it reports ready
     assert report.passed, "\n".join(report.lines)
+    # no TensorRT 11 plan is built here: every build serves its portable graph, named and shaped by its package
+    folder, served = write_package_repository(tmp_path / "repo", build)
+    assert served == package.graph and (folder / "1" / "model.onnx").read_bytes() == (build / served).read_bytes()
+    config = read_config((folder / "config.pbtxt").read_text())
+    assert config["name"] == f"s2mlpv2_tiny_test_{precision}" and config["max_batch_size"] == package.batch_profile[2]
 
 
-# ---- pipeline.check ------------------------------------------------------------------------------
+# ---- deployment.check ------------------------------------------------------------------------------
 
 
 def test_check_passes_on_the_build_machine_and_times_the_route(shared, run_cli):
@@ -141,7 +149,7 @@ def test_check_refuses_a_changed_or_missing_file_by_name_with_exit_1(package_mat
 
 
 def test_check_reports_an_environment_difference_with_its_consequence(package_matrix, tmp_path):
-    from pipeline.check import check_package
+    from deployment.check import check_package
 
     build = _copy(package_matrix.build("openvino", "fp16"), tmp_path / "build")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.deployed import DeployedError, DeployedModel, InputImageError, choose_artifact, read_card
+from deployment.deployed import DeployedError, DeployedModel, InputImageError, choose_artifact, read_card
 from tests.failures import Fails, Shared, assert_api_error_is_one_clean_line, foreign_onnx, trt11_sidecar, write_bytes
 
 

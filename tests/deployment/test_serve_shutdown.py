@@ -1,4 +1,4 @@
-"""Stopping ``pipeline.serve``: SIGTERM under load and Ctrl-C end it with status 0 in under 30 s, requests in flight
+"""Stopping ``deployment.serve``: SIGTERM under load and Ctrl-C end it with status 0 in under 30 s, requests in flight
 answered, and no ``tritonserver`` left behind. Each test starts its own server and stops it by process id."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from common.processes import alive, children_named
+from tests.deployment.serving import good_load, require_pytriton
 from tests.failures import Shared
-from tests.pipeline.serving import good_load, require_pytriton
 
 pytestmark = pytest.mark.slow  # a real tritonserver starts and stops: tens of seconds
 
@@ -22,7 +22,7 @@ FLOAT = "s2mlpv2_tiny_test_fp32"
 @pytest.fixture
 def server(shared: Shared):
     require_pytriton()
-    from pipeline.loadtest import start_server, stop_server
+    from deployment.loadtest import start_server, stop_server
 
     srv = start_server(shared.build)
     try:
@@ -40,7 +40,7 @@ def _stop_and_wait(server, sig) -> tuple[int, float, list[int]]:
 
 
 def test_sigterm_during_load_finishes_requests_in_flight_and_exits_0(server, shared: Shared):
-    from pipeline.deployed import DeployedModel
+    from deployment.deployed import DeployedModel
 
     model = DeployedModel.open(shared.build)
     x = np.stack([model.preprocess(p) for p in sorted(shared.images.rglob("*.png"))[:4]])
@@ -64,7 +64,7 @@ def test_ctrl_c_exits_0_and_leaves_no_tritonserver(server):
 
 
 def _ready(server) -> bool:
-    from pipeline.probe_serve import http_request
+    from deployment.probe_serve import http_request
 
     return http_request(server.http_port, "GET", "/v2/health/ready", timeout=5)[0] == 200
 

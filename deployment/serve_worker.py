@@ -1,6 +1,6 @@
-"""The worker behind ``pipeline.serve``'s front: the deployed model and the ``tritonserver`` that PyTriton runs.
+"""The worker behind ``deployment.serve``'s front: the deployed model and the ``tritonserver`` that PyTriton runs.
 
-``pipeline.serve`` starts it as ``python -m pipeline.serve_worker`` with its settings as JSON on
+``deployment.serve`` starts it as ``python -m deployment.serve_worker`` with its settings as JSON on
 standard input, and restarts it when it dies. It is not a command for users.
 
 * **Isolated.** Before anything else it enters a network namespace of its own (as root, or
@@ -239,7 +239,7 @@ def _check_files(settings: dict) -> None:
 
 
 def _check(settings: dict, model):
-    """``pipeline.check`` on the build directory with the model just opened (files and sample; no timing), or None."""
+    """``deployment.check`` on the build directory with the model just opened (files and sample; no timing), or None."""
     if not settings["check"] or not Path(settings["build"]).is_dir():
         return None
     from .check import check_package
@@ -262,11 +262,13 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
         model = DeployedModel.open(settings["build"], settings["backend"])
         check = _check(settings, model)
         if check is not None and not check.passed:
-            channel.send(error=f"pipeline.check failed: {check.summary}; run python -m pipeline.check for the details", status=3)
+            channel.send(
+                error=f"the package check failed: {check.summary}; run python -m pipeline.check for the details", status=3
+            )
             return 1
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
     except _FilesDiffer as e:
-        channel.send(error=f"pipeline.check failed: {e}; run python -m pipeline.check for the details", status=3)
+        channel.send(error=f"the package check failed: {e}; run python -m pipeline.check for the details", status=3)
         return 1
     except EXPECTED_ERRORS as e:
         channel.send(error=describe(e), status=2)

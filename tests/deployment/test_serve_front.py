@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from pipeline.serve_front import ClientError, Limits, ServedModels, check_inputs, mark_client_error, public_error
+from deployment.serve_front import ClientError, Limits, ServedModels, check_inputs, mark_client_error, public_error
 
 MODELS = ServedModels("m_fp32", "m_fp32_classify", (3, 32, 32), 8, 5)
 LIMITS = Limits.for_model((3, 32, 32), 8)
@@ -78,7 +78,7 @@ def test_public_error_passes_a_marked_client_line_and_never_a_traceback_or_path(
 
 def test_the_decode_budget_refuses_before_any_pixel_is_decoded(monkeypatch):
     import common.images
-    from pipeline.serve_worker import _decode_within_budget
+    from deployment.serve_worker import _decode_within_budget
 
     decoded = []
     monkeypatch.setattr(common.images, "decode_rgb", lambda data, name, limit: decoded.append(name))
