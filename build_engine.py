@@ -26,7 +26,7 @@ from common.cli import HelpFormatter, command
 from engines.trt import FLAVOURS
 from models.args import ModelArgs
 from models.shift import EXPORT_FORMS
-from pipeline.options import PRECISIONS, BuildOptions, add_qdq_placement_argument
+from pipeline.options import PRECISIONS, BuildOptions, add_int8_arguments
 
 DEFAULTS = BuildOptions()
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="standard ops, or the TensorRT shift plugin node",
     )
     g.add_argument("--opset", type=int, default=DEFAULTS.opset)
-    add_qdq_placement_argument(CALIBRATION_ARGS.add_to_parser(p))
+    add_int8_arguments(CALIBRATION_ARGS.add_to_parser(p))
     g = p.add_argument_group("evaluation")
     g.add_argument(
         "--eval-data",
@@ -149,6 +149,8 @@ def main(argv=None) -> int:
         calib_seed=args.calib_seed,
         labels=args.labels,
         qdq_placement=args.qdq_placement,
+        keep_fp32=tuple(args.keep_fp32),
+        repair=args.repair,
         eval_data=args.eval_data,
         eval_limit=args.eval_limit,
         batch=parse_batch(args.batch),

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -121,41 +122,41 @@ def declared_pixels(data: bytes, name: str = "image") -> int:
     """The pixel count an encoded image's header declares, read without decoding a pixel; ``ImageError`` if unreadable."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not data:
         raise ImageError(f"{name}: empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(bytes(data))) as img:
-                w, h = img.size
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: declares more pixels than Pillow opens; refused as a possible decompression bomb") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not a readable image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({' '.join(str(e).split())[:120] or type(e).__name__})") from None
+    with _pillow_errors(name, bomb_warning="ignore"), Image.open(io.BytesIO(bytes(data))) as img:
+        w, h = img.size
     return w * h
 
 
 def _open_rgb(source, name: str, max_pixels: int):
     """``load_rgb``'s checks for a file name or a file object; ``name`` is what errors call it."""
+    from PIL import Image
+
+    with _pillow_errors(name, bomb_warning="error"), Image.open(source) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(
+                f"{name}: declares {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel limit (possible decompression bomb)"
+            )
+        if w == 0 or h == 0:
+            raise ImageError(f"{name}: has zero size")
+        img.load()
+        return to_rgb(img)
+
+
+@contextlib.contextmanager
+def _pillow_errors(name: str, bomb_warning: str):
+    """Pillow's and the operating system's errors while reading ``name`` as one ``ImageError`` each, in words.
+    ``bomb_warning``: what Pillow's decompression-bomb warning does (``"error"`` refuses, ``"ignore"`` reads on)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{name}: declares {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel limit (possible decompression bomb)"
-                    )
-                if w == 0 or h == 0:
-                    raise ImageError(f"{name}: has zero size")
-                img.load()
-                return to_rgb(img)
+            warnings.simplefilter(bomb_warning, Image.DecompressionBombWarning)
+            yield
     except ImageError:
         raise
     except FileNotFoundError:
@@ -167,8 +168,8 @@ def _open_rgb(source, name: str, max_pixels: int):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         reason = " ".join(str(e).split())[:120]
         raise ImageError(f"{name}: over Pillow's pixel limit ({reason}); refused as a possible decompression bomb") from None
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not a readable image ({type(e).__name__})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         # PIL reports truncated data, bad headers and decoder errors with these types
         reason = " ".join(str(e).split())[:120] or type(e).__name__

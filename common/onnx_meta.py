@@ -2,7 +2,8 @@
 
 An exported graph carries, in ``metadata_props``: ``s2mlpv2.card`` (the model card as JSON),
 ``s2mlpv2.model`` (the variant), ``s2mlpv2.shift_impl`` (``onnx`` or ``plugin``); a converted
-graph adds ``s2mlpv2.precision`` (``fp16`` or ``int8``; absent means fp32).
+graph adds ``s2mlpv2.precision`` (``fp16`` or ``int8``; absent means fp32), and an int8 graph ``s2mlpv2.repairs`` (a
+JSON list of ``"MODULE: repair"``, empty where none was needed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "MODEL_KEY",
     "SHIFT_IMPL_KEY",
     "PRECISION_KEY",
+    "REPAIRS_KEY",
     "load_onnx",
     "read_metadata",
     "write_metadata",
@@ -28,6 +30,7 @@ CARD_KEY = "s2mlpv2.card"
 MODEL_KEY = "s2mlpv2.model"
 SHIFT_IMPL_KEY = "s2mlpv2.shift_impl"
 PRECISION_KEY = "s2mlpv2.precision"
+REPAIRS_KEY = "s2mlpv2.repairs"
 
 
 def load_onnx(path: str | os.PathLike, error: type[S2MLPv2Error] = S2MLPv2Error, load_external_data: bool = False):

@@ -67,7 +67,7 @@ class CheckReport:
             f"{g['metric']} {g['value']:.6g} {g['op']} {g['threshold']}" for g in self.sample["gates"] if g["value"] is not None
         )
         verdict = "pass" if self.sample["passed"] else "FAIL"
-        return f"{self.sample['images']} sample images {verdict} the {self.sample['precision']} gates ({gates})"
+        return f"{self.sample['images']} sample images {verdict} the {self.sample.get('gates_for', self.sample['precision'])} gates ({gates})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,12 +203,22 @@ def check_package(
     logits = model.logits(inputs)
     from .gates import compare_logits
 
-    result = compare_logits(sample.logits, logits, None, package.precision, sample.names, model.class_names, model.runner.backend)
+    result = compare_logits(
+        sample.logits,
+        logits,
+        None,
+        package.precision,
+        sample.names,
+        model.class_names,
+        model.runner.backend,
+        computes=getattr(model.runner, "precision", None),
+    )
     gates = list(result.gates.values())
     m = result.metrics
     report.sample = {
         "images": len(sample),
         "precision": package.precision,
+        "gates_for": result.gates_for,
         "metrics": {k: m[k] for k in ("top1_agreement", "cosine_min", "cosine_mean", "max_abs_diff")},
         "gates": [g.to_dict() for g in gates],
         "flips": result.flips,
@@ -216,7 +226,7 @@ def check_package(
     }
     say(
         f"sample: {len(sample)} images ({'encoded, preprocessed here' if sample.images else 'tensors'}) against PyTorch fp32: "
-        f"top-1 agreement {m['top1_agreement'] * 100:.2f} %, cosine min {m['cosine_min']:.6f} ({package.precision} gates)"
+        f"top-1 agreement {m['top1_agreement'] * 100:.2f} %, cosine min {m['cosine_min']:.6f} ({result.gate_note or package.precision + ' gates'})"
     )
     report.lines += [f"  {g}" for g in gates]
 

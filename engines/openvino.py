@@ -51,6 +51,7 @@ import queue
 import re
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,14 @@ import numpy as np
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_paths, sha256_file
-from common.onnx_meta import CARD_KEY, SHIFT_IMPL_KEY, graph_precision, load_onnx, read_metadata
+from common.onnx_meta import CARD_KEY, REPAIRS_KEY, SHIFT_IMPL_KEY, graph_precision, load_onnx, read_metadata
 
 from .package import PRECISIONS
 from .runtime import check_array
 
 __all__ = [
+    "operation_names",
+    "tap",
     "OpenVINOUnavailable",
     "IRError",
     "Int8FallbackError",
@@ -428,6 +431,8 @@ def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | 
     model = _read_model(core, graph)
     # the ONNX frontend carries metadata_props into rt_info; set it explicitly so the IR never lacks the card
     model.set_rt_info(props[CARD_KEY], ["framework", CARD_KEY])
+    if REPAIRS_KEY in props:  # the int8 stage's repairs, by module, as the ONNX graph lists them
+        model.set_rt_info(props[REPAIRS_KEY], ["framework", REPAIRS_KEY])
     compiled = _compile(core, model, hint, threads=None)
     effective = _effective_hint(compiled)
     if effective != hint:
@@ -646,3 +651,29 @@ _CAPABILITY = {hint: capability for capability, hint in _SIXTEEN_BIT}
 
 def _is_gemm(node_type: str) -> bool:
     return node_type in GEMM_LAYERS or bool(re.match(r"(FullyConnected|Convolution|MatMul)", node_type))
+
+
+def operation_names(runner: CompiledModels) -> list[str]:
+    """The friendly names of the runner's computing operations (no constants, parameters or results), in execution
+    order. An IR of this project names each after the ONNX node it came from (``common.module_names``)."""
+    skip = {"Constant", "Parameter", "Result"}
+    return [op.get_friendly_name() for op in runner._model.get_ordered_ops() if op.get_type_name() not in skip]
+
+
+def tap(runner: CompiledModels, names: Sequence[str]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """``run(batch) -> [logits, *outputs of the operations named names]``: the runner's model, compiled once more with
+    those operations' first outputs added as model outputs (OpenVINO keeps a model output as it is computed)."""
+    model = runner._model.clone()
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    missing = [n for n in names if n not in ops]
+    if missing:
+        raise IRError(f"{runner.path if hasattr(runner, 'path') else 'the IR'} has no operation {missing[0]!r}")
+    model.add_outputs([ops[n].output(0) for n in names])
+    compiled = _compile(runner._core, model, runner.hint, runner.threads, pinning=runner.pinning)
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.array(request.get_output_tensor(i).data, dtype=np.float32, copy=True) for i in range(1 + len(names))]
+
+    return run

@@ -24,7 +24,16 @@ import numpy as np
 
 from .plugin_swap import graph_links
 
-__all__ = ["Equalized", "equalize_gelu_inputs", "fold_centres", "gelu_gemms"]
+__all__ = [
+    "Equalized",
+    "Smoothed",
+    "equalize_gelu_inputs",
+    "fold_centres",
+    "gelu_gemms",
+    "layernorm_gemms",
+    "own_initializer",
+    "smooth_layernorm_outliers",
+]
 
 # A channel whose measured range is this small a fraction of the widest one is not stretched further:
 # a constant channel would otherwise get an unbounded scale.
@@ -111,6 +120,10 @@ def equalize_gelu_inputs(model, images: np.ndarray, exclude: Sequence[str] = ())
         if bias is None:
             bias, add = _add_bias(model, matmul, _initializers(model)[matmul.input[1]].dims[1])
             after[matmul.name] = [add]
+        own_initializer(model, matmul, 1)
+        add = next((n for n in model.graph.node if bias in n.input and matmul.output[0] in n.input), None)
+        if add is not None:  # the bias is rewritten below: it must be this GEMM's own
+            bias = own_initializer(model, add, list(add.input).index(bias))
         inits = _initializers(model)
         y = gelu.output[0]
         lo, hi = ranges[y]
@@ -186,3 +199,100 @@ def fold_centres(model, equalized: Sequence[Equalized]) -> None:
     for e in equalized:
         weight = _dequantized(model, nodes[e.gemm].input[1]) / e.scale[:, None]
         inits[e.bias].CopyFrom(numpy_helper.from_array((e.bias_fp32 + e.centre @ weight).astype(np.float32), e.bias))
+
+
+# ----------------------------------------------------------------------------- LayerNorm-fed GEMM inputs
+
+# An LN output is equalized when its widest channel spans this many times the median channel's range: an
+# activation outlier, which one int8 step size per tensor cannot serve together with the other channels.
+OUTLIER_RATIO = 20.0
+SMOOTHING = 0.5  # SmoothQuant's alpha: how much of the outlier moves from the activation into the weights
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """One LayerNorm whose output channels were divided by ``scale``, the GEMMs reading it multiplied by it."""
+
+    norm: str
+    gemms: tuple[str, ...]
+    outlier_ratio: float  # widest channel's range over the median channel's, before
+    scale: np.ndarray  # (C,)
+
+
+def own_initializer(model, node, index: int) -> str:
+    """The name of the initializer ``node`` reads at input ``index``, made its own first where other nodes read it too
+    (an exporter's cleanup merges equal constants: every LayerNorm of a freshly initialised model shares one scale)."""
+    from onnx import numpy_helper
+
+    name = node.input[index]
+    readers = sum(name in n.input for n in model.graph.node)
+    if readers > 1:
+        source = _initializers(model)[name]
+        own = f"{node.name}_{name}"
+        model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(source).copy(), own))
+        node.input[index] = own
+        name = own
+    return name
+
+
+def layernorm_gemms(model, exclude: Sequence[str] = ()) -> list[tuple]:
+    """``(layernorm, [matmuls])`` for every LayerNormalization with constant scale and bias whose output only
+    MatMuls with constant 2-D weights read (none of them in ``exclude``): scaling its channels then changes nothing
+    else."""
+    inits = _initializers(model)
+    _, consumers = graph_links(model)
+    found = []
+    for n in model.graph.node:
+        if n.op_type != "LayerNormalization" or len(n.input) < 3 or not all(i in inits for i in n.input[1:3]):
+            continue
+        users = consumers.get(n.output[0], [])
+        gemms = [
+            u
+            for u in users
+            if u.op_type == "MatMul" and u.input[0] == n.output[0] and u.input[1] in inits and len(inits[u.input[1]].dims) == 2
+        ]
+        if users and len(gemms) == len(users) and not any(g.name in exclude for g in gemms):
+            found.append((n, gemms))
+    return found
+
+
+def smooth_layernorm_outliers(
+    model, images: np.ndarray, exclude: Sequence[str] = (), ratio: float = OUTLIER_RATIO, alpha: float = SMOOTHING
+) -> list[Smoothed]:
+    """SmoothQuant on LayerNorm-fed GEMM inputs with an activation outlier, in place on the fp32 ``model``.
+
+    Per channel ``s = max|x|^alpha / max|W|^(1 - alpha)`` (``W``'s row for that input channel, over every GEMM
+    reading it); the LayerNorm's affine weight and bias are divided by ``s`` and the GEMMs' weight rows multiplied
+    by it: ``LN(x) / s @ (s W) = LN(x) @ W``, the same function in fp32, with the outlier's range moved into
+    weights, which are quantized per output channel. Only LayerNorms whose output has an outlier (``ratio``) are
+    touched: a model without one is left exactly as it was."""
+    from onnx import numpy_helper
+
+    targets = layernorm_gemms(model, exclude)
+    if not targets:
+        return []
+    ranges = _channel_ranges(model, [norm.output[0] for norm, _ in targets], images)
+    inits = _initializers(model)
+    done = []
+    for norm, gemms in targets:
+        lo, hi = ranges[norm.output[0]]
+        amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
+        found = float(amax.max() / max(float(np.median(amax)), 1e-12))
+        if found < ratio:
+            continue
+        for index in (1, 2):
+            own_initializer(model, norm, index)
+        for g in gemms:
+            own_initializer(model, g, 1)
+        inits = _initializers(model)
+        weights = [numpy_helper.to_array(inits[g.input[1]]).astype(np.float64) for g in gemms]
+        wmax = np.max([np.abs(w).max(1) for w in weights], axis=0)
+        scale = np.power(np.maximum(amax, 1e-8), alpha) / np.power(np.maximum(wmax, 1e-8), 1 - alpha)
+        scale = np.maximum(scale / float(np.median(scale)), MIN_RELATIVE_SCALE)  # the median channel keeps its range
+        for name in norm.input[1:3]:
+            value = numpy_helper.to_array(inits[name]).astype(np.float64)
+            inits[name].CopyFrom(numpy_helper.from_array((value / scale).astype(np.float32), name))
+        for g, w in zip(gemms, weights):
+            inits[g.input[1]].CopyFrom(numpy_helper.from_array((w * scale[:, None]).astype(np.float32), g.input[1]))
+        done.append(Smoothed(norm.name, tuple(g.name for g in gemms), found, scale))
+    return done

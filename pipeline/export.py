@@ -43,6 +43,7 @@ import torch
 from common.cli import HelpFormatter, command
 from common.errors import S2MLPv2Error, UsageError
 from common.fileio import atomic_path, atomic_write_json
+from common.module_names import exported_scopes, name_nodes
 from common.onnx_meta import CARD_KEY, MODEL_KEY, OPSET, SHIFT_IMPL_KEY, load_onnx, read_metadata, write_metadata
 from models.args import ModelArgs, load_model
 from models.card import ModelCard
@@ -243,11 +244,13 @@ def export_onnx(
     seconds_export = time.perf_counter() - t0
     nodes_exported = len(proto.graph.node)
 
+    scopes = exported_scopes(proto)  # before the cleanup, which drops node metadata
     t0 = time.perf_counter()
     if settings.cleanup:
         with _quiet_exporter():
             proto = onnxslim.slim(proto)
     seconds_cleanup = time.perf_counter() - t0
+    name_nodes(proto, scopes)  # every node MODULE/op: common.module_names
     _rename_batch_dim(proto)
     card = card_for(model)
     write_metadata(

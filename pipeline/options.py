@@ -15,7 +15,7 @@ from common.errors import S2MLPv2Error
 from common.onnx_meta import OPSET
 from engines.package import DEFAULT_BATCH_PROFILE, PRECISIONS
 
-__all__ = ["BuildOptions", "PipelineError", "PRECISIONS", "QDQ_PLACEMENTS", "add_qdq_placement_argument"]
+__all__ = ["BuildOptions", "PipelineError", "PRECISIONS", "QDQ_PLACEMENTS", "add_int8_arguments"]
 
 # Where Q/DQ pairs go, the default first. "gemm-inputs": only on the inputs of MatMul and Gemm,
 # so that ONNX Runtime turns each into one integer kernel with a float output and nothing else
@@ -42,6 +42,8 @@ class BuildOptions:
     qdq_placement: str = QDQ_PLACEMENTS[0]
     calib_holdout: int = 64
     calib_seed: int = CALIB_SEED
+    repair: bool = True  # int8: repair where the held-out check fails (pipeline.precision)
+    keep_fp32: tuple[str, ...] = ()  # int8: PyTorch module paths (or node names) kept in fp32
     labels: Path | None = None
     eval_data: Path | None = None
     eval_limit: int | None = 500
@@ -70,11 +72,28 @@ class BuildOptions:
             raise PipelineError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {self.batch}")
 
 
-def add_qdq_placement_argument(group) -> None:
-    """``--qdq-placement``, shared by ``pipeline.precision`` and ``build_engine.py``."""
+def add_int8_arguments(group) -> None:
+    """``--qdq-placement``, ``--keep-fp32`` and ``--repair``, shared by ``pipeline.precision`` and ``build_engine.py``."""
+    import argparse
+
     group.add_argument(
         "--qdq-placement",
         choices=QDQ_PLACEMENTS,
         default=QDQ_PLACEMENTS[0],
         help="int8: Q/DQ only on MatMul/Gemm inputs (fastest in ONNX Runtime), or ModelOpt's default placement",
+    )
+    group.add_argument(
+        "--keep-fp32",
+        nargs="+",
+        default=[],
+        metavar="MODULE",
+        help="int8: PyTorch module paths to keep in fp32 (network.2.3.mlp.fc1; a path keeps every GEMM below it), or "
+        "node names as precision-int8.json lists them",
+    )
+    group.add_argument(
+        "--repair",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="int8: where the held-out check fails, smooth LayerNorm outliers into the GEMMs' weights, then keep the "
+        "most sensitive GEMMs in fp32 until it passes; --no-repair keeps the graph as quantized, for comparison",
     )

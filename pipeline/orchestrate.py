@@ -167,6 +167,7 @@ class Run:
     hashes: Any = None  # common.fingerprint.HashCache for the evaluation images
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     loaded: Any = None  # the PyTorch model, once a stage has needed it
+    checked: Any = None  # verify's images, labels, paths and source, once a stage has preprocessed them
 
     @property
     def model(self):
@@ -288,11 +289,14 @@ def precision_stage(run: Run) -> StageOutput:
         **calibration_inputs(run.calib),
         calib_method=opts.calib_method,
         qdq_placement=opts.qdq_placement,
+        keep_fp32=opts.keep_fp32,
+        repair=opts.repair,
         verbose=opts.verbose,
     )
     report_name = precision_report_file(opts.precision)
     atomic_write_json(run.out / report_name, report.to_dict())
-    return [run.graph.name, report_name], {"summary": str(report).splitlines()[0]}
+    repairs = [f"{r['module']}: {r['repair']}" for r in report.repairs]
+    return [run.graph.name, report_name], {"summary": str(report).splitlines()[0], "repairs": repairs}
 
 
 def build_stage(run: Run) -> StageOutput:
@@ -378,7 +382,14 @@ def _describe_build(run: Run, rec: dict[str, Any]) -> str:
 
 
 def _verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
-    """(images, labels, paths, source): the evaluation set, else the calibration set's held-out slice, else random inputs."""
+    """(images, labels, paths, source): the evaluation set, else the calibration set's held-out slice, else random
+    inputs; preprocessed once per build (verify and the check sample share them)."""
+    if run.checked is None:
+        run.checked = _load_verify_data(run)
+    return run.checked
+
+
+def _load_verify_data(run: Run) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     from calibration.dataset import load_images
 
     opts, config, calib = run.opts, run.config, run.calib
@@ -486,7 +497,10 @@ def _gates(run: Run) -> dict[str, Any]:
 
     from deployment.gates import GATES
 
-    return {kind: [asdict(g) for g in gates] for kind, gates in GATES[run.opts.precision].items()}
+    found = {kind: [asdict(g) for g in gates] for kind, gates in GATES[run.opts.precision].items()}
+    if run.opts.precision == "fp16":  # a route that computes in bf16 is judged by bf16's gates
+        found |= {f"bf16 {kind}": [asdict(g) for g in gates] for kind, gates in GATES["bf16"].items()}
+    return found
 
 
 STAGES: tuple[Stage, ...] = (
@@ -510,8 +524,12 @@ STAGES: tuple[Stage, ...] = (
             "precision": run.opts.precision,
             "calib_method": run.opts.calib_method,
             "qdq_placement": run.opts.qdq_placement,
+            "repair": run.opts.repair,
+            "keep_fp32": list(run.opts.keep_fp32),
         },
-        describe=lambda run, rec: f"{run.graph.name}: {rec.get('summary', '')}",
+        describe=lambda run, rec: "\n".join(
+            [f"{run.graph.name}: {rec.get('summary', '')}", *(f"[precision] repaired {r}" for r in rec.get("repairs", []))]
+        ),
         code=lambda run: ("pipeline.precision", "calibration.dataset"),
         tools=lambda run: ("modelopt", "onnx", "onnxruntime", "onnxslim", "numpy", "timm", "pillow"),
         applies=lambda run: run.needs_converted_graph,

@@ -75,7 +75,14 @@ def verify_arrays(
         reference = np.concatenate([model(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
     deployed = np.concatenate([runner(images[i : i + batch]) for i in range(0, len(images), batch)])
     result = compare_logits(
-        reference, deployed, labels, precision, paths, model.config.class_names, getattr(runner, "backend", "onnxruntime")
+        reference,
+        deployed,
+        labels,
+        precision,
+        paths,
+        model.config.class_names,
+        getattr(runner, "backend", "onnxruntime"),
+        computes=getattr(runner, "precision", None),
     )
     card = getattr(model, "card", None)
     result.provenance = {

@@ -188,7 +188,7 @@ def test_a_port_in_use_is_one_line_before_anything_starts(server, shared: Shared
 def test_an_interpreter_without_a_shared_libpython_is_one_line(monkeypatch, capsys):
     import sysconfig
 
-    from pipeline import serve
+    from deployment import serve
 
     real = sysconfig.get_config_var
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 0 if name == "Py_ENABLE_SHARED" else real(name))
@@ -419,4 +419,4 @@ def test_a_build_that_fails_its_check_is_not_served_one_line_exit_1(shared: Shar
     proc = run_cli("pipeline.serve", build, *ports, timeout=120)
     assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: deployment.check failed: 1 file(s) differ from the build: model.ort.onnx: changed"), line
+    assert line.startswith("error: the package check failed: 1 file(s) differ from the build: model.ort.onnx: changed"), line

@@ -75,7 +75,7 @@ def test_int8_bias_meets_the_weights_the_graph_dequantizes(tmp_path):
     # A bias folded from the fp32 weights would multiply each weight's rounding by the centre.
     src, out = tmp_path / "mlp.onnx", tmp_path / "mlp-int8.onnx"
     x = _gelu_mlp(src)
-    assert quantize_int8(src, out, x, "max") == ["fc2"]
+    assert quantize_int8(src, out, x, "max") == (["fc2"], [])
     model = onnx.load(str(out))
     fc2 = next(n for n in model.graph.node if n.name == "fc2")
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -90,3 +90,55 @@ def test_int8_bias_meets_the_weights_the_graph_dequantizes(tmp_path):
     # ONNX Runtime's extended optimizations would run the bypassed GEMM as MatMulNBits, which rounds its input again
     got = make_session(model, optimization="basic").run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def _planted_graph(tiny, tmp_path, factor: float):
+    """The tiny export with one LayerNorm output channel scaled up by ``factor`` and its GEMMs' input rows down."""
+    from pipeline.equalize import layernorm_gemms, own_initializer
+
+    path, images = tiny
+    model = onnx.load(str(path))
+    norm, gemms = layernorm_gemms(model)[-1]
+    for index in (1, 2):
+        own_initializer(model, norm, index)  # every LayerNorm of the random-init model shares one scale
+    for g in gemms:
+        own_initializer(model, g, 1)
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in norm.input[1:3]:
+        v = numpy_helper.to_array(inits[name]).copy()
+        v[3] *= factor
+        inits[name].CopyFrom(numpy_helper.from_array(v, name))
+    for g in gemms:
+        w = numpy_helper.to_array(inits[g.input[1]]).copy()
+        w[3] /= factor
+        inits[g.input[1]].CopyFrom(numpy_helper.from_array(w, g.input[1]))
+    planted = tmp_path / f"planted-{factor:g}.onnx"
+    onnx.save(model, str(planted))
+    return planted, images, norm.name
+
+
+def test_a_layernorm_outlier_is_smoothed_into_the_weights_and_the_function_stays(tiny, tmp_path):
+    from pipeline.equalize import OUTLIER_RATIO, smooth_layernorm_outliers
+
+    planted, images, norm = _planted_graph(tiny, tmp_path, 300.0)
+    model = onnx.load(str(planted))
+    smoothed = smooth_layernorm_outliers(model, images)
+    assert [s.norm for s in smoothed] == [norm] and smoothed[0].outlier_ratio > OUTLIER_RATIO
+    onnx.save(model, str(tmp_path / "smoothed.onnx"))
+    ref, got = OnnxRuntimeRunner(planted)(images), OnnxRuntimeRunner(tmp_path / "smoothed.onnx")(images)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    # the outlier channel's range is now within a few times the median channel's
+    (out,) = session_with_outputs(model, [norm_out := next(n.output[0] for n in model.graph.node if n.name == norm)]).run(
+        [norm_out], {"input": images}
+    )
+    amax = np.abs(out.reshape(-1, out.shape[-1])).max(0)
+    assert amax.max() / np.median(amax) < OUTLIER_RATIO
+
+
+def test_a_model_without_an_outlier_is_left_exactly_as_it_was(tiny):
+    from pipeline.equalize import smooth_layernorm_outliers
+
+    path, images = tiny
+    model = onnx.load(str(path))
+    before = model.SerializeToString()
+    assert smooth_layernorm_outliers(model, images) == [] and model.SerializeToString() == before

@@ -174,14 +174,20 @@ def test_sensitive_nodes_names_the_node_that_causes_the_error_not_those_after_it
 
 def test_convolutions_stay_fp32_by_default(int8):
     _, report = int8
-    assert [n for n in report.not_quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+    assert [n for n in report.not_quantized if n.startswith("Conv:")] == [
+        "Conv:patch_embed.proj/node_conv2d",
+        "Conv:network.1.proj/node_conv2d_1",
+    ]
     assert not [n for n in report.quantized if n.startswith("Conv:")]
 
 
 def test_quantize_conv_puts_qdq_on_convolutions(tiny, tmp_path):
     _, std, _, images = tiny
     report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], quantize_conv=True)
-    assert [n for n in report.quantized if n.startswith("Conv:")] == ["Conv:node_conv2d", "Conv:node_conv2d_1"]
+    assert [n for n in report.quantized if n.startswith("Conv:")] == [
+        "Conv:patch_embed.proj/node_conv2d",
+        "Conv:network.1.proj/node_conv2d_1",
+    ]
 
 
 def test_int8_equalizes_every_gelu_fed_gemm(tiny, int8):
@@ -214,6 +220,14 @@ def test_keep_fp32_keeps_the_named_gemm_unquantized(tiny, int8, tmp_path):
     assert pinned in report.not_quantized and pinned not in report.quantized
 
 
+def test_keep_fp32_takes_module_paths(tiny, tmp_path):
+    _, std, _, images = tiny
+    report = convert_precision(std, tmp_path / "int8.onnx", "int8", images[:16], keep_fp32=["network.2.0.mlp"])
+    kept = [n for n in report.not_quantized if "network.2.0.mlp." in n]
+    assert len(kept) == 2 and not [n for n in report.quantized if "network.2.0.mlp." in n]  # fc1 and fc2
+    assert report.settings["keep_fp32"] == ["network.2.0.mlp"] and len(report.settings["keep_fp32_nodes"]) == 2
+
+
 @pytest.mark.slow
 def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
     _, std, _, _ = tiny
@@ -221,9 +235,11 @@ def test_cli_int8_with_folder_and_report(tiny, tmp_path, run_cli):
     command = ["pipeline.precision", "--onnx", std, "--precision", "int8", "--calib-data", DATA / "cifar10-val"]
     command += ["--calib-size", "40", "--calib-holdout", "20", "--cache-dir", tmp_path / "cache", "--out", out]
     proc = run_cli(*command, "--report", tmp_path / "report.json", check=True)
-    assert "Q/DQ on" in proc.stdout and "fallback round 0" in proc.stdout
+    assert "Q/DQ on" in proc.stdout and "held-out check, as quantized: " in proc.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["quantized"] and report["fallback_rounds"][0]["gate"] == "top1_agreement"
+    check = report["fallback_rounds"][0]
+    assert report["quantized"] and check["step"] == "as quantized" and check["passed"] and report["repairs"] == []
+    assert set(check["checks"]) == {"top1_agreement", "cosine_min", "kl_mean"}
     assert out.is_file()
     again = run_cli(*command, check=True)
     assert "(cached)" in again.stdout
@@ -272,7 +288,7 @@ CLEAN_FAILURES = [
             "--out",
             str(tmp / "out" / "m.onnx"),
         ],
-        Fails("has no node named node_nowhere", "as the int8 report lists them"),
+        Fails("has no module or node 'node_nowhere'", "as the int8 report lists them"),
     ),
     Case(
         "onnx-of-another-project",

@@ -96,7 +96,7 @@ def test_a_changed_evaluation_image_reruns_verify_only(built, capsys):
 
 
 def test_a_changed_gate_reruns_verify_only(built, capsys, monkeypatch):
-    from pipeline import gates
+    from deployment import gates
 
     opts, _ = built
     fp32 = dict(gates.GATES["fp32"])

@@ -51,15 +51,32 @@ def test_int8_gates_judge_the_top1_drop_and_the_agreement():
 
 
 def test_the_precision_stage_gates_int8_with_the_same_table(monkeypatch):
-    from pipeline import gates, precision
+    from deployment import gates
+    from pipeline import precision
 
-    logits = np.eye(10)[np.arange(100) % 10]
+    logits = np.eye(10)[np.arange(100) % 10] * 8.0
     flipped = logits.copy()
     flipped[:2] = np.roll(logits[:2], 1, axis=1)  # agreement 0.98
-    assert precision._gate(logits, flipped, labeled=True) == ("top1_agreement", 0.98, 0.99)
+    verdict = precision.holdout_check(logits, flipped, labeled=True)
+    assert not verdict["passed"] and "top1_agreement" in verdict["failed"]
+    assert verdict["checks"]["top1_agreement"] == {"value": 0.98, "op": ">=", "threshold": 0.99}
     looser = (gates.Gate("top1_drop", "<=", 0.005), gates.Gate("top1_agreement", ">=", 0.95))
     monkeypatch.setitem(gates.GATES["int8"], "labeled", looser)
-    assert precision._gate(logits, flipped, labeled=True)[2] == 0.95
+    assert precision.holdout_check(logits, flipped, labeled=True)["checks"]["top1_agreement"]["threshold"] == 0.95
+
+
+def test_the_held_out_check_judges_the_logits_not_only_top1():
+    from pipeline.precision import HOLDOUT_KL, holdout_check
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 10)) * 3
+    logits[np.arange(64), np.arange(64) % 10] += 20  # confident: the noise below flips none of them
+    assert holdout_check(logits, logits + rng.normal(size=logits.shape) * 0.01, labeled=True)["passed"]
+    blurred = logits + rng.normal(size=logits.shape) * 1.5  # no top-1 flips, but logits far off
+    verdict = holdout_check(logits, blurred, labeled=True)
+    assert verdict["checks"]["top1_agreement"]["value"] == 1.0
+    assert not verdict["passed"] and set(verdict["failed"]) & {"cosine_min", "kl_mean"}
+    assert verdict["checks"]["kl_mean"]["threshold"] == HOLDOUT_KL
 
 
 def test_identical_logits_pass_fp32_gates():
