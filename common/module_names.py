@@ -20,7 +20,16 @@ import ast
 import re
 from collections.abc import Iterable
 
-__all__ = ["SCOPES_KEY", "module_of", "scoped_name", "exported_scopes", "name_nodes", "module_map", "block_outputs"]
+__all__ = [
+    "SCOPES_KEY",
+    "module_of",
+    "onnx_node_name",
+    "scoped_name",
+    "exported_scopes",
+    "name_nodes",
+    "module_map",
+    "block_outputs",
+]
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's per-node metadata: module paths, outermost first
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
@@ -31,6 +40,13 @@ def module_of(name: str) -> str | None:
     """The module path at the front of a node's (or an IR operation's, or a TensorRT layer's) name, else None."""
     head, sep, _ = name.partition("/")
     return head if sep and _MODULE.fullmatch(head) else None
+
+
+def onnx_node_name(name: str) -> str:
+    """The ONNX node an OpenVINO operation (or a TensorRT layer) is named after, without the suffix the runtime adds
+    to an operation it split off (``network.0.0.attn/node_linear/WithoutBiases`` -> ``network.0.0.attn/node_linear``)."""
+    parts = name.split("/")
+    return "/".join(parts[:2]) if module_of(name) is not None else parts[0]
 
 
 def scoped_name(module: str, name: str) -> str:

@@ -138,10 +138,10 @@ class Runner(Protocol):
         ...
 
 
-def load_runner(artifact: str | os.PathLike, threads: int | None = None) -> Runner:
+def load_runner(artifact: str | os.PathLike, threads: int | None = None, streams: int | None = None) -> Runner:
     """The runner for an artifact, the one place that dispatches on its type: ONNX Runtime for ``.onnx``, OpenVINO
     for ``.xml``, the TensorRT runtime of the plan's flavour for ``.plan``/``.engine``. ``threads``: CPU threads for
-    ONNX Runtime and OpenVINO (None: theirs)."""
+    ONNX Runtime and OpenVINO (None: theirs); ``streams``: OpenVINO's requests that run at once (None: one)."""
     path = Path(artifact)
     if not path.is_file():
         raise DeployedError(f"artifact not found: {path}")
@@ -158,7 +158,7 @@ def load_runner(artifact: str | os.PathLike, threads: int | None = None) -> Runn
         from engines.openvino import IRError, OpenVINORunner, OpenVINOUnavailable
 
         try:
-            return OpenVINORunner(path, threads=threads)
+            return OpenVINORunner(path, threads=threads, streams=streams)
         except (IRError, OpenVINOUnavailable) as e:
             raise DeployedError(f"cannot run {path}: {e}") from None
     if path.suffix != ".onnx":
@@ -380,8 +380,16 @@ class DeployedModel:
         )
 
     @classmethod
-    def open(cls, path: str | os.PathLike, backend: str = "auto", batch: int | None = None) -> DeployedModel:
-        """Open a build directory, a ``.plan`` or an ``.onnx``; ``batch`` caps the batch size (default: the build's profile)."""
+    def open(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        batch: int | None = None,
+        threads: int | None = None,
+        streams: int | None = None,
+    ) -> DeployedModel:
+        """Open a build directory, a ``.plan`` or an ``.onnx``; ``batch`` caps the batch size (default: the build's
+        profile); ``threads`` and ``streams``: the CPU runtime's (``load_runner``)."""
         if batch is not None and batch < 1:
             raise UsageError(f"batch must be at least 1, got {batch}")
         choice, package = _choose(path, backend)
@@ -391,7 +399,7 @@ class DeployedModel:
                 batch = package.batch_profile[2]
         else:
             card = read_card(choice.artifact)
-        runner = load_runner(choice.artifact)
+        runner = load_runner(choice.artifact, threads, streams)
         return cls(runner, card, choice, batch)
 
     # --- what the card says

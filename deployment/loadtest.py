@@ -40,6 +40,8 @@ from common.processes import free_ports
 __all__ = [
     "LoadLevel",
     "LoadTestError",
+    "ServerStats",
+    "dynamic_batching",
     "Server",
     "run_level",
     "check_loopback",
@@ -68,6 +70,12 @@ class LoadLevel:
     images_per_request: int
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     first_error: str | None = None
+    # what the server did, from Triton's own statistics over this level (ServerStats); None where it could not be read
+    dynamic_batching: bool | None = None
+    avg_batch: float | None = None  # images per model execution
+    batch_histogram: dict[int, int] = field(default_factory=dict)  # executed batch size -> executions
+    queue_ms: float | None = None  # server-side mean per request: waiting in Triton's queue
+    compute_ms: float | None = None  # server-side mean per request: input, model and output
 
     @property
     def requests_per_s(self) -> float:
@@ -91,6 +99,57 @@ class LoadLevel:
             p99_ms=self.percentile(99),
         )
         return d
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of Triton's statistics for one model (``ModelStatistics``): cumulative counts and nanoseconds."""
+
+    inferences: int  # images (each image of a batched request counts)
+    executions: int  # model executions (a dynamically formed batch is one)
+    requests: int  # successful requests
+    queue_ns: int
+    compute_ns: int  # compute_input + compute_infer + compute_output
+    batches: dict[int, int]  # executed batch size -> executions
+
+    @classmethod
+    def read(cls, url: str, model_name: str) -> ServerStats:
+        import tritonclient.grpc as grpcclient
+
+        with grpcclient.InferenceServerClient(url) as c:
+            (m,) = c.get_inference_statistics(model_name).model_stats
+        st = m.inference_stats
+        return cls(
+            int(m.inference_count),
+            int(m.execution_count),
+            int(st.success.count),
+            int(st.queue.ns),
+            int(st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns),
+            {int(b.batch_size): int(b.compute_infer.count) for b in m.batch_stats},
+        )
+
+    def since(self, before: ServerStats) -> dict:
+        """What the server did between ``before`` and this snapshot: LoadLevel's server-side fields."""
+        executions = self.executions - before.executions
+        requests = self.requests - before.requests
+        histogram = {b: n - before.batches.get(b, 0) for b, n in sorted(self.batches.items())}
+        return {
+            "avg_batch": (self.inferences - before.inferences) / executions if executions else None,
+            "batch_histogram": {b: n for b, n in histogram.items() if n},
+            "queue_ms": (self.queue_ns - before.queue_ns) / requests / 1e6 if requests else None,
+            "compute_ms": (self.compute_ns - before.compute_ns) / requests / 1e6 if requests else None,
+        }
+
+
+def dynamic_batching(url: str, model_name: str) -> bool | None:
+    """Whether the served model's configuration batches dynamically (None: the configuration could not be read)."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        with grpcclient.InferenceServerClient(url) as c:
+            return c.get_model_config(model_name).config.HasField("dynamic_batching")
+    except Exception:  # tritonclient's and grpc's own errors: the report says "unknown"
+        return None
 
 
 def check_loopback(host: str) -> None:
@@ -207,15 +266,34 @@ def run_level(
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1e3)
 
+    before = _stats(url, model_name)
     t0 = time.perf_counter()
     workers = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
     for w in workers:
         w.start()
     for w in workers:
         w.join(seconds + 30)
-    return LoadLevel(
-        mode, concurrency, issued, len(errors), time.perf_counter() - t0, batch, latencies, errors[0] if errors else None
-    )
+    elapsed = time.perf_counter() - t0
+    after = _stats(url, model_name)
+    settle = time.monotonic() + 2.0  # Triton may count the last responses a moment after the client has them
+    while before is not None and after is not None and after.requests - before.requests < len(latencies):
+        if time.monotonic() > settle:
+            break
+        time.sleep(0.05)
+        after = _stats(url, model_name)
+    level = LoadLevel(mode, concurrency, issued, len(errors), elapsed, batch, latencies, errors[0] if errors else None)
+    level.dynamic_batching = dynamic_batching(url, model_name)
+    if before is not None and after is not None:
+        for key, value in after.since(before).items():
+            setattr(level, key, value)
+    return level
+
+
+def _stats(url: str, model_name: str) -> ServerStats | None:
+    try:
+        return ServerStats.read(url, model_name)
+    except Exception:  # a server without the statistics extension: the report leaves the server-side columns empty
+        return None
 
 
 def _served(build: Path):
@@ -262,13 +340,24 @@ def _markdown(result: dict) -> str:
         "",
         *[f"The {mode} server said: `{line}`" for mode, line in result.get("servers", {}).items()],
         "",
-        "| batching | clients | requests | errors | requests/s | images/s | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Client side: requests/s, images/s and latency per request. Server side, from Triton's own statistics over "
+        "the level: images per executed batch (mean, and how many executions of each size), and each request's mean "
+        "time waiting in Triton's queue and computing (input, model, output).",
+        "",
+        "| batching | clients | requests | errors | requests/s | images/s | p50 ms | p90 ms | p99 ms "
+        "| avg batch | executed batches | queue ms | compute ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(v, fmt: str) -> str:
+        return "–" if v is None else format(v, fmt)
+
     for r in result["levels"]:
+        histogram = ", ".join(f"{b}: {n}" for b, n in r["batch_histogram"].items()) or "–"
         lines.append(
             f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['requests_per_s']:.1f} | "
-            f"{r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} |"
+            f"{r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{num(r['avg_batch'], '.2f')} | {histogram} | {num(r['queue_ms'], '.2f')} | {num(r['compute_ms'], '.2f')} |"
         )
     lines += ["", *[f"- {line}" for line in result["ratios"]]]
     errors = [r for r in result["levels"] if r["first_error"]]

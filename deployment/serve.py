@@ -93,8 +93,15 @@ class ServeSettings:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    max_batch: int | None = None  # None: the plan's (or the build's) profile
-    queue_delay_us: int = 100
+    max_batch: int | None = None  # None: the tuned choice's, else the plan's (or the build's) profile
+    # None: the build's tuned choice (serving.json, deployment.tuned), else ServingChoice's defaults
+    queue_delay_us: int | None = None
+    preferred_batch: tuple[int, ...] | None = None
+    instances: int | None = None
+    threads: int | None = None
+    streams: int | None = None
+    tuned: bool = True  # take the build's serving.json where a setting is not given
+    tuned_note: str = ""  # which settings applied, for the ready line (resolve_tuned)
     dynamic_batching: bool = True
     top_k: int = 5
     backend: str = "auto"
@@ -144,11 +151,15 @@ def check_settings(settings: ServeSettings) -> None:
     for flag, port in ports.items():
         if not 1 <= port <= 65535:
             raise UsageError(f"{flag} must be a port number from 1 to 65535, got {port}")
-    if settings.queue_delay_us < 0:
+    if settings.queue_delay_us is not None and settings.queue_delay_us < 0:
         raise UsageError(f"--queue-delay-us must be 0 or more, got {settings.queue_delay_us}")
     for flag, value in (
         ("--top-k", settings.top_k),
         ("--max-batch", settings.max_batch),
+        ("--instances", settings.instances),
+        ("--threads", settings.threads),
+        ("--streams", settings.streams),
+        *(("--preferred-batch", b) for b in settings.preferred_batch or ()),
         ("--max-image-bytes", settings.max_image_bytes),
         ("--max-image-pixels", settings.max_image_pixels),
         ("--max-request-pixels", settings.max_request_pixels),
@@ -166,6 +177,7 @@ def serve(build: str | os.PathLike, settings: ServeSettings = ServeSettings(), r
     check_settings(settings)
     if not Path(build).exists():
         raise UsageError(f"{build} does not exist; give a build directory (build_engine.py --out), a .plan, an .onnx or an .xml")
+    settings = resolve_tuned(settings, build)
     libdir = python_library_dir()
     front = Front(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port)
     try:
@@ -236,11 +248,33 @@ def _serve_until_stopped(front, supervisor: Supervisor, settings: ServeSettings,
         time.sleep(delay)
 
 
+def resolve_tuned(settings: ServeSettings, build: str | os.PathLike) -> ServeSettings:
+    """``settings`` with every batching and instance setting filled: given on the command line, else the build's tuned
+    choice (``serving.json``), else the defaults. ``tuned_note`` says which applied, for the ready line."""
+    import dataclasses
+
+    from .tuned import ServingChoice
+
+    choice = ServingChoice.read(build) if settings.tuned else None
+    base = choice or ServingChoice()
+    fields = ("max_batch", "queue_delay_us", "preferred_batch", "instances", "threads", "streams")
+    given = {f: getattr(settings, f) for f in fields if getattr(settings, f) is not None}
+    if choice is None:
+        note = "default serving settings" + ("" if settings.tuned else " (--untuned)")
+    else:
+        overridden = f"; {', '.join(sorted(given))} from the command line" if given else ""
+        note = f"tuned by pipeline.tune (serving.json: {choice.describe()}){overridden}"
+    return dataclasses.replace(settings, **{f: given.get(f, getattr(base, f)) for f in fields}, tuned_note=note)
+
+
 def _ready_line(settings: ServeSettings, models, info: dict) -> str:
     if settings.dynamic_batching:
-        batching = f"dynamic batching up to {models.max_batch}, queue delay {settings.queue_delay_us} us"
+        preferred = f", preferred {', '.join(map(str, settings.preferred_batch))}" if settings.preferred_batch else ""
+        batching = f"dynamic batching up to {models.max_batch}{preferred}, queue delay {settings.queue_delay_us} us"
     else:
         batching = f"no dynamic batching, batches up to {models.max_batch}"
+    instances = settings.instances or 1
+    batching += f", {instances} model instance{'s' if instances > 1 else ''}; {settings.tuned_note or 'default serving settings'}"
     return (
         f"ready: {models.float_name} (input -> logits) and {models.image_name} (image bytes -> top-{models.top_k}) "
         f"on http://{settings.host}:{settings.http_port}, grpc {settings.host}:{settings.grpc_port}, "
@@ -273,6 +307,10 @@ class Supervisor:
             "backend": s.backend,
             "max_batch": s.max_batch,
             "queue_delay_us": s.queue_delay_us,
+            "preferred_batch": list(s.preferred_batch or ()),
+            "instances": s.instances or 1,
+            "threads": s.threads,
+            "streams": s.streams,
             "dynamic_batching": s.dynamic_batching,
             "top_k": s.top_k,
             "verbose": s.verbose,
@@ -433,8 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--max-batch", type=int, help="largest batch (default: the plan's or the build's profile)")
-    p.add_argument("--queue-delay-us", type=int, default=100, help="how long a request may wait for others to batch with")
+    tuned = p.add_argument_group(
+        "batching and instances (default: the build's serving.json, which python -m pipeline.tune writes; else as below)"
+    )
+    tuned.add_argument("--max-batch", type=int, help="largest batch (default: the plan's or the build's profile)")
+    tuned.add_argument("--queue-delay-us", type=int, help="how long a request may wait for others to batch with (default: 100)")
+    tuned.add_argument("--preferred-batch", type=int, nargs="+", help="batch sizes the batcher aims for (default: none)")
+    tuned.add_argument("--instances", type=int, help="model instances that run at once (default: 1)")
+    tuned.add_argument("--threads", type=int, help="CPU threads per instance (default: the runtime's, all cores)")
+    tuned.add_argument("--streams", type=int, help="OpenVINO: requests that run at once in its runtime (default: 1)")
+    tuned.add_argument("--untuned", action="store_true", help="ignore the build's serving.json")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--top-k", type=int, default=5, help="classes the image model returns")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the plan on a GPU it runs on, else the CPU route")
@@ -467,6 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         max_batch=args.max_batch,
         queue_delay_us=args.queue_delay_us,
+        preferred_batch=tuple(args.preferred_batch) if args.preferred_batch else None,
+        instances=args.instances,
+        threads=args.threads,
+        streams=args.streams,
+        tuned=not args.untuned,
         dynamic_batching=not args.no_dynamic_batching,
         top_k=args.top_k,
         backend=args.backend,

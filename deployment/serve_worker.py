@@ -181,10 +181,15 @@ def _bind(triton, model, settings: dict, limits):
         raise UsageError(f"--max-batch {max_batch} is below the plan's smallest batch {model.min_batch}")
     classes = model.card.config.num_classes
     top_k = min(settings["top_k"], classes)
-    batcher = DynamicBatcher(max_queue_delay_microseconds=settings["queue_delay_us"]) if settings["dynamic_batching"] else None
+    preferred = [b for b in settings.get("preferred_batch") or () if b <= max_batch]
+    batcher = (
+        DynamicBatcher(max_queue_delay_microseconds=settings["queue_delay_us"], preferred_batch_size=preferred or None)
+        if settings["dynamic_batching"]
+        else None
+    )
     triton.bind(
         model_name=float_name,
-        infer_func=_infer_logits(model),
+        infer_func=[_infer_logits(model) for _ in range(settings.get("instances") or 1)],
         inputs=[Tensor(name="input", dtype=np.float32, shape=model.input_size)],
         outputs=[Tensor(name="logits", dtype=np.float32, shape=(classes,))],
         config=ModelConfig(max_batch_size=max_batch, batcher=batcher),
@@ -259,7 +264,9 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
     run_dir = Path(settings["run_dir"])
     try:
         _check_files(settings)  # before anything loads a file that is not what was built
-        model = DeployedModel.open(settings["build"], settings["backend"])
+        model = DeployedModel.open(
+            settings["build"], settings["backend"], threads=settings.get("threads"), streams=settings.get("streams")
+        )
         check = _check(settings, model)
         if check is not None and not check.passed:
             channel.send(

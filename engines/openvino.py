@@ -60,6 +60,7 @@ import numpy as np
 
 from common.errors import S2MLPv2Error
 from common.fileio import atomic_paths, sha256_file
+from common.module_names import onnx_node_name
 from common.onnx_meta import CARD_KEY, REPAIRS_KEY, SHIFT_IMPL_KEY, graph_precision, load_onnx, read_metadata
 
 from .package import PRECISIONS
@@ -203,11 +204,16 @@ def cpu_notes(cpu: str, capabilities: tuple[str, ...], precision: str) -> list[s
     return notes
 
 
-def _compile(core, model, hint: str, threads: int | None, profile: bool = False, pinning: bool | None = None):
-    """The model compiled for the CPU with every setting explicit: precision hint, latency mode, threads (and pinning)."""
+def _compile(
+    core, model, hint: str, threads: int | None, profile: bool = False, pinning: bool | None = None, streams: int | None = None
+):
+    """The model compiled for the CPU with every setting explicit: precision hint, latency mode, threads (and pinning,
+    and the number of streams: requests that run at once; the latency mode's default is one)."""
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
     if pinning is not None:
         config["ENABLE_CPU_PINNING"] = pinning
     if profile:
@@ -267,7 +273,7 @@ def _rt(node, key: str) -> str:
 
 def _original_names(node) -> set[str]:
     """The graph nodes a runtime node was fused from, without OpenVINO's suffixes (``/WithoutBiases``, ...)."""
-    return {name.split("/")[0] for name in _rt(node, "originalLayersNames").split(",") if name}
+    return {onnx_node_name(name) for name in _rt(node, "originalLayersNames").split(",") if name}
 
 
 def check_int8(compiled, quantized: list[str]) -> Int8Check:
@@ -500,9 +506,11 @@ class CompiledModels:
         threads: int | None,
         max_static_shapes: int = 8,
         pinning: bool | None = None,
+        streams: int | None = None,
     ):
         self._model, self._core = model, core
         self.hint, self.precision, self.threads, self.pinning = hint, precision, threads, pinning
+        self.streams = streams
         self.input_shape = tuple(input_shape)
         self.input_name = model.inputs[0].get_any_name()
         self.max_static_shapes = max_static_shapes
@@ -518,6 +526,7 @@ class CompiledModels:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": self.threads or 0,
             "ENABLE_CPU_PINNING": "default" if self.pinning is None else self.pinning,
+            "NUM_STREAMS": self.streams or "default (1 in latency mode)",
             "static_batch_shapes": self.max_static_shapes,
         }
 
@@ -526,7 +535,9 @@ class CompiledModels:
         with self._lock:
             key: int | None = batch if batch in self._compiled or len(self._compiled) < self.max_static_shapes else None
             if key not in self._compiled:
-                compiled = _compile(self._core, self._shaped(key), self.hint, self.threads, pinning=self.pinning)
+                compiled = _compile(
+                    self._core, self._shaped(key), self.hint, self.threads, pinning=self.pinning, streams=self.streams
+                )
                 self._compiled[key] = (compiled, queue.SimpleQueue())
             return self._compiled[key]
 
@@ -612,7 +623,12 @@ class OpenVINORunner(CompiledModels):
     """
 
     def __init__(
-        self, xml: str | os.PathLike, threads: int | None = None, max_static_shapes: int = 8, pinning: bool | None = False
+        self,
+        xml: str | os.PathLike,
+        threads: int | None = None,
+        max_static_shapes: int = 8,
+        pinning: bool | None = False,
+        streams: int | None = None,
     ) -> None:
         self.path = Path(xml)
         if not self.path.is_file():
@@ -632,7 +648,7 @@ class OpenVINORunner(CompiledModels):
                 f"this {cpu} lacks it: computing in {hint}"
             )
         precision = "int8" if self.sidecar.precision == "int8" else _COMPUTES[hint]
-        super().__init__(model, core, hint, precision, self.sidecar.input_shape, threads, max_static_shapes, pinning)
+        super().__init__(model, core, hint, precision, self.sidecar.input_shape, threads, max_static_shapes, pinning, streams)
         self.output_name = self.sidecar.output_name
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "IR_FILE",
     "IR_WEIGHTS",
     "SAMPLE_FILE",
+    "SERVING_FILE",
     "BENCHMARK_FILE",
     "CALIBRATION_DIR",
     "PRECISIONS",
@@ -91,6 +92,7 @@ PLAN_FILE = "model.plan"
 IR_FILE = "model.xml"
 IR_WEIGHTS = "model.bin"
 SAMPLE_FILE = "check-sample.npz"
+SERVING_FILE = "serving.json"  # the serving settings pipeline.tune chose (serve's defaults; --triton-repo's config)
 CALIBRATION_DIR = "calibration"
 
 PRECISIONS = ("fp32", "fp16", "int8")

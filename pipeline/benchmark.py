@@ -37,6 +37,12 @@ per-node profile (``PERF_COUNT``) of every IR, at every batch: the time per op t
 OpenVINO also the kernel, e.g. ``brgemm_avx512_i8``), and the GEMM-class kernels' own GFLOP/s
 (the model's MACs over their time) against the ceiling. That fraction bounds the whole graph's;
 the other ops' share is what stands between the two.
+
+``python -m pipeline.benchmark --compare OLD.json NEW.json`` measures nothing: it says per row (runtime and
+batch) whether NEW is faster, slower or the same as OLD. Speed is each row's fraction of its own run's GEMM
+ceiling, per round, so a machine that is slower during one run does not count as a change; a row is faster or
+slower only when the 95 % bootstrap interval of the ratio over both runs' rounds excludes 1 (run both with
+``--rounds 3`` or more). It exits 1 when a row is slower beyond the noise.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import numpy as np
 import torch
 
 from common.cli import HelpFormatter, command
+from common.errors import S2MLPv2Error
 from common.fileio import atomic_paths, atomic_save_figure, atomic_write_json, atomic_write_text, new_figure
 from common.timing import time_fn
 from common.versions import cpu_name, tool_versions
@@ -63,7 +70,21 @@ from models.s2mlpv2 import count_macs
 
 MODEL_ARGS = ModelArgs(model_help="variant for the torch rows (speed does not depend on the weights)")
 
-__all__ = ["time_fn", "time_interleaved", "gemm_ceilings", "profile_onnx", "plain_export", "main"]
+__all__ = [
+    "BenchmarkError",
+    "time_fn",
+    "time_interleaved",
+    "gemm_ceilings",
+    "profile_onnx",
+    "plain_export",
+    "compare_reports",
+    "main",
+]
+
+
+class BenchmarkError(S2MLPv2Error, ValueError):
+    """Reports that cannot be compared; the message says what to give."""
+
 
 # ONNX Runtime kernels that do the model's multiply-adds (fp32 and integer, before and after fusion).
 GEMM_OPS = frozenset(
@@ -427,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for torch, ONNX Runtime and OpenVINO alike")
     p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n x n products that measure the ceilings")
     p.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON; .md and .png are written beside it")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("OLD.json", "NEW.json"),
+        help="measure nothing: say per row (runtime and batch) whether NEW is faster, slower or the same as OLD, judged "
+        "by a bootstrap interval over each run's rounds (both need --rounds 2 or more); exit 1 on a slowdown beyond "
+        "the noise",
+    )
     return p
 
 
@@ -590,6 +620,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        lines, slower = compare_reports(*args.compare)
+        print("\n".join(lines))
+        return 1 if slower else 0
     for flag, value, least in (
         ("--rounds", args.rounds, 1),
         ("--iters", args.iters, 1),
@@ -604,6 +638,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_markdown(result))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
+
+
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        report = json.loads(Path(path).read_text())
+        rows = report["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BenchmarkError(
+            f"{path} is not a report of python -m pipeline.benchmark ({type(e).__name__}); give the .json it wrote"
+        ) from None
+    if not isinstance(rows, list):
+        raise BenchmarkError(f"{path} is not a report of python -m pipeline.benchmark; give the .json it wrote")
+    return report
+
+
+def compare_rows(old: dict[str, Any], new: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """One row of two runs: the ratio of their speeds and a bootstrap interval over their rounds.
+
+    Speed is the row's fraction of its own run's fp32 or int8 GEMM ceiling, per round: a machine that runs 10 %%
+    slower in one run lowers the ceiling and the row alike, so the drift cancels. The ratio is new over old
+    (above 1: faster); resampling each run's rounds with replacement gives its distribution."""
+    a = np.asarray(old.get("fraction_of_ceiling_by_round") or [], dtype=np.float64)
+    b = np.asarray(new.get("fraction_of_ceiling_by_round") or [], dtype=np.float64)
+    ratio = float(np.median(b) / np.median(a)) if len(a) and len(b) else float("nan")
+    row = {"backend": new["backend"], "batch": new["batch"], "old_p50_ms": old["p50_ms"], "new_p50_ms": new["p50_ms"]}
+    row["speed_ratio"] = ratio
+    if len(a) < 2 or len(b) < 2:
+        return {**row, "verdict": "not judged", "why": "fewer than 2 rounds in a run: no spread to judge the noise by"}
+    draws = np.median(rng.choice(b, (BOOTSTRAP_SAMPLES, len(b))), 1) / np.median(rng.choice(a, (BOOTSTRAP_SAMPLES, len(a))), 1)
+    lo, hi = (float(v) for v in np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2]))
+    verdict = "faster" if lo > 1 else "slower" if hi < 1 else "same"
+    return {
+        **row,
+        "interval": [lo, hi],
+        "verdict": verdict,
+        "why": f"{CONFIDENCE:.0%} interval of the speed ratio {lo:.3f}..{hi:.3f}",
+    }
+
+
+def compare_reports(old_path: Path, new_path: Path) -> tuple[list[str], bool]:
+    """(the comparison as markdown lines, whether any row is slower beyond the noise)."""
+    old, new = _read_report(old_path), _read_report(new_path)
+    rng = np.random.default_rng(0)
+    by_key = {(r["backend"], r["batch"]): r for r in old["rows"]}
+    rows = [compare_rows(by_key[(r["backend"], r["batch"])], r, rng) for r in new["rows"] if (r["backend"], r["batch"]) in by_key]
+    if not rows:
+        raise BenchmarkError(
+            f"{old_path} and {new_path} share no row (runtime and batch); compare two runs of the same artifacts"
+        )
+    lines = [
+        f"# Benchmark: {new_path} against {old_path}",
+        "",
+        "Speed is each row's fraction of its own run's GEMM ceiling (machine drift cancels); the ratio is new over old, "
+        f"above 1 faster; the verdict needs the {CONFIDENCE:.0%} bootstrap interval over the rounds to exclude 1.",
+        "",
+        "| row | batch | old p50 ms | new p50 ms | speed ratio | interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        interval = "–" if "interval" not in r else f"{r['interval'][0]:.3f}..{r['interval'][1]:.3f}"
+        lines.append(
+            f"| {r['backend']} | {r['batch']} | {r['old_p50_ms']:.2f} | {r['new_p50_ms']:.2f} | {r['speed_ratio']:.3f} | "
+            f"{interval} | {r['verdict']} |"
+        )
+    missing = [f"{k[0]} batch {k[1]}" for k in by_key if k not in {(r["backend"], r["batch"]) for r in rows}]
+    if missing:
+        lines += ["", f"only in {old_path}: {', '.join(missing)}"]
+    slower = [r for r in rows if r["verdict"] == "slower"]
+    lines += ["", f"{len(slower)} row(s) slower beyond the noise" if slower else "no row slower beyond the noise"]
+    return lines, bool(slower)
 
 
 def _time_rounds(settings: BenchmarkSettings, rows: Sequence[Row], inputs: dict[int, np.ndarray], gflops) -> list:

@@ -630,8 +630,8 @@ def run_pipeline(opts: BuildOptions) -> dict[str, Any]:
         if opts.triton_repo is not None:  # from the package, as a user's repository from a shipped build
             from deployment.triton_repo import write_package_repository
 
-            folder, served = write_package_repository(opts.triton_repo, out)
-            print(f"[triton   ] model repository {folder} ({served})", flush=True)
+            for folder, served in write_package_repository(opts.triton_repo, out):
+                print(f"[triton   ] model repository {folder} ({served})", flush=True)
     _print_summary(out, summary)
     return summary
 

@@ -14,6 +14,10 @@ from tests.conftest import MATRIX_BACKENDS, MATRIX_PRECISIONS
 VERIFY = Path(__file__).resolve().parents[2] / "calibration" / "data" / "cifar10-verify"
 
 
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
 def _copy(build: Path, folder: Path) -> Path:
     return Path(shutil.copytree(build, folder, ignore=shutil.ignore_patterns(".lock")))
 
@@ -116,11 +120,25 @@ def test_every_build_opens_classifies_passes_its_check_and_writes_a_triton_model
     assert len(json.loads(capsys.readouterr().out)) == len(list((VERIFY / "cat").iterdir()))
     report = check_package(build, timing_seconds=0)  # what serve runs before it reports ready
     assert report.passed, "\n".join(report.lines)
-    # no TensorRT 11 plan is built here: every build serves its portable graph, named and shaped by its package
-    folder, served = write_package_repository(tmp_path / "repo", build)
-    assert served == package.graph and (folder / "1" / "model.onnx").read_bytes() == (build / served).read_bytes()
+    # no TensorRT 11 plan is built here: a build whose CPU route is its IR serves it on Triton's OpenVINO backend,
+    # with the portable graph as the fallback; any other serves its portable graph; named and shaped by its package
+    models = write_package_repository(tmp_path / "repo", build)
+    name = f"s2mlpv2_tiny_test_{precision}"
+    if package.cpu_route == "model.xml":
+        assert [(f.name, served) for f, served in models] == [(name, "model.xml"), (f"{name}_onnxruntime", package.graph)]
+        config = read_config((models[0][0] / "config.pbtxt").read_text())
+        assert config["backend"] == "openvino" and (models[0][0] / "1" / "model.bin").is_file()
+        params = {p["key"]: p["value"]["string_value"] for p in _as_list(config["parameters"])}
+        assert params["PERFORMANCE_HINT"] == "LATENCY" and params["NUM_STREAMS"] == "1"
+        from engines.openvino import read_ir_sidecar
+
+        assert ("HINT_BF16" in params) == (read_ir_sidecar(build / "model.xml").inference_precision_hint == "bf16")
+    else:
+        assert [(f.name, served) for f, served in models] == [(name, package.graph)]
+    folder, served = models[-1]
+    assert (folder / "1" / "model.onnx").read_bytes() == (build / served).read_bytes()
     config = read_config((folder / "config.pbtxt").read_text())
-    assert config["name"] == f"s2mlpv2_tiny_test_{precision}" and config["max_batch_size"] == package.batch_profile[2]
+    assert config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == package.batch_profile[2]
 
 
 # ---- deployment.check ------------------------------------------------------------------------------

@@ -221,6 +221,13 @@ def test_the_load_test_reports_every_level_against_a_running_server(server, shar
     assert "| as running | 1 | 12 | 0 |" in report and "| as running | 2 | 12 | 0 |" in report
     assert out.with_suffix(".png").stat().st_size > 0 and '"total_errors": 0' in out.with_suffix(".json").read_text()
     assert "2 clients give" in report
+    # what the server did, from Triton's own statistics: every request executed, each in some batch
+    levels = json.loads(out.with_suffix(".json").read_text())["levels"]
+    for level in levels:
+        assert level["dynamic_batching"] is True  # the fixture's server batches dynamically
+        assert level["avg_batch"] >= 1.0 and sum(int(b) * n for b, n in level["batch_histogram"].items()) == 12
+        assert 0 <= level["queue_ms"] < level["p50_ms"] and 0 < level["compute_ms"] < level["p99_ms"]
+    assert levels[0]["batch_histogram"] == {"1": 12}  # one client: nothing to batch with
 
 
 def free_port_flags() -> list[str]:

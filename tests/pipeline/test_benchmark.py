@@ -161,3 +161,55 @@ def test_rows_of_a_plugin_form_graph_say_their_shift_is_a_stand_in(graphs, tmp_p
     result = benchmark(graphs.model("tiny"), tmp_path / "b.json", settings, [plugin], reference_onnx=standard)
     notes = {r["backend"].split("(")[1].rstrip(")"): r["note"] for r in result["rows"]}
     assert "Python stand-in" in notes[plugin.name] and notes[standard.name] is None
+
+
+# ----------------------------------------------------------------------------- --compare
+
+
+def _report(path: Path, rows: dict[tuple[str, int], list[float]]) -> Path:
+    import json
+
+    path.write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {"backend": b, "batch": n, "p50_ms": 10 / float(np.median(f)), "fraction_of_ceiling_by_round": f}
+                    for (b, n), f in rows.items()
+                ]
+            }
+        )
+    )
+    return path
+
+
+def test_compare_says_faster_slower_or_same_by_the_rounds_spread(tmp_path, capsys):
+    main = importlib.import_module("pipeline.benchmark").main
+    old = _report(
+        tmp_path / "old.json",
+        {("ort int8", 1): [0.30, 0.31, 0.29, 0.30], ("ov int8", 1): [0.40, 0.41, 0.39, 0.40], ("noisy", 8): [0.2, 0.3, 0.25]},
+    )
+    new = _report(
+        tmp_path / "new.json",
+        {("ort int8", 1): [0.36, 0.37, 0.35, 0.36], ("ov int8", 1): [0.40, 0.40, 0.41, 0.39], ("noisy", 8): [0.22, 0.31, 0.24]},
+    )
+    assert main(["--compare", str(old), str(new)]) == 0
+    table = capsys.readouterr().out
+    assert "| ort int8 | 1 |" in table and table.split("| ort int8 | 1 |")[1].split("\n")[0].endswith("| faster |")
+    assert table.split("| ov int8 | 1 |")[1].split("\n")[0].endswith("| same |")
+    assert table.split("| noisy | 8 |")[1].split("\n")[0].endswith("| same |")  # a 5 % change inside a 40 % spread
+    # the other way round, the int8 row is slower beyond the noise: exit 1
+    assert main(["--compare", str(new), str(old)]) == 1
+    assert "1 row(s) slower beyond the noise" in capsys.readouterr().out
+
+
+def test_compare_needs_rounds_to_judge_and_refuses_a_foreign_file(tmp_path, capsys):
+    main = importlib.import_module("pipeline.benchmark").main
+    one = _report(tmp_path / "one.json", {("ort", 1): [0.3]})
+    two = _report(tmp_path / "two.json", {("ort", 1): [0.1]})
+    assert main(["--compare", str(one), str(two)]) == 0  # one round: not judged, never a false alarm
+    assert "not judged" in capsys.readouterr().out
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    status = main(["--compare", str(one), str(tmp_path / "junk.json")])
+    assert_fails_cleanly(
+        status, capsys.readouterr().err, Fails("is not a report of python -m pipeline.benchmark", "give the .json")
+    )
