@@ -14,7 +14,9 @@ serves two models from the artifact ``deployment.deployed.DeployedModel`` choose
 
 The float model batches requests dynamically: the largest batch is the plan's profile (or the
 build's) unless ``--max-batch`` says otherwise, and ``--queue-delay-us`` is how long a request
-may wait for others. The image model runs each request on its own (two at a time), so that one
+may wait for others. A build that ``pipeline.tune`` tuned is served with the settings it recorded
+(``serving.json``: batching, instances, threads, streams) unless a flag says otherwise or
+``--untuned``; the ready line says which applied. The image model runs each request on its own (two at a time), so that one
 client's undecodable or large image costs only that client's request.
 
 Built to face hostile clients (docs/SERVING.md has the probes and what each now gets):
@@ -253,6 +255,8 @@ def resolve_tuned(settings: ServeSettings, build: str | os.PathLike) -> ServeSet
     choice (``serving.json``), else the defaults. ``tuned_note`` says which applied, for the ready line."""
     import dataclasses
 
+    from engines.package import SERVING_FILE
+
     from .tuned import ServingChoice
 
     choice = ServingChoice.read(build) if settings.tuned else None
@@ -263,7 +267,7 @@ def resolve_tuned(settings: ServeSettings, build: str | os.PathLike) -> ServeSet
         note = "default serving settings" + ("" if settings.tuned else " (--untuned)")
     else:
         overridden = f"; {', '.join(sorted(given))} from the command line" if given else ""
-        note = f"tuned by pipeline.tune (serving.json: {choice.describe()}){overridden}"
+        note = f"tuned by pipeline.tune ({SERVING_FILE}: {choice.describe()}){overridden}"
     return dataclasses.replace(settings, **{f: given.get(f, getattr(base, f)) for f in fields}, tuned_note=note)
 
 
@@ -471,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    from engines.package import SERVING_FILE
+
     tuned = p.add_argument_group(
-        "batching and instances (default: the build's serving.json, which python -m pipeline.tune writes; else as below)"
+        f"batching and instances (default: the build's {SERVING_FILE}, which python -m pipeline.tune writes; else as below)"
     )
     tuned.add_argument("--max-batch", type=int, help="largest batch (default: the plan's or the build's profile)")
     tuned.add_argument("--queue-delay-us", type=int, help="how long a request may wait for others to batch with (default: 100)")
@@ -480,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     tuned.add_argument("--instances", type=int, help="model instances that run at once (default: 1)")
     tuned.add_argument("--threads", type=int, help="CPU threads per instance (default: the runtime's, all cores)")
     tuned.add_argument("--streams", type=int, help="OpenVINO: requests that run at once in its runtime (default: 1)")
-    tuned.add_argument("--untuned", action="store_true", help="ignore the build's serving.json")
+    tuned.add_argument("--untuned", action="store_true", help=f"ignore the build's {SERVING_FILE}")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
     p.add_argument("--top-k", type=int, default=5, help="classes the image model returns")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: the plan on a GPU it runs on, else the CPU route")

@@ -56,7 +56,9 @@ class Point:
     label: str
     throughput: list[float] = field(default_factory=list)  # per repeat: mean images/s over the concurrencies
     p99_ms: list[float] = field(default_factory=list)  # per repeat: the worst p99 over the concurrencies
-    avg_batch: list[float | None] = field(default_factory=list)
+    avg_batch: list[float | None] = field(default_factory=list)  # per repeat, at the highest concurrency: server-side
+    queue_ms: list[float | None] = field(default_factory=list)
+    compute_ms: list[float | None] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
 
@@ -78,6 +80,8 @@ class Point:
             "throughput_by_repeat": self.throughput,
             "p99_ms_by_repeat": self.p99_ms,
             "avg_batch_by_repeat": self.avg_batch,
+            "queue_ms_by_repeat": self.queue_ms,
+            "compute_ms_by_repeat": self.compute_ms,
             "images_per_s": self.score,
             "worst_p99_ms": self.worst_p99,
             "errors": self.errors,
@@ -133,6 +137,8 @@ def measure(build: Path, label: str, choice: ServingChoice, concurrency: Sequenc
             point.throughput.append(float(np.mean([lv.images_per_s for lv in levels])))
             point.p99_ms.append(max(lv.percentile(99) for lv in levels))
             point.avg_batch.append(levels[-1].avg_batch)
+            point.queue_ms.append(levels[-1].queue_ms)
+            point.compute_ms.append(levels[-1].compute_ms)
             point.errors += sum(lv.errors for lv in levels)
     finally:
         stop_server(server)
@@ -238,14 +244,21 @@ def _markdown(report: dict[str, Any], command_line: str) -> str:
         f"client(s); each configuration measured {report['repeats']} times ({report['requests']} requests or "
         f"{report['seconds']:g} s per concurrency and repeat). Command: `{command_line}`",
         "",
-        "| configuration | images/s (repeats) | p99 ms (repeats) | avg batch | within budget | Pareto |",
-        "|---|---|---|---|---|---|",
+        "Server side, from Triton's statistics at the highest concurrency, per repeat: images per executed batch, and "
+        "each request's mean time in Triton's queue and computing.",
+        "",
+        "| configuration | images/s (repeats) | p99 ms (repeats) | avg batch | queue ms | compute ms | within budget | Pareto |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def each(values) -> str:
+        return ", ".join("–" if v is None else f"{v:.2f}" for v in values)
+
     for p in report["points"]:
-        batches = ", ".join("–" if b is None else f"{b:.2f}" for b in p["avg_batch_by_repeat"])
         lines.append(
             f"| {p['label']} | {', '.join(f'{t:.1f}' for t in p['throughput_by_repeat'])} | "
-            f"{', '.join(f'{q:.1f}' for q in p['p99_ms_by_repeat'])} | {batches} | "
+            f"{', '.join(f'{q:.1f}' for q in p['p99_ms_by_repeat'])} | {each(p['avg_batch_by_repeat'])} | "
+            f"{each(p['queue_ms_by_repeat'])} | {each(p['compute_ms_by_repeat'])} | "
             f"{'yes' if p['within_budget'] else 'no'} | {'yes' if p['pareto'] else ''} |"
         )
     lines += ["", f"**Chosen: {report['chosen']}.** {report['why']}."]
@@ -283,6 +296,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engines.package import SERVING_FILE
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline.tune", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
@@ -295,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=200, help="requests per concurrency and repeat (at most)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency and repeat (at most)")
     p.add_argument("--out", type=Path, default=Path("tune.md"), help="the report; .png and .json are written beside it")
-    p.add_argument("--no-record", action="store_true", help="report only; do not write serving.json into the build")
+    p.add_argument(
+        "--no-record", action="store_true", help=f"report only; do not write {SERVING_FILE} (the choice) into the build"
+    )
     return p
 
 

@@ -13,7 +13,7 @@ from tests.failures import Shared
 
 
 def _point(label: str, throughput: list[float], p99: list[float], **settings) -> Point:
-    return Point(ServingChoice(**settings), label, throughput, p99, [None] * len(throughput))
+    return Point(ServingChoice(**settings), label, throughput, p99)
 
 
 def test_a_challenger_wins_only_beyond_the_spread_between_repeats():
@@ -65,6 +65,7 @@ def test_tune_measures_twice_records_the_choice_and_serve_and_triton_repo_use_it
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["points"][0]["label"] == "defaults"
     assert all(len(p["throughput_by_repeat"]) == 2 and len(p["p99_ms_by_repeat"]) == 2 for p in report["points"])
+    assert all(q is not None and q >= 0 for p in report["points"] for q in p["queue_ms_by_repeat"])  # what the server did
     assert report["skipped"] and "Skipped for time (--minutes 0.4)" in out.read_text()  # bounded in time, and says so
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     recorded = ServingChoice.read(build)
