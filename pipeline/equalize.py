@@ -1,4 +1,6 @@
-"""Per-channel equalization of the GEMM inputs a Gelu writes, so that their int8 rounding costs less.
+"""Per-channel equalization of GEMM inputs, so that their int8 rounding costs less: the inputs a Gelu writes
+(always, before calibration), and LayerNorm outputs with an activation outlier (the int8 repair,
+:func:`smooth_layernorm_outliers`, SmoothQuant-style).
 
 A Gelu output lies in ``[-0.17, max)``. Symmetric int8, the only kind TensorRT takes (zero
 point 0), spends half of its 255 steps on negative values that never come, and one step size

@@ -22,9 +22,13 @@ where FP16 and INT8 are decided:
   input that a Gelu writes is centred and scaled per channel before calibration
   (``pipeline.equalize``; ``--no-equalize-gelu`` turns it off). docs/PRECISION.md has the
   measurements behind these defaults. The report lists which nodes got Q/DQ and which stayed
-  in higher precision. If the int8 graph misses its gate on a held-out slice of the
-  calibration data, the nodes whose own rounding costs the most are kept in fp32, one round at
-  a time, until it passes.
+  in higher precision. With a held-out slice of the calibration data, the int8 graph is checked
+  on it as verify's gates judge logits (:func:`holdout_check`); where it fails, it is repaired:
+  LayerNorm outputs with an activation outlier are smoothed into their GEMMs' weights
+  (``pipeline.equalize.smooth_layernorm_outliers``), then the GEMMs whose own rounding costs the
+  most are kept in fp32, a few per round, until it passes. Each repair is named by PyTorch module
+  in the report and in the graph's metadata; ``repair=False`` (``--no-repair``) keeps the graph as
+  quantized.
 * **plugin graphs** are converted through their standard-ops twin: the shift nodes are
   lowered back to standard ops, the twin is converted (ModelOpt needs TensorRT to calibrate
   through a custom op), then the shifts are swapped back to plugin nodes.
