@@ -201,9 +201,12 @@ def tune(
     lo, opt, hi = package.batch_profile
     openvino = choose_artifact(build).artifact.suffix == ".xml"
     todo = candidates(hi, opt, openvino, os.cpu_count() or 1)
+    from .loadtest import LoadTestError
+
     deadline = time.monotonic() + minutes * 60
     points: list[Point] = []
     skipped: list[str] = []
+    failed: list[dict[str, str]] = []
     for label, choice in todo:
         left = deadline - time.monotonic()
         expected = max((p.seconds for p in points), default=0.0)
@@ -211,7 +214,21 @@ def tune(
             skipped.append(label)
             continue
         say(f"[tune] {label}: {choice.describe()} ...")
-        point = measure(build, label, choice, concurrency, requests, seconds)
+        point = None
+        for attempt in (1, 2):  # a server that did not start is tried once more: its start can time out under load
+            try:
+                point = measure(build, label, choice, concurrency, requests, seconds)
+                break
+            except LoadTestError as e:
+                say(f"[tune] {label}: {e}" + ("; trying once more" if attempt == 1 else ""))
+                reason = str(e)
+        if point is None:
+            if not points:
+                raise TuneError(
+                    f"the server with the default settings did not start twice ({reason}); run python -m pipeline.serve on the build to see why"
+                )
+            failed.append({"label": label, "error": reason})
+            continue
         say(
             f"[tune] {label}: {', '.join(f'{t:.1f}' for t in point.throughput)} images/s, p99 "
             f"{', '.join(f'{q:.1f}' for q in point.p99_ms)} ms ({point.seconds:.0f} s)"
@@ -229,6 +246,7 @@ def tune(
         "minutes": minutes,
         "points": [p.to_dict() | {"pareto": p in front, "within_budget": p.within(budget_ms)} for p in points],
         "skipped": skipped,
+        "failed": failed,
         "chosen": chosen.label,
         "chosen_settings": chosen.choice.settings(),
         "why": why,
@@ -264,6 +282,12 @@ def _markdown(report: dict[str, Any], command_line: str) -> str:
     lines += ["", f"**Chosen: {report['chosen']}.** {report['why']}."]
     if report["skipped"]:
         lines += ["", f"Skipped for time (--minutes {report['minutes']:g}): {', '.join(report['skipped'])}."]
+    if report["failed"]:
+        lines += [
+            "",
+            "Not measured, the server did not start (twice):",
+            *[f"- {f['label']}: {f['error']}" for f in report["failed"]],
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -88,3 +88,25 @@ def test_tune_measures_twice_records_the_choice_and_serve_and_triton_repo_use_it
     finally:
         assert stop_server(server) == 0
     assert "queue delay 777 us" in ready and "2 model instances" in ready and "tuned by pipeline.tune (serving.json" in ready
+
+
+def test_a_configuration_whose_server_does_not_start_is_tried_again_then_reported(shared: Shared, monkeypatch):
+    import deployment.tune as tune_module
+    from deployment.loadtest import LoadTestError
+
+    attempts: dict[str, int] = {}
+
+    def measure(build, label, choice, concurrency, requests, seconds):
+        attempts[label] = attempts.get(label, 0) + 1
+        if label == "queue delay 0 us":
+            raise LoadTestError("the server exited with status 2: the Triton server did not start")
+        if label == "queue delay 500 us" and attempts[label] == 1:
+            raise LoadTestError("a start that timed out once")
+        return _point(label, [100.0, 101.0], [10.0, 11.0], **choice.settings())
+
+    monkeypatch.setattr(tune_module, "measure", measure)
+    report = tune_module.tune(shared.build, 50.0, [2], 5.0, 10, 1.0, say=lambda _: None)
+    assert attempts["queue delay 0 us"] == 2 and attempts["queue delay 500 us"] == 2
+    assert [f["label"] for f in report["failed"]] == ["queue delay 0 us"]
+    assert "queue delay 500 us" in [p["label"] for p in report["points"]]
+    assert "the server did not start (twice)" in tune_module._markdown(report, "cmd")
