@@ -59,6 +59,7 @@ class Point:
     avg_batch: list[float | None] = field(default_factory=list)  # per repeat, at the highest concurrency: server-side
     queue_ms: list[float | None] = field(default_factory=list)
     compute_ms: list[float | None] = field(default_factory=list)
+    levels: list[list[dict[str, Any]]] = field(default_factory=list)  # per repeat, every concurrency: loadtest's level
     errors: int = 0
     seconds: float = 0.0
 
@@ -82,6 +83,7 @@ class Point:
             "avg_batch_by_repeat": self.avg_batch,
             "queue_ms_by_repeat": self.queue_ms,
             "compute_ms_by_repeat": self.compute_ms,
+            "levels_by_repeat": self.levels,
             "images_per_s": self.score,
             "worst_p99_ms": self.worst_p99,
             "errors": self.errors,
@@ -139,6 +141,7 @@ def measure(build: Path, label: str, choice: ServingChoice, concurrency: Sequenc
             point.avg_batch.append(levels[-1].avg_batch)
             point.queue_ms.append(levels[-1].queue_ms)
             point.compute_ms.append(levels[-1].compute_ms)
+            point.levels.append([lv.to_dict() for lv in levels])
             point.errors += sum(lv.errors for lv in levels)
     finally:
         stop_server(server)
@@ -262,20 +265,24 @@ def _markdown(report: dict[str, Any], command_line: str) -> str:
         f"client(s); each configuration measured {report['repeats']} times ({report['requests']} requests or "
         f"{report['seconds']:g} s per concurrency and repeat). Command: `{command_line}`",
         "",
-        "Server side, from Triton's statistics at the highest concurrency, per repeat: images per executed batch, and "
-        "each request's mean time in Triton's queue and computing.",
+        "Server side, from Triton's statistics at the highest concurrency, per repeat: images per executed batch, how "
+        "many executions of each size (the last repeat), and each request's mean time in Triton's queue and computing. "
+        "The JSON has every concurrency level of every repeat, as pipeline.loadtest reports them.",
         "",
-        "| configuration | images/s (repeats) | p99 ms (repeats) | avg batch | queue ms | compute ms | within budget | Pareto |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | images/s (repeats) | p99 ms (repeats) | avg batch | executed batches | queue ms | compute ms "
+        "| within budget | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def each(values) -> str:
         return ", ".join("–" if v is None else f"{v:.2f}" for v in values)
 
     for p in report["points"]:
+        last = p["levels_by_repeat"][-1][-1] if p.get("levels_by_repeat") else {}
+        histogram = ", ".join(f"{b}: {n}" for b, n in (last.get("batch_histogram") or {}).items()) or "–"
         lines.append(
             f"| {p['label']} | {', '.join(f'{t:.1f}' for t in p['throughput_by_repeat'])} | "
-            f"{', '.join(f'{q:.1f}' for q in p['p99_ms_by_repeat'])} | {each(p['avg_batch_by_repeat'])} | "
+            f"{', '.join(f'{q:.1f}' for q in p['p99_ms_by_repeat'])} | {each(p['avg_batch_by_repeat'])} | {histogram} | "
             f"{each(p['queue_ms_by_repeat'])} | {each(p['compute_ms_by_repeat'])} | "
             f"{'yes' if p['within_budget'] else 'no'} | {'yes' if p['pareto'] else ''} |"
         )

@@ -66,6 +66,9 @@ def test_tune_measures_twice_records_the_choice_and_serve_and_triton_repo_use_it
     assert report["points"][0]["label"] == "defaults"
     assert all(len(p["throughput_by_repeat"]) == 2 and len(p["p99_ms_by_repeat"]) == 2 for p in report["points"])
     assert all(q is not None and q >= 0 for p in report["points"] for q in p["queue_ms_by_repeat"])  # what the server did
+    level = report["points"][0]["levels_by_repeat"][0][0]
+    assert level["concurrency"] == 2 and level["dynamic_batching"] is True and level["batch_histogram"]
+    assert {"avg_batch", "queue_ms", "compute_ms", "p99_ms"} <= set(level)
     assert report["skipped"] and "Skipped for time (--minutes 0.4)" in out.read_text()  # bounded in time, and says so
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     recorded = ServingChoice.read(build)
