@@ -374,18 +374,13 @@ def holdout_check(reference: np.ndarray, deployed: np.ndarray, labeled: bool) ->
     """The int8 graph's logits on the held-out slice, judged as verify's gates judge them: top-1 agreement (labeled
     slices) and the logits themselves, so that a drop too small to flip one of a few dozen images still fails: the
     minimum cosine against the int8 gate's threshold and the mean KL divergence against :data:`HOLDOUT_KL`."""
-    from deployment.gates import GATES
+    from deployment.gates import GATES, Gate, compare_logits
 
-    gates = {g.metric: g.threshold for g in GATES["int8"]["labeled"] + GATES["int8"]["unlabeled"]}
-    a, b = reference.astype(np.float64), deployed.astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    checks = {
-        "cosine_min": (float(cos.min()), ">=", gates["cosine_min"]),
-        "kl_mean": (_mean_kl(reference, deployed), "<=", HOLDOUT_KL),
-    }
-    if labeled:
-        checks["top1_agreement"] = (float((a.argmax(1) == b.argmax(1)).mean()), ">=", gates["top1_agreement"])
-    failed = [k for k, (v, op, t) in checks.items() if not (v >= t if op == ">=" else v <= t)]
+    metrics = compare_logits(reference, deployed, None, "int8").metrics  # verify's own measures
+    int8 = {g.metric: g for g in GATES["int8"]["labeled"] + GATES["int8"]["unlabeled"]}
+    gates = [int8["cosine_min"], Gate("kl_mean", "<=", HOLDOUT_KL), *([int8["top1_agreement"]] if labeled else [])]
+    checks = {g.metric: (metrics[g.metric], g.op, g.threshold) for g in gates}
+    failed = [g.metric for g in gates if not g.check(metrics[g.metric])]
     return {
         "passed": not failed,
         "checks": {k: {"value": v, "op": op, "threshold": t} for k, (v, op, t) in checks.items()},
