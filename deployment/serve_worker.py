@@ -36,13 +36,14 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["enter_private_network", "main"]
+__all__ = ["enter_private_network", "instances_raced", "main"]
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x8914, 0x1, 0x8, 0x40
 PRIVATE_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # inside the namespace: nothing else is there
 IMAGE_MODEL_INSTANCES = 2
+START_ATTEMPTS = 3  # starts of Triton when a model loses PyTriton's instance race (instances_raced)
 EXIT_TIMEOUT_S = 20  # tritonserver's wait for requests in flight at shutdown; the whole stop stays under 30 s
 
 
@@ -216,6 +217,18 @@ def _bind(triton, model, settings: dict, limits):
     }
 
 
+def instances_raced(message: str) -> bool:
+    """Whether a failed start is PyTriton's race between a model's instances, which a new start gets past.
+
+    PyTriton 0.7 has Triton start every instance of a model at once. The first instance publishes the model's
+    configuration on a Unix socket in the workspace; every other instance waits for that socket for one second only
+    (``pytriton.proxy.communication.get_config_from_handshake_server``, ``timeout_s=1.0``, which nothing can
+    configure) and the model fails to load when the first one is slower, as it can be on a busy machine. Nothing is
+    wrong with the build or the settings, so the worker starts Triton again, up to ``START_ATTEMPTS`` times.
+    """
+    return "get_config_from_handshake_server" in message or "waiting for config file" in message
+
+
 def _log_tail(log_file: Path) -> str:
     """The server log's last error line, for a one-line message."""
     try:
@@ -288,42 +301,51 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
     if not settings["verbose"]:
         logging.getLogger("pytriton").setLevel(logging.ERROR)
     ports = PRIVATE_PORTS if isolation is None else settings["fallback_ports"]
-    log_file = run_dir / f"tritonserver-{os.getpid()}.log"
-    config = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=ports["http"],
-        grpc_address="127.0.0.1",
-        grpc_port=ports["grpc"],
-        metrics_address="127.0.0.1",
-        metrics_port=ports["metrics"],
-        exit_timeout_secs=EXIT_TIMEOUT_S,
-        log_verbose=1 if settings["verbose"] else 0,
-        log_file=None if settings["verbose"] else log_file,
-    )
-    # no token: in the private namespace only this process and the front (through the relays) reach Triton
-    triton = Triton(
-        config=config,
-        workspace=run_dir / f"pytriton-{os.getpid()}",
-        security_config=TritonSecurityConfig(restricted_endpoints=[]),
-    )
+    triton = None
     try:
         limits_args = {k: settings[k] for k in ("max_image_bytes", "max_image_pixels", "max_request_pixels", "max_request_bytes")}
-        try:
-            served = None
-            limits = Limits.for_model(model.input_size, settings["max_batch"] or model.max_batch, **limits_args)
-            served = _bind(triton, model, settings, limits)
-            model.warm_up(served["max_batch"])  # every batch size the batcher may form, before the first request
-            triton.run()
-        except EXPECTED_ERRORS as e:
-            channel.send(error=describe(e), status=2)
-            return 2
-        except Exception as e:  # PyTriton's own errors and timeouts
-            reason = " ".join(str(e).split())[:300] or type(e).__name__
-            channel.send(
-                error=f"the Triton server did not start ({reason}{_log_tail(log_file)}); rerun with --verbose to see its log",
-                status=1,
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log_file = run_dir / f"tritonserver-{os.getpid()}-{attempt}.log"
+            config = TritonConfig(
+                http_address="127.0.0.1",
+                http_port=ports["http"],
+                grpc_address="127.0.0.1",
+                grpc_port=ports["grpc"],
+                metrics_address="127.0.0.1",
+                metrics_port=ports["metrics"],
+                exit_timeout_secs=EXIT_TIMEOUT_S,
+                log_verbose=1 if settings["verbose"] else 0,
+                log_file=None if settings["verbose"] else log_file,
             )
-            return 1
+            # no token: in the private namespace only this process and the front (through the relays) reach Triton
+            triton = Triton(
+                config=config,
+                workspace=run_dir / f"pytriton-{os.getpid()}-{attempt}",
+                security_config=TritonSecurityConfig(restricted_endpoints=[]),
+            )
+            try:
+                limits = Limits.for_model(model.input_size, settings["max_batch"] or model.max_batch, **limits_args)
+                served = _bind(triton, model, settings, limits)
+                if attempt == 1:
+                    model.warm_up(served["max_batch"])  # every batch size the batcher may form, before the first request
+                triton.run()
+                break
+            except EXPECTED_ERRORS as e:
+                channel.send(error=describe(e), status=2)
+                return 2
+            except Exception as e:  # PyTriton's own errors and timeouts
+                reason = " ".join(str(e).split())[:300] or type(e).__name__
+                log_tail = _log_tail(log_file)
+                if attempt < START_ATTEMPTS and instances_raced(f"{e} {log_tail}"):
+                    print(f"worker: start {attempt} lost PyTriton's instance race; starting again", file=sys.stderr, flush=True)
+                    triton.stop()
+                    triton = None
+                    continue
+                channel.send(
+                    error=f"the Triton server did not start ({reason}{log_tail}); rerun with --verbose to see its log",
+                    status=1,
+                )
+                return 1
         if isolation is None:
             sockets = {name: run_dir / f"{name}-{os.getpid()}.sock" for name in ports}
             for name, port in ports.items():
@@ -355,7 +377,8 @@ def _run(settings: dict, channel: _Channel, isolation: str | None) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
-        triton.stop()
+        if triton is not None:
+            triton.stop()
 
 
 def main() -> int:

@@ -79,6 +79,7 @@ __all__ = [
     "openvino_version",
     "cpu_facts",
     "choose_hint",
+    "hint_candidates",
     "source_precision",
     "build_ir",
     "check_int8",
@@ -167,6 +168,13 @@ def choose_hint(precision: str, capabilities: tuple[str, ...]) -> tuple[str, str
         f"this CPU lists neither BF16 nor FP16 in OpenVINO's OPTIMIZATION_CAPABILITIES ({', '.join(capabilities)}): "
         f"{what} compute in f32"
     )
+
+
+def hint_candidates(precision: str, capabilities: tuple[str, ...]) -> tuple[str, ...]:
+    """The hints worth measuring for a graph of ``precision``: for int8 on a CPU with a 16-bit float, that float and
+    f32 for the float parts (``pipeline.ir_hint`` picks one by fidelity and speed); otherwise :func:`choose_hint`'s alone."""
+    hint, _ = choose_hint(precision, capabilities)
+    return (hint, "f32") if precision == "int8" and hint != "f32" else (hint,)
 
 
 def source_precision(precision: str, capabilities: tuple[str, ...]) -> str:
@@ -321,6 +329,7 @@ class IRSidecar:
     output_name: str = "logits"
     int8: dict[str, Any] | None = None  # Int8Check.to_dict() for an int8 graph
     notes: tuple[str, ...] = ()
+    hint_choice: dict[str, Any] | None = None  # int8: the float-part hints measured at build time, and why this one
 
     @property
     def computes(self) -> str:
@@ -402,14 +411,22 @@ def _read_model(core, path: Path, error: type[S2MLPv2Error] = IRError):
         raise error(f"OpenVINO cannot read {path} ({reason}); rebuild it") from None
 
 
-def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | None = None) -> IRBuildResult:
+def build_ir(
+    graph: str | os.PathLike,
+    xml: str | os.PathLike,
+    precision: str | None = None,
+    hint: str | None = None,
+    hint_choice: dict[str, Any] | None = None,
+) -> IRBuildResult:
     """Write ``xml`` + its ``.bin`` + its sidecar from the ONNX ``graph`` (all three or none).
 
     ``precision`` is the deployment's (fp32, fp16, int8: it picks the hint and the gates;
     default: what the precision stage recorded in ``graph``); :func:`source_precision` says
     which graph to give for it. The model is compiled once here, with the hint it will run
     with: the hint the compiled model reports is recorded, and an int8 graph is refused if a
-    quantized GEMM would run in float (:class:`Int8FallbackError`).
+    quantized GEMM would run in float (:class:`Int8FallbackError`). ``hint`` overrides
+    :func:`choose_hint` with one of :func:`hint_candidates`; ``hint_choice`` (the measurements that
+    chose it) is recorded in the sidecar.
     """
     ov = _openvino()
     graph, xml = Path(graph), Path(xml)
@@ -432,8 +449,14 @@ def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | 
             f"OpenVINO's CPU plugin lists no INT8 on this {cpu} ({', '.join(capabilities)}); "
             "build --precision fp16 for OpenVINO, or run the int8 graph on ONNX Runtime (--backend onnxruntime)"
         )
-    hint, note = choose_hint(precision, capabilities)
-    notes = [*([note] if note else []), *cpu_notes(cpu, capabilities, precision)]
+    default, note = choose_hint(precision, capabilities)
+    if hint is None:
+        hint = default
+    elif hint not in hint_candidates(precision, capabilities):
+        raise IRError(
+            f"hint {hint!r} is not one this {cpu} offers for {precision} ({', '.join(hint_candidates(precision, capabilities))})"
+        )
+    notes = [*([note] if note and hint == default else []), *cpu_notes(cpu, capabilities, precision)]
     model = _read_model(core, graph)
     # the ONNX frontend carries metadata_props into rt_info; set it explicitly so the IR never lacks the card
     model.set_rt_info(props[CARD_KEY], ["framework", CARD_KEY])
@@ -475,6 +498,7 @@ def build_ir(graph: str | os.PathLike, xml: str | os.PathLike, precision: str | 
             notes=tuple(notes),
             source_graph=graph.name,
             source_precision=graph_precision(proto),
+            hint_choice=hint_choice,
         )
         sidecar_tmp.write_text(json.dumps(sidecar.to_dict(), indent=2) + "\n")
     return IRBuildResult(xml, sidecar, notes)

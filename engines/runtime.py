@@ -1,8 +1,10 @@
 """Run a TensorRT plan (either flavour) from Python, with the same interface as ``engines.ort.OnnxRuntimeRunner``.
 
-``runner = TensorRTRunner("model.plan"); logits = runner(batch)`` takes a numpy array or a torch
-tensor ``(B, C, H, W)`` and returns float32 numpy logits. Device buffers are torch CUDA tensors
-(no pycuda build). The flavour (TensorRT 11 or TensorRT for RTX) comes from the plan's sidecar.
+``runner = TensorRTRunner("model.plan"); logits = runner(batch)`` takes a numpy array (or a torch
+tensor) ``(B, C, H, W)`` and returns float32 numpy logits. Device buffers, the stream and CUDA
+graphs are ``engines.device.PlanExecution``'s, through cuda-python: no torch and no pycuda build
+(a plugin-form TensorRT for RTX plan is the exception: its shift plugin's Triton kernel runs on
+torch tensors). The flavour (TensorRT 11 or TensorRT for RTX) comes from the plan's sidecar.
 Before anything is deserialized:
 
 1. the sidecar is read, and a plan handed to the other flavour (``flavour=``) is refused by name;
@@ -104,7 +106,7 @@ class TensorRTRunner:
     def __init__(
         self, plan: str | os.PathLike, flavour_name: str | None = None, runtime_cache: str | os.PathLike | None = None
     ) -> None:
-        import torch
+        from .device import PlanExecution
 
         self.path = Path(plan)
         self.sidecar = check_plan_file(self.path, flavour_name)  # the checks that need no GPU come first
@@ -131,9 +133,16 @@ class TensorRTRunner:
         self.input_shape = self.sidecar.input_shape
         self.batch_range = (self.sidecar.batch_profile[0], self.sidecar.batch_profile[2])
         self.device = f"{gpu[0]} (compute capability {gpu[1]})"
-        self._in_dtype = torch.float16 if self.engine.get_tensor_dtype(self.input_name) == trt.float16 else torch.float32
-        self._out_dtype = torch.float16 if self.engine.get_tensor_dtype(self.output_name) == trt.float16 else torch.float32
-        self.stream = torch.cuda.Stream()
+        fp16 = {name: self.engine.get_tensor_dtype(name) == trt.float16 for name in (self.input_name, self.output_name)}
+        self._execution = PlanExecution(
+            self.context,
+            self.input_name,
+            self.output_name,
+            tuple(self.input_shape),
+            self.batch_range[1],
+            np.float16 if fp16[self.input_name] else np.float32,
+            np.float16 if fp16[self.output_name] else np.float32,
+        )
 
     def save_runtime_cache(self) -> None:
         """Write the TensorRT for RTX runtime cache (kernels compiled for this GPU) to ``runtime_cache``."""
@@ -142,52 +151,27 @@ class TensorRTRunner:
 
             atomic_write_bytes(self._cache_path, bytes(self._cache.serialize()))
 
-    def _bind(self, x, out) -> None:
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
-
     def __call__(self, batch) -> np.ndarray:
-        import torch
-
         check_input(batch, self.sidecar)
-        x = torch.as_tensor(batch).to("cuda", self._in_dtype).contiguous()
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self._out_dtype, device="cuda")
-        self._bind(x, out)
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
-        self.stream.synchronize()
+        logits = self._execution.run(batch)
         if self._cache_path is not None and not self._cache_path.exists():
             self.save_runtime_cache()  # after the first run, which compiled the kernels
-        return out.float().cpu().numpy()
+        return logits
 
     def cuda_graph(self, batch_size: int):
         """Capture the plan for ``batch_size`` in a CUDA graph; returns ``run(batch) -> numpy``."""
-        import torch
-
         c, h, w = self.sidecar.input_shape
         self.sidecar.check_batch((batch_size, c, h, w))
-        static_in = torch.zeros((batch_size, c, h, w), dtype=self._in_dtype, device="cuda")
-        self.context.set_input_shape(self.input_name, tuple(static_in.shape))
-        static_out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self._out_dtype, device="cuda")
-        self._bind(static_in, static_out)
-        with torch.cuda.stream(self.stream):
-            self.context.execute_async_v3(self.stream.cuda_stream)  # TensorRT must run once before capture
-        self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
-            self.context.execute_async_v3(self.stream.cuda_stream)
+        replay = self._execution.graph(batch_size)
 
         def run(batch) -> np.ndarray:
             check_input(batch, self.sidecar)
             if batch.shape[0] != batch_size:
                 raise ProfileError(f"this CUDA graph was captured for batch {batch_size}, got {batch.shape[0]}")
-            static_in.copy_(torch.as_tensor(batch).to("cuda", self._in_dtype))
-            graph.replay()
-            torch.cuda.current_stream().wait_stream(self.stream)
-            return static_out.float().cpu().numpy()
+            return replay(batch)
 
-        run.graph = graph  # keep the capture alive with the callable
         return run
+
+    def close(self) -> None:
+        """Free the device buffers, stream and graphs now rather than when the runner is collected."""
+        self._execution.close()

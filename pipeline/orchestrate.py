@@ -320,10 +320,30 @@ def build_stage(run: Run) -> StageOutput:
 
 def openvino_stage(run: Run) -> StageOutput:
     """The IR from the precision stage's graph. As a second CPU route, a refusal drops the route (one line), not the run."""
-    from engines.openvino import IRError, OpenVINOUnavailable, build_ir, ir_sidecar_path
+    from engines.openvino import IRError, OpenVINOUnavailable, build_ir, cpu_facts, hint_candidates, ir_sidecar_path
+
+    from .ir_hint import choose, measure_hints, record
 
     try:
-        result = build_ir(run.ir_graph, run.ir, run.opts.precision)
+        hint, choice = None, None
+        candidates = hint_candidates(run.opts.precision, cpu_facts()[1])
+        if len(candidates) > 1:  # int8 on a CPU with a 16-bit float: its float parts are chosen by measurement
+            images, labeled, source = _hint_images(run)
+            print(f"[openvino ] float parts: measuring {' and '.join(candidates)} on {source}", flush=True)
+            measured = measure_hints(
+                run.ir_graph,
+                run.fp32_graph,
+                run.opts.precision,
+                candidates,
+                images,
+                labeled,
+                _bench_batches(run),
+                seconds=run.opts.bench_seconds,
+            )
+            hint, reason = choose(measured)
+            choice = record(measured, hint, reason, source)
+            print(f"[openvino ] float parts: {hint}: {reason}", flush=True)
+        result = build_ir(run.ir_graph, run.ir, run.opts.precision, hint=hint, hint_choice=choice)
     except (IRError, OpenVINOUnavailable) as e:
         if run.backend.name == "openvino":
             raise
@@ -331,14 +351,44 @@ def openvino_stage(run: Run) -> StageOutput:
     for note in result.notes:
         print(f"[openvino ] note: {note}", flush=True)
     names = [run.ir.name, run.ir.with_suffix(".bin").name, ir_sidecar_path(run.ir).name]
-    return names, {"line": result.line, "notes": result.notes, "computes": result.sidecar.computes}
+    return names, {
+        "line": result.line,
+        "notes": result.notes,
+        "computes": result.sidecar.computes,
+        "hint": result.sidecar.inference_precision_hint,
+        **({"hint_choice": choice} if choice else {}),
+    }
+
+
+def _hint_images(run: Run) -> tuple[np.ndarray, bool, str]:
+    """(images, labelled, what they are) for choosing the float-part hint: the calibration set's held-out slice, which
+    neither calibration nor verify sees; without one, verify's images."""
+    calib = run.calib
+    if calib is not None and len(calib.holdout):
+        return calib.holdout, calib.holdout_labeled, f"{len(calib.holdout)} held-out calibration images"
+    images, labels, _, source = _verify_data(run)
+    return images, labels is not None, f"verify's inputs, {source} (no held-out calibration slice)"
 
 
 def _openvino_settings(run: Run) -> dict[str, Any]:
     from engines.openvino import cpu_facts, openvino_version
 
     cpu, capabilities = cpu_facts()  # the hint is chosen from them: another CPU may need another IR
-    return {"precision": run.opts.precision, "openvino": openvino_version(), "cpu": cpu, "capabilities": list(capabilities)}
+    return {
+        "precision": run.opts.precision,
+        "openvino": openvino_version(),
+        "cpu": cpu,
+        "capabilities": list(capabilities),
+        **({"bench_seconds": run.opts.bench_seconds} if run.opts.precision == "int8" else {}),  # the float-part timing
+    }
+
+
+def _openvino_inputs(run: Run) -> dict[str, Any]:
+    found = {run.ir_graph.name: run.digest(run.ir_graph)}
+    if run.opts.precision == "int8":  # the float-part hint is measured against the fp32 graph, on these images
+        found[FP32_GRAPH] = run.digest(run.fp32_graph)
+        found |= {"calibration images": run.calib.content_hash} if run.calib and len(run.calib.holdout) else _checked_images(run)
+    return found
 
 
 def _describe_openvino(run: Run, rec: dict[str, Any]) -> str:
@@ -547,10 +597,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "openvino",
         openvino_stage,
-        inputs=lambda run: {run.ir_graph.name: run.digest(run.ir_graph)},
+        inputs=_openvino_inputs,
         settings=_openvino_settings,
         describe=_describe_openvino,
-        code=lambda run: ("engines.openvino",),
+        code=lambda run: ("engines.openvino", "pipeline.ir_hint"),
         tools=lambda run: ("openvino",),
         applies=lambda run: run.backend.openvino,
     ),

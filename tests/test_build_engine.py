@@ -116,6 +116,15 @@ def test_first_run_builds_the_shipped_model_and_judges_it_on_bundled_images(prec
         assert verify["reference"]["top1"] - verify["deployed"]["top1"] <= 0.005 and verify["top1_agreement"] >= 0.99
         calib = json.loads((out / "manifest.json").read_text())["stages"]["precision"]
         assert calib["inputs"]["calibration images"] is not None
+        from engines.openvino import cpu_facts, hint_candidates, read_ir_sidecar
+
+        sidecar, candidates = read_ir_sidecar(out / "model.xml"), hint_candidates("int8", cpu_facts()[1])
+        if len(candidates) > 1:  # the IR's float parts were measured on the held-out images, and the choice kept
+            assert f"[openvino ] float parts: measuring {' and '.join(candidates)} on 64 held-out" in proc.stdout
+            assert sidecar.hint_choice["chosen"] == sidecar.requested_hint == sidecar.inference_precision_hint
+            assert [m["hint"] for m in sidecar.hint_choice["measured"]] == list(candidates)
+        else:
+            assert sidecar.hint_choice is None and "float parts" not in proc.stdout
     fast = _summary_block(proc.stdout, "fast")
     assert "onnxruntime fp32 (model.onnx)" in fast and "the fp32 graph" in fast
     if precision == "fp16":

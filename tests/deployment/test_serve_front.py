@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 
 import pytest
@@ -92,3 +93,22 @@ def test_the_decode_budget_refuses_before_any_pixel_is_decoded(monkeypatch):
     assert decoded == []
     _decode_within_budget([_png(1000, 1000)] * 2, budget)
     assert decoded == ["image 0", "image 1"]
+
+
+def test_pytritons_instance_race_is_recognised_and_nothing_else():
+    communication = pytest.importorskip("pytriton.proxy.communication", reason="NVIDIA PyTriton is not installed")
+    from deployment.serve_worker import instances_raced
+
+    # the one-second wait the worker starts Triton again for; if PyTriton waits longer or renames it, look again
+    wait = inspect.signature(communication.get_config_from_handshake_server).parameters["timeout_s"]
+    assert wait.default == 1.0
+    # what a model that lost the race looked like: Triton's load error with the stub's traceback
+    lost = (
+        "[400] load failed for model 's2mlpv2_tiny_test_fp32_classify': version 1 is at UNAVAILABLE state: Internal: "
+        'TritonModelException: Model initialize error: Traceback (most recent call last): File "/tmp/folderr8Y9w1/1/'
+        'model.py", line 425, in initialize inference_handler_config = get_config_from_handshake_server(handshake_socket)'
+    )
+    assert instances_raced(lost)
+    assert instances_raced("TimeoutError: Timeout occurred while waiting for config file /tmp/x/m-config.sock")
+    assert not instances_raced("[400] load failed for model 'm': version 1 is at UNAVAILABLE state: Internal: ImportError")
+    assert not instances_raced("Triton Inference Server exited with failure: address already in use")

@@ -255,6 +255,7 @@ def test_an_ir_refused_as_a_second_route_drops_the_route_not_the_run(tmp_path, m
 
     monkeypatch.setattr(engines.openvino, "build_ir", refuse)
     monkeypatch.setattr(engines.openvino, "source_precision", lambda precision, capabilities: precision)
+    monkeypatch.setattr(engines.openvino, "hint_candidates", lambda precision, capabilities: ("f32",))  # no measuring
     second = _run_for(Backend(TENSORRT_RTX.name, openvino=True, flavour=TENSORRT_RTX), tmp_path)
     outputs, record = openvino_stage(second)
     assert outputs == [] and "would run in float" in record["refused"]
