@@ -304,6 +304,7 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, settings: BuildSett
         "compute_capabilities": list(wanted.compute_capabilities),
         "seconds": seconds,
         "plan_bytes": len(plan_bytes),
+        "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
         **kernel_report([msg for _, msg in logger.messages]),
     }
     done = replace(wanted, plan_sha256=hashlib.sha256(plan_bytes).hexdigest())

@@ -3,8 +3,9 @@
 ``engines.runtime.TensorRTRunner`` deserializes a plan and hands its execution context to
 :class:`PlanExecution`, which owns everything on the GPU side of a run:
 
-* one device buffer for the input and one for the output, each sized for the largest batch of
-  the plan's profile and allocated once (``cudaMalloc``), so a call allocates nothing on the GPU;
+* one device buffer for the input and one per output (the logits, and any further outputs a
+  diagnostic plan marks), each sized for the largest batch of the plan's profile and allocated
+  once (``cudaMalloc``), so a call allocates nothing on the GPU;
 * one non-blocking stream, on which the copies in, TensorRT's ``execute_async_v3`` and the copy
   out are queued, then waited for once;
 * :meth:`PlanExecution.graph`, which captures ``execute_async_v3`` for one batch size in a CUDA
@@ -91,7 +92,10 @@ class PlanExecution:
     """Runs an execution context on device buffers and one stream; ``run(host) -> float32 logits``.
 
     ``input_shape`` is ``(C, H, W)``; ``max_batch`` the profile's largest batch; the dtypes are
-    the plan's input and output types. One stream and one set of buffers: not for two threads at once.
+    the plan's input and output types. ``extra_outputs`` (name -> dtype) are further outputs of the
+    plan, such as the module outputs a diagnostic plan marks; every output gets a buffer and is bound
+    at every run, and :meth:`run_all` returns them all. One stream and one set of buffers: not for two
+    threads at once.
     """
 
     def __init__(
@@ -103,32 +107,39 @@ class PlanExecution:
         max_batch: int,
         input_dtype: type = np.float32,
         output_dtype: type = np.float32,
+        extra_outputs: dict[str, Any] | None = None,
     ) -> None:
         self._rt = cudart()
         self.context, self.input_name, self.output_name = context, input_name, output_name
         self.input_shape, self.max_batch = tuple(input_shape), max_batch
-        self.input_dtype, self.output_dtype = np.dtype(input_dtype), np.dtype(output_dtype)
+        self.input_dtype = np.dtype(input_dtype)
+        self.output_dtypes = {output_name: np.dtype(output_dtype), **{k: np.dtype(v) for k, v in (extra_outputs or {}).items()}}
         self._buffers: list[_DeviceBuffer] = []
         self._graphs: list[tuple[Any, Any]] = []
         self.stream = _call(self._rt, "cudaStreamCreateWithFlags", self._rt.cudaStreamNonBlocking)
-        self._input, self._output = self._buffers_for(max_batch)
+        self._input, self._outputs = self._buffers_for(max_batch)
 
-    def _output_shape(self, batch_size: int) -> tuple[int, ...]:
+    def _output_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         self.context.set_input_shape(self.input_name, (batch_size, *self.input_shape))
-        return tuple(self.context.get_tensor_shape(self.output_name))
+        return {name: tuple(self.context.get_tensor_shape(name)) for name in self.output_dtypes}
 
-    def _buffers_for(self, batch_size: int) -> tuple[_DeviceBuffer, _DeviceBuffer]:
+    def _buffers_for(self, batch_size: int) -> tuple[_DeviceBuffer, dict[str, _DeviceBuffer]]:
         in_bytes = batch_size * int(np.prod(self.input_shape)) * self.input_dtype.itemsize
-        out_bytes = int(np.prod(self._output_shape(batch_size))) * self.output_dtype.itemsize
-        buffers = (_DeviceBuffer(self._rt, in_bytes), _DeviceBuffer(self._rt, out_bytes))
-        self._buffers.extend(buffers)
-        return buffers
+        shapes = self._output_shapes(batch_size)
+        inp = _DeviceBuffer(self._rt, in_bytes)
+        self._buffers.append(inp)
+        outs = {}
+        for name, dtype in self.output_dtypes.items():
+            outs[name] = _DeviceBuffer(self._rt, int(np.prod(shapes[name])) * dtype.itemsize)
+            self._buffers.append(outs[name])
+        return inp, outs
 
-    def _bind(self, batch_size: int, inp: _DeviceBuffer, out: _DeviceBuffer) -> tuple[int, ...]:
-        shape = self._output_shape(batch_size)
+    def _bind(self, batch_size: int, inp: _DeviceBuffer, outs: dict[str, _DeviceBuffer]) -> dict[str, tuple[int, ...]]:
+        shapes = self._output_shapes(batch_size)
         self.context.set_tensor_address(self.input_name, inp.ptr)
-        self.context.set_tensor_address(self.output_name, out.ptr)
-        return shape
+        for name, buffer in outs.items():
+            self.context.set_tensor_address(name, buffer.ptr)
+        return shapes
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
@@ -138,23 +149,32 @@ class PlanExecution:
         array = batch.detach().cpu().numpy() if hasattr(batch, "detach") else batch  # a torch tensor, if one is given
         return np.ascontiguousarray(array, dtype=self.input_dtype)
 
-    def run(self, batch: Any) -> np.ndarray:
-        """Copy ``batch`` in, run the plan, copy the logits out; float32 ``(B, classes)``."""
+    def _download(self, outs: dict[str, _DeviceBuffer], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        found = {name: np.empty(shapes[name], dtype=dtype) for name, dtype in self.output_dtypes.items()}
+        for name, host in found.items():
+            outs[name].download(host, self.stream)
+        _call(self._rt, "cudaStreamSynchronize", self.stream)
+        return {name: host.astype(np.float32, copy=False) for name, host in found.items()}
+
+    def run_all(self, batch: Any) -> dict[str, np.ndarray]:
+        """Copy ``batch`` in, run the plan, copy every output out; float32 arrays by output name."""
         host = self._host(batch)
         if not 1 <= host.shape[0] <= self.max_batch:
             raise CudaError(f"batch {host.shape[0]} is outside the plan's 1-{self.max_batch}")
-        out = np.empty(self._bind(host.shape[0], self._input, self._output), dtype=self.output_dtype)
+        shapes = self._bind(host.shape[0], self._input, self._outputs)
         self._input.upload(host, self.stream)
         self._execute()
-        self._output.download(out, self.stream)
-        _call(self._rt, "cudaStreamSynchronize", self.stream)
-        return out.astype(np.float32, copy=False)
+        return self._download(self._outputs, shapes)
+
+    def run(self, batch: Any) -> np.ndarray:
+        """Copy ``batch`` in, run the plan, copy the logits out; float32 ``(B, classes)``."""
+        return self.run_all(batch)[self.output_name]
 
     def graph(self, batch_size: int) -> Callable[[Any], np.ndarray]:
         """Capture the plan for ``batch_size`` in a CUDA graph, with buffers of its own; returns ``replay(batch)``."""
         rt = self._rt
-        inp, out_buffer = self._buffers_for(batch_size)
-        out_shape = self._bind(batch_size, inp, out_buffer)
+        inp, outs = self._buffers_for(batch_size)
+        shapes = self._bind(batch_size, inp, outs)
         self._execute()  # TensorRT must run once for a shape before it is captured
         _call(rt, "cudaStreamSynchronize", self.stream)
         _call(rt, "cudaStreamBeginCapture", self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
@@ -169,12 +189,9 @@ class PlanExecution:
             host = self._host(batch)
             if host.shape[0] != batch_size:
                 raise CudaError(f"this CUDA graph was captured for batch {batch_size}, got {host.shape[0]}")
-            result = np.empty(out_shape, dtype=self.output_dtype)
             inp.upload(host, self.stream)
             _call(rt, "cudaGraphLaunch", executable, self.stream)
-            out_buffer.download(result, self.stream)
-            _call(rt, "cudaStreamSynchronize", self.stream)
-            return result.astype(np.float32, copy=False)
+            return self._download(outs, shapes)[self.output_name]
 
         return replay
 

@@ -87,6 +87,15 @@ def _check_header(fl: Flavour, plan: Path, plan_bytes: bytes) -> None:
         raise EngineMismatchError(f"{plan} was built with another {fl.title} version; rebuild it here")
 
 
+def _numpy_dtype(trt, dtype, name: str):
+    """numpy's type for a plan's float tensor; anything else is refused by name."""
+    if dtype == trt.float16:
+        return np.float16
+    if dtype == trt.float32:
+        return np.float32
+    raise TensorRTUnavailable(f"the plan's tensor {name!r} is {dtype}; this runner takes float32 and float16 tensors")
+
+
 def check_plan_file(plan: str | os.PathLike, flavour_name: str | None = None) -> Sidecar:
     """Steps 1-3 of loading, none of which needs a GPU: sidecar, flavour, hash and header. Returns the sidecar."""
     path = Path(plan)
@@ -133,15 +142,19 @@ class TensorRTRunner:
         self.input_shape = self.sidecar.input_shape
         self.batch_range = (self.sidecar.batch_profile[0], self.sidecar.batch_profile[2])
         self.device = f"{gpu[0]} (compute capability {gpu[1]})"
-        fp16 = {name: self.engine.get_tensor_dtype(name) == trt.float16 for name in (self.input_name, self.output_name)}
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        dtype = {n: _numpy_dtype(trt, self.engine.get_tensor_dtype(n), n) for n in names}
+        self.extra_outputs = [n for n in outputs if n != self.output_name]  # a diagnostic plan's marked module outputs
         self._execution = PlanExecution(
             self.context,
             self.input_name,
             self.output_name,
             tuple(self.input_shape),
             self.batch_range[1],
-            np.float16 if fp16[self.input_name] else np.float32,
-            np.float16 if fp16[self.output_name] else np.float32,
+            dtype[self.input_name],
+            dtype[self.output_name],
+            extra_outputs={n: dtype[n] for n in self.extra_outputs},
         )
 
     def save_runtime_cache(self) -> None:
@@ -157,6 +170,11 @@ class TensorRTRunner:
         if self._cache_path is not None and not self._cache_path.exists():
             self.save_runtime_cache()  # after the first run, which compiled the kernels
         return logits
+
+    def outputs(self, batch) -> dict[str, np.ndarray]:
+        """Every output of the plan by name, float32: the logits and any module outputs a diagnostic plan marks."""
+        check_input(batch, self.sidecar)
+        return self._execution.run_all(batch)
 
     def cuda_graph(self, batch_size: int):
         """Capture the plan for ``batch_size`` in a CUDA graph; returns ``run(batch) -> numpy``."""

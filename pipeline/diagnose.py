@@ -11,9 +11,13 @@ order (the patch embedding, each block, each stage transition, the final norm an
 
 The artifact's intermediate outputs are its own tensors: ONNX Runtime runs a copy of the graph with each module's
 last node's output added as a graph output; OpenVINO compiles the IR once more with each module's last operation
-as a model output. Both find a module's nodes by name (every exported node is ``MODULE/op``,
-``common.module_names``). A TensorRT plan is not diagnosed here: diagnose the graph it was built from (its
-sidecar names it); a plan's own layers need TensorRT and a GPU, neither of which this command assumes.
+as a model output; for a TensorRT plan, a diagnostic copy is built from the graph the plan was built from (the
+``.onnx`` beside it whose SHA-256 its sidecar records), with the same flavour and batch profile and each module's
+output marked as a network output, and run on the GPU. All three find a module's nodes by name (every exported
+node is ``MODULE/op``, ``common.module_names``). Marking an output keeps TensorRT from fusing across it, so the
+diagnostic plan's error at a module can differ a little from the deployed plan's; its final logits are compared
+too. A plan needs its flavour and a GPU it runs on: without them the command says so in one line and names the
+graph to diagnose instead.
 
 The culprits are the modules where the error enters, most responsible first: ranked by how much each adds to the
 relative error over the module before it (``rel_error - previous``), and listed while that is at least a tenth of
@@ -116,12 +120,9 @@ def _reference(model, modules: Sequence[str], images: np.ndarray, batch: int) ->
     return {m: np.concatenate(v) for m, v in outputs.items() if v}
 
 
-def _onnx_outputs(path: Path, modules: Sequence[str], images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """ONNX Runtime's tensor for each module's output: the graph with those tensors added as outputs."""
-    import onnx
-
+def _module_tensors(path: Path, modules: Sequence[str]):
+    """(the ONNX graph at ``path``, its tensor holding each module's output)."""
     from common.onnx_meta import load_onnx
-    from engines.ort import make_session
 
     graph = load_onnx(path, DiagnoseError, load_external_data=True)
     tensors = block_outputs(graph, modules)
@@ -130,10 +131,32 @@ def _onnx_outputs(path: Path, modules: Sequence[str], images: np.ndarray, batch:
             f"{path} names no node after a module (MODULE/op): it was exported before module names were recorded; "
             "export it again with this version (python build_engine.py, or python -m pipeline.export)"
         )
+    return graph, tensors
+
+
+def _mark_outputs(graph, tensors: dict[str, str]) -> None:
+    """Add each module's tensor to the graph's outputs (once; the logits stay the first output), typed as ONNX's shape
+    inference finds it (TensorRT's parser needs an output's type; where inference cannot tell, past a custom node, the
+    graph input's type)."""
+    import onnx
+
     present = {o.name for o in graph.graph.output}
+    try:
+        inferred = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(graph).graph.value_info}
+    except Exception:  # noqa: BLE001 - inference is a help for the types, not a requirement
+        inferred = {}
+    fallback = graph.graph.input[0].type.tensor_type.elem_type
     for tensor in dict.fromkeys(tensors.values()):
         if tensor not in present:
-            graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+            graph.graph.output.append(onnx.helper.make_tensor_value_info(tensor, inferred.get(tensor) or fallback, None))
+
+
+def _onnx_outputs(path: Path, modules: Sequence[str], images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """ONNX Runtime's tensor for each module's output: the graph with those tensors added as outputs."""
+    from engines.ort import make_session
+
+    graph, tensors = _module_tensors(path, modules)
+    _mark_outputs(graph, tensors)
     session = make_session(graph)
     names = [o.name for o in session.get_outputs()]
     wanted = list(dict.fromkeys(tensors.values()))
@@ -167,17 +190,106 @@ def _ir_outputs(path: Path, modules: Sequence[str], images: np.ndarray, batch: i
     return {m: np.concatenate([r[1 + k] for r in runs]) for k, m in enumerate(order)}
 
 
+def plan_graph(plan: Path) -> Path:
+    """The ONNX graph ``plan`` was built from: the ``.onnx`` beside it whose SHA-256 the plan's sidecar records."""
+    from common.fingerprint import sha256_file
+    from engines.sidecar import EngineMismatchError, read_sidecar
+
+    try:
+        wanted = read_sidecar(plan).onnx_sha256
+    except EngineMismatchError as e:
+        raise DiagnoseError(str(e)) from None
+    for candidate in sorted(plan.parent.glob("*.onnx")):
+        if sha256_file(candidate) == wanted:
+            return candidate
+    raise DiagnoseError(
+        f"{plan}: the graph it was built from (SHA-256 {wanted[:12]}...) is not beside it; "
+        "diagnosing a plan builds a copy from that graph: put it in the plan's folder"
+    )
+
+
+def diagnostic_plan(plan: Path, modules: Sequence[str], folder: Path) -> tuple[Path, dict[str, str]]:
+    """Build, in ``folder``, a copy of ``plan`` from its graph with each module's output marked as a network output.
+
+    The same flavour and batch profile as the plan; TensorRT for RTX builds for this machine's GPU where there is
+    one, else for the plan's compute capabilities (its builder needs no GPU). Returns the plan and each module's
+    output tensor name."""
+    import onnx
+
+    from engines.build import BuildSettings, build_plan
+    from engines.sidecar import read_sidecar
+    from engines.trt import cuda_device
+
+    sidecar = read_sidecar(plan)
+    graph, tensors = _module_tensors(plan_graph(plan), modules)
+    _mark_outputs(graph, tensors)
+    source = folder / "diagnose.onnx"
+    onnx.save(graph, str(source))
+    gpu = cuda_device()
+    targets = None if sidecar.flavour == "tensorrt" else ((gpu[1],) if gpu else sidecar.compute_capabilities)
+    settings = BuildSettings(sidecar.batch_profile, timing_cache=None, flavour=sidecar.flavour, compute_capabilities=targets)
+    return build_plan(source, folder / "diagnose.plan", settings).plan, tensors
+
+
+def _plan_outputs(path: Path, modules: Sequence[str], images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """TensorRT's output of each module: a diagnostic copy of the plan, each module's output marked, run on the GPU."""
+    import tempfile
+
+    from engines.runtime import TensorRTRunner
+
+    with tempfile.TemporaryDirectory(prefix="s2mlpv2-diagnose-") as tmp:
+        diagnostic, tensors = diagnostic_plan(path, modules, Path(tmp))
+        runner = TensorRTRunner(diagnostic)
+        lo, _, hi = runner.sidecar.batch_profile
+        step, runs = max(lo, min(batch, hi)), []
+        try:
+            for i in range(0, len(images), step):
+                chunk = images[i : i + step]
+                padded = np.concatenate([chunk, np.repeat(chunk[-1:], lo - len(chunk), axis=0)]) if len(chunk) < lo else chunk
+                runs.append({name: out[: len(chunk)] for name, out in runner.outputs(padded).items()})
+        finally:
+            runner.close()
+    return {m: np.concatenate([r[t] for r in runs]) for m, t in tensors.items() if t in runs[0]}
+
+
+def _check_plan_runs_here(path: Path) -> None:
+    """Refuse, in one line, a plan this machine cannot run (no flavour, no GPU it supports), naming the graph instead."""
+    from engines.runtime import check_plan_file
+    from engines.sidecar import EngineMismatchError
+    from engines.trt import TensorRTUnavailable, cuda_device, flavour
+
+    try:
+        sidecar = check_plan_file(path)
+        fl = flavour(sidecar.flavour)
+        fl.module()
+    except (EngineMismatchError, TensorRTUnavailable) as e:
+        raise DiagnoseError(f"{path.name}: {e}") from None
+    gpu = cuda_device()
+    if gpu is None or not fl.runs_plan_built_for(sidecar.compute_capabilities, sidecar.hardware_compatible, gpu[1]):
+        where = "this machine has no CUDA GPU" if gpu is None else f"this {gpu[0]} (compute capability {gpu[1]}) does not run it"
+        try:
+            instead = f"diagnose the graph it was built from, {plan_graph(path).name}, on ONNX Runtime or as an IR"
+        except DiagnoseError:
+            instead = "diagnose the ONNX graph it was built from (its SHA-256 is in the plan's sidecar)"
+        raise DiagnoseError(
+            f"{path.name}: diagnosing a {fl.title} plan runs a copy of it with each module's output marked, on a GPU it "
+            f"runs on; {where}; {instead}"
+        )
+
+
 def _runtime(path: Path) -> tuple[str, Callable]:
     if path.suffix == ".onnx":
         return "onnxruntime", _onnx_outputs
     if path.suffix == ".xml":
         return "openvino", _ir_outputs
     if path.suffix in (".plan", ".engine"):
-        raise DiagnoseError(
-            f"{path.name}: a TensorRT plan's layers are read only on a GPU with TensorRT, which this command does not "
-            "assume; diagnose the ONNX graph the plan was built from (its sidecar model.json names it)"
-        )
-    raise DiagnoseError(f"{path}: give an .onnx graph (ONNX Runtime) or an OpenVINO .xml")
+        from engines.sidecar import EngineMismatchError, read_sidecar
+
+        try:
+            return read_sidecar(path).flavour, _plan_outputs
+        except EngineMismatchError as e:
+            raise DiagnoseError(f"{path.name}: {e}") from None
+    raise DiagnoseError(f"{path}: give an .onnx graph (ONNX Runtime), an OpenVINO .xml or a TensorRT .plan")
 
 
 def compare(reference: dict[str, np.ndarray], deployed: dict[str, np.ndarray], order: Sequence[str]) -> list[dict[str, Any]]:
@@ -251,7 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.diagnose", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    p.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="an .onnx graph or an OpenVINO .xml, or several")
+    p.add_argument(
+        "artifacts",
+        nargs="+",
+        type=Path,
+        metavar="ARTIFACT",
+        help="an .onnx graph, an OpenVINO .xml, or a TensorRT .plan (needs a GPU it runs on); or several",
+    )
     ModelArgs(
         checkpoint_required=True, checkpoint_help="the reference: the checkpoint the artifacts were built from"
     ).add_to_parser(p)
@@ -274,8 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     for path in args.artifacts:
         if not path.is_file():
-            raise DiagnoseError(f"{path} does not exist; give an .onnx graph or an .xml IR of a build")
+            raise DiagnoseError(f"{path} does not exist; give an .onnx graph, an .xml IR or a .plan of a build")
         _runtime(path)  # an unsupported kind is refused before anything loads
+        if path.suffix in (".plan", ".engine"):
+            _check_plan_runs_here(path)
     model = load_model(args.checkpoint, None, "the reference")
     images = load_images(args.data, model.config.preprocessing, args.limit)[0]
     diagnoses = diagnose(args.artifacts, model, images)

@@ -124,8 +124,9 @@ class FakeRuntime:
 class FakeContext:
     """A TensorRT execution context whose 'plan' is ``logits = flatten(x) @ weight``, read from and written to its addresses."""
 
-    def __init__(self, rt: FakeRuntime, in_dtype, out_dtype) -> None:
+    def __init__(self, rt: FakeRuntime, in_dtype, out_dtype, extra: dict | None = None) -> None:
         self.rt, self.in_dtype, self.out_dtype = rt, np.dtype(in_dtype), np.dtype(out_dtype)
+        self.extra = extra or {}  # further outputs: name -> (function of the input, dtype)
         self.weight = np.random.default_rng(0).standard_normal((C * H * W, CLASSES)).astype(np.float32)
         self.shape: tuple[int, ...] = ()
         self.address: dict[str, int] = {}
@@ -136,6 +137,8 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
+        if name in self.extra:
+            return self.extra[name][0](np.zeros(self.shape, np.float32)).shape
         assert name == "logits"
         return (self.shape[0], CLASSES)
 
@@ -144,13 +147,19 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream_handle):
+        assert set(self.address) == {"input", "logits", *self.extra}, "TensorRT needs every output bound"
         shape, src, dst = self.shape, self.address["input"], self.address["logits"]  # baked in, as a capture does
+        extra_dst = {name: self.address[name] for name in self.extra}
 
         def work():
             count = int(np.prod(shape))
             x = np.frombuffer((ctypes.c_char * (count * self.in_dtype.itemsize)).from_address(src), self.in_dtype)
             logits = (x.astype(np.float32).reshape(shape[0], -1) @ self.weight).astype(self.out_dtype)
             ctypes.memmove(dst, logits.ctypes.data, logits.nbytes)
+            for name, (fn, dtype) in self.extra.items():
+                out = np.ascontiguousarray(fn(x.astype(np.float32).reshape(shape)).astype(dtype))
+                assert self.rt._device(extra_dst[name], out.nbytes)
+                ctypes.memmove(extra_dst[name], out.ctypes.data, out.nbytes)
 
         assert self.rt._device(src, int(np.prod(shape)) * self.in_dtype.itemsize)
         assert self.rt._device(dst, shape[0] * CLASSES * self.out_dtype.itemsize)
@@ -214,6 +223,22 @@ def test_a_graph_replays_the_captured_run_on_buffers_of_its_own(fake):
     np.testing.assert_array_equal(replay(_batch(4, seed=7)), execution.run(_batch(4, seed=7)))
     with pytest.raises(CudaError, match="captured for batch 4, got 3"):
         replay(_batch(3))
+
+
+def test_every_output_of_a_diagnostic_plan_is_bound_and_returned(fake):
+    def block(x):
+        return 2 * x.transpose(0, 2, 3, 1)  # an NHWC module output
+
+    context = FakeContext(fake, np.float32, np.float32, extra={"network.0": (block, np.float16)})
+    execution = PlanExecution(context, "input", "logits", (C, H, W), MAX_BATCH, extra_outputs={"network.0": np.float16})
+    for n in (1, 5):
+        x = _batch(n, seed=n)
+        got = execution.run_all(x)
+        assert set(got) == {"logits", "network.0"} and all(v.dtype == np.float32 for v in got.values())
+        np.testing.assert_array_equal(got["network.0"], block(x).astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(got["logits"], x.reshape(n, -1) @ context.weight)
+    replay = execution.graph(2)  # a graph binds every output too
+    np.testing.assert_array_equal(replay(_batch(2, seed=9)), execution.run(_batch(2, seed=9)))
 
 
 def test_close_frees_every_buffer_graph_and_the_stream_once(fake):

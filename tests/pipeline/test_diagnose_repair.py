@@ -107,7 +107,7 @@ def test_a_clean_fp32_graph_has_no_error_to_name(shared: Shared, run_cli, tmp_pa
     "args,message",
     [
         (["missing.onnx"], "does not exist"),
-        (["{plan}"], "a TensorRT plan's layers are read only on a GPU"),
+        (["{plan}"], "model.json is missing: a plan is loaded only with the sidecar written beside it"),
     ],
 )
 def test_what_diagnose_cannot_read_is_one_line_and_exit_2(shared: Shared, run_cli, tmp_path, args, message):
@@ -116,6 +116,63 @@ def test_what_diagnose_cannot_read_is_one_line_and_exit_2(shared: Shared, run_cl
     argv = [a.format(plan=plan) for a in args]
     proc = run_cli("pipeline.diagnose", *argv, "--checkpoint", shared.checkpoint, "--data", CALIBRATE)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def rtx_plan(shared: Shared, tmp_path_factory) -> Path:
+    """The tiny model's fp32 graph built into a TensorRT for RTX plan, with the graph beside it (as in a build)."""
+    import shutil
+
+    from engines.build import BuildSettings, build_plan
+    from engines.trt import TENSORRT_RTX
+    from tests.conftest import missing
+
+    if not TENSORRT_RTX.importable():
+        missing(
+            "needs TensorRT for RTX: `pip install tensorrt-rtx` (a default dependency on Linux and Windows x86_64)",
+            "tensorrt-rtx",
+        )
+    folder = tmp_path_factory.mktemp("rtx")
+    graph = shutil.copy(shared.onnx, folder / "model.onnx")
+    settings = BuildSettings((1, 2, 4), timing_cache=None, flavour=TENSORRT_RTX.name)
+    return build_plan(graph, folder / "model.plan", settings).plan
+
+
+def test_a_diagnostic_plan_marks_every_modules_output_with_the_plans_flavour_and_profile(rtx_plan, tmp_path):
+    import models
+    from engines.sidecar import read_sidecar
+    from pipeline.diagnose import compared_modules, diagnostic_plan, plan_graph
+
+    assert plan_graph(rtx_plan) == rtx_plan.parent / "model.onnx"  # found by the hash the sidecar records
+    modules = compared_modules(models.create_model("s2mlpv2_tiny_test"))
+    plan, tensors = diagnostic_plan(rtx_plan, modules, tmp_path)
+    built = json.loads((tmp_path / "diagnose-build.json").read_text())
+    assert set(modules) == set(tensors) and built["outputs"][0] == "logits"
+    assert set(built["outputs"]) == {"logits", *tensors.values()} and len(set(tensors.values())) == len(modules)
+    assert (read_sidecar(plan).flavour, read_sidecar(plan).batch_profile) == ("tensorrt-rtx", (1, 2, 4))
+
+
+def test_a_plan_this_machine_cannot_run_is_refused_naming_the_graph_to_diagnose(rtx_plan, shared: Shared, run_cli):
+    from engines.trt import cuda_device
+
+    if cuda_device() is not None:
+        pytest.skip("this machine has a GPU: the plan may run here (the refusal is for machines without one)")
+    proc = run_cli("pipeline.diagnose", rtx_plan, "--checkpoint", shared.checkpoint, "--data", CALIBRATE)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "diagnosing a TensorRT for RTX" in proc.stderr and "this machine has no CUDA GPU" in proc.stderr
+    assert "diagnose the graph it was built from, model.onnx" in proc.stderr
+
+
+def test_a_plan_whose_graph_is_not_beside_it_says_where_to_put_it(rtx_plan, tmp_path):
+    import shutil
+
+    from pipeline.diagnose import DiagnoseError, plan_graph
+
+    alone = tmp_path / "model.plan"
+    shutil.copy(rtx_plan, alone)
+    shutil.copy(rtx_plan.with_suffix(".json"), tmp_path / "model.json")
+    with pytest.raises(DiagnoseError, match="is not beside it; diagnosing a plan builds a copy from that graph"):
+        plan_graph(alone)
 
 
 def _calibration(model_config, count: int = 96):
