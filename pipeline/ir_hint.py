@@ -68,7 +68,7 @@ def measure_hints(
     from engines.openvino import OpenVINORunner, build_ir
 
     from .benchmark import time_interleaved
-    from .precision import _logits, holdout_check
+    from .precision import _logits, holdout_verdict
 
     reference = _logits(fp32_graph, images)
     with tempfile.TemporaryDirectory(prefix=".ir-hints-", dir=Path(graph).parent) as tmp:
@@ -79,8 +79,8 @@ def measure_hints(
             build_ir(graph, xml, precision, hint=hint)
             runners[hint] = OpenVINORunner(xml)
         logits = {hint: _run(runner, images) for hint, runner in runners.items()}
-        verdicts = {hint: holdout_check(reference, logits[hint], labeled) for hint in candidates}
         metrics = {hint: compare_logits(reference, logits[hint], None, "int8").metrics for hint in candidates}
+        verdicts = {hint: holdout_verdict(metrics[hint], labeled) for hint in candidates}
         inputs = {b: np.ascontiguousarray(np.resize(images, (b, *images.shape[1:]))) for b in batches}
         timed = time_interleaved(
             {(hint, b): (lambda r=runner, x=inputs[b]: r(x)) for hint, runner in runners.items() for b in batches},

@@ -374,9 +374,15 @@ def holdout_check(reference: np.ndarray, deployed: np.ndarray, labeled: bool) ->
     """The int8 graph's logits on the held-out slice, judged as verify's gates judge them: top-1 agreement (labeled
     slices) and the logits themselves, so that a drop too small to flip one of a few dozen images still fails: the
     minimum cosine against the int8 gate's threshold and the mean KL divergence against :data:`HOLDOUT_KL`."""
-    from deployment.gates import GATES, Gate, compare_logits
+    from deployment.gates import compare_logits
 
-    metrics = compare_logits(reference, deployed, None, "int8").metrics  # verify's own measures
+    return holdout_verdict(compare_logits(reference, deployed, None, "int8").metrics, labeled)  # verify's own measures
+
+
+def holdout_verdict(metrics: dict[str, Any], labeled: bool) -> dict[str, Any]:
+    """:func:`holdout_check`'s judgement of metrics ``deployment.gates.compare_logits`` already measured."""
+    from deployment.gates import GATES, Gate
+
     int8 = {g.metric: g for g in GATES["int8"]["labeled"] + GATES["int8"]["unlabeled"]}
     gates = [int8["cosine_min"], Gate("kl_mean", "<=", HOLDOUT_KL), *([int8["top1_agreement"]] if labeled else [])]
     checks = {g.metric: (metrics[g.metric], g.op, g.threshold) for g in gates}
